@@ -1,0 +1,68 @@
+"""Checkpoints: atomic saves, `weights_only=True` loads, and one-line errors for a wrong file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..fileio import atomic_path
+
+LAST = "last_checkpoint"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], *, mark_last: bool = True) -> Path:
+    """Write `state` atomically; `mark_last` points OUTPUT_DIR/last_checkpoint at it (for --resume)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    if mark_last:
+        with atomic_path(path.parent / LAST) as tmp:
+            tmp.write_text(path.name + "\n")
+    return path
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    marker = Path(output_dir) / LAST
+    if not marker.is_file():
+        return None
+    path = Path(output_dir) / marker.read_text().strip()
+    return path if path.is_file() else None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors all land here
+        raise UserError(f"cannot load checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    # a bare state dict (e.g. from torch.save(model.state_dict())) is accepted as the model weights
+    return state if "model" in state else {"model": state}
+
+
+def load_model_weights(model: nn.Module, state: dict[str, Any], path: str | Path, config_name: str) -> None:
+    """Strict load; a checkpoint of another architecture, backbone, neck or class count is a UserError."""
+    own = unwrap(model).state_dict()
+    weights = state["model"]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        example = (missing or unexpected or mismatched)[0]
+        raise UserError(
+            f"checkpoint {path} does not match the model built from {config_name}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} wrong-shape tensors (e.g. {example}); "
+            "was it trained with another MODEL.META_ARCHITECTURE, BACKBONE, NECK or dataset?"
+        )
+    unwrap(model).load_state_dict(weights)

@@ -1,0 +1,97 @@
+"""COCO evaluation with pycocotools' COCOeval: bbox AP, and segm AP for Mask R-CNN."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from tqdm import tqdm
+
+from ..data import CocoDetection, collate
+from ..fileio import atomic_write, write_json
+
+METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def detections_to_coco(
+    output: dict[str, torch.Tensor], image_id: int, dataset: CocoDetection, mask_threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """One image's torchvision detections (original image coordinates) -> COCO result dicts."""
+    boxes = output["boxes"].cpu()
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = output["scores"].cpu().tolist()
+    category_ids = dataset.label_to_category_id(output["labels"].cpu())
+    results = [
+        {"image_id": image_id, "category_id": c, "bbox": [round(v, 2) for v in b], "score": round(s, 5)}
+        for b, s, c in zip(xywh, scores, category_ids)
+    ]
+    if "masks" in output and results:
+        binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy()  # [N, H, W]
+        rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+        for r, rle in zip(results, rles):
+            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    return results
+
+
+@torch.no_grad()
+def run_inference(
+    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 2, num_workers: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
+    )
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, Any]] = []
+    for images, targets in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, dynamic_ncols=True):
+        outputs = model([im.to(device) for im in images])
+        for out, tgt in zip(outputs, targets):
+            results += detections_to_coco(out, int(tgt["image_id"]), dataset)
+    model.train(was_training)
+    return results
+
+
+def coco_eval(dataset: CocoDetection, results: list[dict[str, Any]], iou_type: str, *, verbose: bool) -> dict:
+    """The 12 COCOeval numbers (fractions in 0..1, -1 where undefined), printed as pycocotools does."""
+    if not results:
+        print(f"[{iou_type}] no detections: every metric is 0")
+        return {name: 0.0 for name in METRIC_NAMES}
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        coco_dt = dataset.coco.loadRes(results)
+        ev = COCOeval(dataset.coco, coco_dt, iou_type)
+        ev.params.imgIds = dataset.image_ids
+        ev.evaluate()
+        ev.accumulate()
+    if verbose:
+        print(f"[{iou_type}]")
+        ev.summarize()
+    else:
+        with contextlib.redirect_stdout(quiet):
+            ev.summarize()
+    return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+
+
+def evaluate(
+    model: nn.Module, dataset: CocoDetection, *, device: torch.device, output_dir: str | Path | None,
+    with_masks: bool, num_workers: int = 0, verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Run, score and (if output_dir) write `coco_instances_results.json` and `metrics.json`."""
+    results = run_inference(model, dataset, device=device, num_workers=num_workers, progress=verbose)
+    metrics = {"bbox": coco_eval(dataset, results, "bbox", verbose=verbose)}
+    if with_masks:
+        metrics["segm"] = coco_eval(dataset, results, "segm", verbose=verbose)
+    if output_dir is not None:
+        out = Path(output_dir)
+        atomic_write(out / "coco_instances_results.json", lambda tmp: tmp.write_text(json.dumps(results)))
+        write_json(out / "metrics.json", metrics)
+    return metrics

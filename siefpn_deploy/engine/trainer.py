@@ -1,0 +1,240 @@
+"""The training loop: SGD/AdamW with warmup and steps, DDP, progress bar, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config, SolverConfig
+from ..data import CocoDetection, build_train_transforms, collate
+from ..errors import UserError
+from ..fileio import atomic_write
+from ..model import build_detector
+from .checkpoint import last_checkpoint, load_checkpoint, load_model_weights, save_checkpoint, unwrap
+from .evaluate import evaluate
+from .launch import device_for
+
+
+def lr_factor(solver: SolverConfig, iteration: int) -> float:
+    """Linear warmup, then detectron2's multi-step decay (or cosine to 0)."""
+    if solver.LR_SCHEDULER == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * iteration / solver.MAX_ITER))
+    else:
+        factor = solver.GAMMA ** bisect.bisect_right(solver.STEPS, iteration)
+    if iteration < solver.WARMUP_ITERS:
+        alpha = iteration / solver.WARMUP_ITERS
+        factor *= solver.WARMUP_FACTOR * (1 - alpha) + alpha
+    return factor
+
+
+def build_optimizer(solver: SolverConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if solver.OPTIMIZER == "AdamW":
+        return torch.optim.AdamW(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
+    return torch.optim.SGD(params, lr=solver.BASE_LR, momentum=solver.MOMENTUM, weight_decay=solver.WEIGHT_DECAY)
+
+
+class TrainingSampler(torch.utils.data.Sampler[int]):
+    """Endless, seeded shuffles, sharded by rank (detectron2's TrainingSampler).
+
+    `start` skips that many of this rank's indices, so a resumed run sees the data it would have seen.
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int, world_size: int, start: int = 0) -> None:
+        self.size, self.seed, self.rank, self.world_size, self.start = size, seed, rank, world_size, start
+
+    def __iter__(self) -> Iterator[int]:
+        skip, epoch = self.start, 0
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            shard = torch.randperm(self.size, generator=g)[self.rank :: self.world_size].tolist()
+            if skip >= len(shard):
+                skip -= len(shard)
+            else:
+                yield from shard[skip:]
+                skip = 0
+            epoch += 1
+
+
+def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection]:
+    d, i = cfg.DATASETS, cfg.INPUT
+    with_masks = cfg.MODEL.META_ARCHITECTURE == "mask_rcnn"
+    train = CocoDetection(
+        image_dir=d.TRAIN_IMAGES, annotation_file=d.TRAIN_ANNOTATIONS, with_masks=with_masks,
+        transforms=build_train_transforms(min_sizes=i.MIN_SIZE_TRAIN, max_size=i.MAX_SIZE_TRAIN, flip_prob=i.FLIP_PROB),
+    )
+    test = build_test_dataset(cfg)
+    if train.category_ids != test.category_ids:
+        raise UserError(
+            f"train and test annotations have different categories ({d.TRAIN_ANNOTATIONS} vs {d.TEST_ANNOTATIONS})"
+        )
+    return train, test
+
+
+def build_test_dataset(cfg: Config) -> CocoDetection:
+    d = cfg.DATASETS
+    return CocoDetection(
+        image_dir=d.TEST_IMAGES, annotation_file=d.TEST_ANNOTATIONS,
+        with_masks=cfg.MODEL.META_ARCHITECTURE == "mask_rcnn",
+    )
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, config_name: str, rank: int = 0, world_size: int = 1) -> None:
+        s = cfg.SOLVER
+        if s.IMS_PER_BATCH % world_size:
+            raise UserError(f"SOLVER.IMS_PER_BATCH {s.IMS_PER_BATCH} is not divisible by --num-gpus {world_size}")
+        self.cfg, self.config_name, self.rank, self.world_size = cfg, config_name, rank, world_size
+        self.device = device_for(rank)
+        self.output_dir = Path(cfg.OUTPUT_DIR)
+        torch.manual_seed(cfg.SEED + rank)
+        self.train_set, self.test_set = build_datasets(cfg)
+        self.model = build_detector(cfg, num_classes=self.train_set.num_classes).to(self.device)
+        self.optimizer = build_optimizer(s, self.model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(s, it))
+        self.start_iter = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def load(self, resume: bool) -> None:
+        """--resume continues from OUTPUT_DIR/last_checkpoint; otherwise MODEL.WEIGHTS initialises."""
+        path = last_checkpoint(self.output_dir) if resume else None
+        if path is not None:
+            state = load_checkpoint(path)
+            load_model_weights(self.model, state, path, self.config_name)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_iter = int(state["iteration"])
+            if self.is_main:
+                print(f"resumed from {path} at iteration {self.start_iter}")
+        elif self.cfg.MODEL.WEIGHTS:
+            load_model_weights(self.model, load_checkpoint(self.cfg.MODEL.WEIGHTS), self.cfg.MODEL.WEIGHTS, self.config_name)
+
+    def state(self, iteration: int) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": iteration,
+            "config": self.cfg.to_dict(),
+            "classes": {"names": self.train_set.class_names, "category_ids": self.train_set.category_ids},
+        }
+
+    def save(self, iteration: int, name: str | None = None) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.output_dir / (name or f"model_{iteration:07d}.pth"), self.state(iteration))
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        per_rank = self.cfg.SOLVER.IMS_PER_BATCH // self.world_size
+        sampler = TrainingSampler(
+            len(self.train_set), seed=self.cfg.SEED, rank=self.rank, world_size=self.world_size,
+            start=self.start_iter * per_rank,
+        )
+        workers = self.cfg.DATALOADER.NUM_WORKERS
+        return torch.utils.data.DataLoader(
+            self.train_set, batch_size=per_rank, sampler=sampler, collate_fn=collate, num_workers=workers,
+            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.cfg.SEED + self.start_iter),
+        )
+
+    def train(self) -> dict:
+        s = self.cfg.SOLVER
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.output_dir / "config.yaml", lambda tmp: tmp.write_text(self.cfg.dump()))
+        model = self.model
+        if self.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.rank] if self.device.type == "cuda" else None)
+        model.train()
+        log_path = self.output_dir / "metrics.jsonl"
+        bar = tqdm(
+            total=s.MAX_ITER, initial=self.start_iter, desc="train", unit="it", disable=not self.is_main,
+            dynamic_ncols=True, smoothing=0.05,
+        )
+        iteration, images_seen, t0 = self.start_iter, 0, time.perf_counter()
+        data = iter(self.loader())
+        try:
+            while iteration < s.MAX_ITER:
+                images, targets = next(data)
+                images = [im.to(self.device) for im in images]
+                targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+                losses = model(images, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise UserError(f"loss became {loss.item()} at iteration {iteration}; lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.CLIP_GRAD_NORM > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM)
+                self.optimizer.step()
+                self.scheduler.step()
+                iteration += 1
+                images_seen += len(images) * self.world_size
+                bar.update(1)
+                if self.is_main and (iteration % 20 == 0 or iteration == s.MAX_ITER):
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
+                    record = {"iteration": iteration, "loss": loss.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if iteration % s.CHECKPOINT_PERIOD == 0 and iteration < s.MAX_ITER:
+                    self.save(iteration)
+                if self.cfg.TEST.EVAL_PERIOD and iteration % self.cfg.TEST.EVAL_PERIOD == 0 and iteration < s.MAX_ITER:
+                    self.evaluate(write=False)
+        except KeyboardInterrupt:
+            if self.world_size == 1 and iteration > self.start_iter:
+                path = self.save(iteration)
+                raise UserError(f"interrupted at iteration {iteration}; saved {path}; rerun with --resume to continue") from None
+            raise
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        self.save(iteration, "model_final.pth")
+        if self.is_main and images_seen:
+            print(f"trained {iteration - self.start_iter} iterations in {elapsed:.0f}s ({images_seen / elapsed:.2f} images/s)")
+        return self.evaluate(write=True)
+
+    def evaluate(self, *, write: bool) -> dict:
+        metrics: dict = {}
+        if self.is_main:  # rank 0 scores the whole split; the others wait at the barrier
+            metrics = evaluate(
+                unwrap(self.model), self.test_set, device=self.device,
+                output_dir=self.output_dir if write else None,
+                with_masks=self.cfg.MODEL.META_ARCHITECTURE == "mask_rcnn",
+                num_workers=self.cfg.DATALOADER.NUM_WORKERS,
+            )
+        if self.world_size > 1:
+            dist.barrier()
+        return metrics
+
+
+def train(cfg: Config, *, config_name: str, resume: bool, rank: int = 0, world_size: int = 1) -> dict:
+    trainer = Trainer(cfg, config_name=config_name, rank=rank, world_size=world_size)
+    trainer.load(resume)
+    return trainer.train()
+
+
+def evaluate_only(cfg: Config, *, config_name: str, rank: int = 0, world_size: int = 1) -> dict:
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError("--eval-only needs MODEL.WEIGHTS path/to/checkpoint.pth")
+    if rank != 0:
+        return {}
+    test_set = build_test_dataset(cfg)
+    device = device_for(rank)
+    model = build_detector(cfg, num_classes=test_set.num_classes).to(device)
+    load_model_weights(model, load_checkpoint(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS, config_name)
+    return evaluate(
+        model, test_set, device=device, output_dir=cfg.OUTPUT_DIR,
+        with_masks=cfg.MODEL.META_ARCHITECTURE == "mask_rcnn", num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
