@@ -27,7 +27,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         args.output, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
         min_side=args.min_side, max_side=args.max_side,
     )
-    print(f"wrote synthetic COCO dataset to {args.output}: {summary}")
+    splits = ", ".join(f"{name}: {s['images']} images, {s['annotations']} objects" for name, s in summary["splits"].items())
+    print(f"wrote {args.output} ({len(summary['categories'])} classes; {splits})")
     return 0
 
 

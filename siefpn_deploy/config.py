@@ -104,6 +104,7 @@ class Config:
     TEST: TestConfig = field(default_factory=TestConfig)
     OUTPUT_DIR: str = "output/default"
     SEED: int = 0
+    LOG_PERIOD: int = 20  # iterations between metrics.jsonl records and progress-bar updates
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -182,7 +182,7 @@ class Trainer:
                 iteration += 1
                 images_seen += len(images) * self.world_size
                 bar.update(1)
-                if self.is_main and (iteration % 20 == 0 or iteration == s.MAX_ITER):
+                if self.is_main and (iteration % self.cfg.LOG_PERIOD == 0 or iteration == s.MAX_ITER):
                     lr = self.optimizer.param_groups[0]["lr"]
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
                     record = {"iteration": iteration, "loss": loss.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}

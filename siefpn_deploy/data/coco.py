@@ -1,0 +1,161 @@
+"""COCO-format detection dataset on pycocotools, with every bad input turned into a one-line UserError."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pycocotools.coco import COCO
+
+from ..errors import UserError
+from ..fileio import read_json
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def load_coco(annotation_file: str | Path) -> COCO:
+    """Read and validate a COCO instances file; build the index without pycocotools' prints."""
+    path = Path(annotation_file)
+    data = read_json(path, what="annotation file")
+    if not isinstance(data, dict):
+        raise UserError(f"annotation file {path} must hold a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"annotation file {path} has no '{key}' list")
+    if not data["images"]:
+        raise UserError(f"annotation file {path} lists no images")
+    try:
+        image_ids = {img["id"] for img in data["images"] if "file_name" in img}
+        category_ids = {cat["id"] for cat in data["categories"]}
+    except (KeyError, TypeError):
+        raise UserError(f"annotation file {path} has an image or category without an 'id'") from None
+    if len(image_ids) != len(data["images"]):
+        raise UserError(f"annotation file {path} has an image without a 'file_name' or with a duplicate id")
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict):
+            raise UserError(f"annotation file {path} has an annotation that is not an object")
+        aid = ann.get("id")
+        if ann.get("category_id") not in category_ids:
+            raise UserError(f"annotation {aid} in {path} has category_id {ann.get('category_id')!r}, "
+                            f"which is not in 'categories'")
+        if ann.get("image_id") not in image_ids:
+            raise UserError(f"annotation {aid} in {path} has image_id {ann.get('image_id')!r}, "
+                            f"which is not in 'images'")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise UserError(f"annotation {aid} in {path} has no valid 'bbox' [x, y, w, h]")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image as RGB, EXIF orientation applied first."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")  # converting such a palette straight to RGB makes PIL warn
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path}: {_one_line(e)}") from None
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Yields (image float32 [3, H, W] in 0..1, target dict) with contiguous labels 1..K (0 is background).
+
+    Crowd annotations are left out of the targets; evaluation uses `self.coco`, which honours them.
+    """
+
+    def __init__(self, *, image_dir: str | Path, annotation_file: str | Path,
+                 transforms: Callable | None = None, with_masks: bool = False):
+        self.image_dir = Path(image_dir)
+        self.annotation_file = Path(annotation_file)
+        self.transforms = transforms
+        self.with_masks = with_masks
+        if not self.image_dir.is_dir():
+            raise UserError(f"image directory not found: {self.image_dir}")
+        self.coco = load_coco(self.annotation_file)
+        self.image_ids: list[int] = sorted(self.coco.imgs)
+        self.category_ids: list[int] = sorted(self.coco.cats)
+        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
+        self._label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        paths = [self._path(i) for i in self.image_ids]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"{len(missing)} of {len(paths)} images listed in {self.annotation_file} are missing, "
+                            f"first: {missing[0]}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label_to_category_id(self, labels: torch.Tensor | list[int]) -> list[int]:
+        labels = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+        if any(not 1 <= int(l) <= self.num_classes for l in labels):
+            raise ValueError(f"labels must lie in 1..{self.num_classes}, got {labels}")
+        return [self.category_ids[int(l) - 1] for l in labels]
+
+    def _path(self, image_id: int) -> Path:
+        return self.image_dir / self.coco.imgs[image_id]["file_name"]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self._path(image_id)
+        # EXIF goes to the image only: COCO's boxes and masks already refer to the displayed frame
+        img = load_image(path)
+        w, h = img.size
+        if (info.get("width", w), info.get("height", h)) != (w, h):
+            raise UserError(f"image {path} is {w}x{h} after EXIF orientation but {self.annotation_file} "
+                            f"says {info.get('width')}x{info.get('height')}")
+        image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        image = image.contiguous().to(torch.float32).div_(255)  # [3, H, W]
+
+        anns = []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                continue
+            x, y, bw, bh = ann["bbox"]
+            x1, y1 = max(0.0, x), max(0.0, y)
+            x2, y2 = min(float(w), x + bw), min(float(h), y + bh)
+            if x2 - x1 >= 1 and y2 - y1 >= 1:
+                anns.append((ann, [x1, y1, x2, y2]))
+        target: dict[str, Any] = {
+            "boxes": torch.tensor([b for _, b in anns], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([self._label_of[a["category_id"]] for a, _ in anns], dtype=torch.int64),
+            "image_id": torch.tensor(image_id, dtype=torch.int64),
+            "orig_size": torch.tensor([h, w], dtype=torch.int64),
+        }
+        if self.with_masks:
+            masks = np.zeros((len(anns), h, w), np.uint8)
+            with warnings.catch_warnings():
+                # pycocotools' decode trips numpy 2's copy=False deprecation on every call
+                warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+                for i, (ann, _) in enumerate(anns):
+                    if ann.get("segmentation"):
+                        masks[i] = self.coco.annToMask(ann)
+            target["masks"] = torch.from_numpy(masks)  # [N, H, W]
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
