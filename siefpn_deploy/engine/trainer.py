@@ -102,6 +102,7 @@ class Trainer:
         self.optimizer = build_optimizer(s, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(s, it))
         self.start_iter = 0
+        self.pending_log: list[dict] = []
 
     @property
     def is_main(self) -> bool:
@@ -132,9 +133,17 @@ class Trainer:
         }
 
     def save(self, iteration: int, name: str | None = None) -> Path | None:
+        """Checkpoint, config.yaml and the loss log are written together, so a run that fails before
+        its first checkpoint leaves no files, and a resumed run's log has no repeated iterations."""
         if not self.is_main:
             return None
-        return save_checkpoint(self.output_dir / (name or f"model_{iteration:07d}.pth"), self.state(iteration))
+        path = save_checkpoint(self.output_dir / (name or f"model_{iteration:07d}.pth"), self.state(iteration))
+        atomic_write(self.output_dir / "config.yaml", lambda tmp: tmp.write_text(self.cfg.dump()))
+        if self.pending_log:
+            with open(self.output_dir / "metrics.jsonl", "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.pending_log)
+            self.pending_log.clear()
+        return path
 
     def loader(self) -> torch.utils.data.DataLoader:
         per_rank = self.cfg.SOLVER.IMS_PER_BATCH // self.world_size
@@ -150,14 +159,10 @@ class Trainer:
 
     def train(self) -> dict:
         s = self.cfg.SOLVER
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.output_dir / "config.yaml", lambda tmp: tmp.write_text(self.cfg.dump()))
         model = self.model
         if self.world_size > 1:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.rank] if self.device.type == "cuda" else None)
         model.train()
-        log_path = self.output_dir / "metrics.jsonl"
         bar = tqdm(
             total=s.MAX_ITER, initial=self.start_iter, desc="train", unit="it", disable=not self.is_main,
             dynamic_ncols=True, smoothing=0.05,
@@ -185,9 +190,9 @@ class Trainer:
                 if self.is_main and (iteration % self.cfg.LOG_PERIOD == 0 or iteration == s.MAX_ITER):
                     lr = self.optimizer.param_groups[0]["lr"]
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
-                    record = {"iteration": iteration, "loss": loss.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    self.pending_log.append(
+                        {"iteration": iteration, "loss": loss.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
+                    )
                 if iteration % s.CHECKPOINT_PERIOD == 0 and iteration < s.MAX_ITER:
                     self.save(iteration)
                 if self.cfg.TEST.EVAL_PERIOD and iteration % self.cfg.TEST.EVAL_PERIOD == 0 and iteration < s.MAX_ITER:

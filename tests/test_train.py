@@ -1,0 +1,239 @@
+"""Training, resume, DDP and evaluation, on real (tiny) synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.cocoeval import COCOeval
+
+from conftest import tiny_overrides
+from siefpn_deploy.cli import main
+from siefpn_deploy.config import SolverConfig, load_config
+from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.engine.checkpoint import last_checkpoint, load_checkpoint
+from siefpn_deploy.engine.trainer import TrainingSampler, lr_factor
+
+PRESET = "configs/synth_retinanet_R18.yaml"
+
+
+def cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "siefpn_deploy", *map(str, args)]
+
+
+def test_lr_schedule_warmup_and_steps():
+    s = SolverConfig(MAX_ITER=100, STEPS=[60, 80], GAMMA=0.1, WARMUP_ITERS=10, WARMUP_FACTOR=0.001)
+    assert lr_factor(s, 0) == pytest.approx(0.001)
+    assert lr_factor(s, 5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert [lr_factor(s, i) for i in (10, 59, 60, 80, 99)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    s.LR_SCHEDULER = "cosine"
+    assert lr_factor(s, 50) == pytest.approx(0.5)
+
+
+def test_sampler_resumes_where_it_stopped():
+    full = TrainingSampler(10, seed=3, rank=1, world_size=2)
+    resumed = TrainingSampler(10, seed=3, rank=1, world_size=2, start=7)
+    a, b = iter(full), iter(resumed)
+    stream = [next(a) for _ in range(20)]
+    assert [next(b) for _ in range(13)] == stream[7:]
+    other = iter(TrainingSampler(10, seed=3, rank=0, world_size=2))
+    assert sorted(stream[:5] + [next(other) for _ in range(5)]) == list(range(10))  # ranks split each epoch
+
+
+def subset(data: Path, dst: Path, n: int) -> Path:
+    """The first n training images as a dataset of their own (val stays the same)."""
+    doc = json.loads((data / "annotations" / "instances_train.json").read_text())
+    keep = {im["id"] for im in doc["images"][:n]}
+    doc["images"] = doc["images"][:n]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
+    (dst / "annotations").mkdir(parents=True)
+    (dst / "annotations" / "instances_train.json").write_text(json.dumps(doc))
+    (dst / "annotations" / "instances_val.json").write_text((data / "annotations" / "instances_val.json").read_text())
+    (dst / "train").symlink_to(data / "train")
+    (dst / "val").symlink_to(data / "val")
+    return dst
+
+
+def test_short_training_run_reduces_loss(tiny_synth, tmp_path):
+    # one fixed batch of 4 real images, no augmentation: the loss must fall as the model fits them
+    data = subset(tiny_synth, tmp_path / "data", 4)
+    out = tmp_path / "out"
+    opts = tiny_overrides(data, out, SOLVER__MAX_ITER=30, SOLVER__IMS_PER_BATCH=4, SOLVER__CHECKPOINT_PERIOD=100,
+                          SOLVER__BASE_LR=0.001, SOLVER__WARMUP_ITERS=3, INPUT__FLIP_PROB=0.0,
+                          INPUT__MIN_SIZE_TRAIN="[128]")
+    assert main(["train", "--config-file", PRESET, *opts]) == 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (out / "model_final.pth").is_file() and (out / "coco_instances_results.json").is_file()
+
+
+def test_kill_then_resume_continues_with_same_iteration_and_lr(tiny_synth, tmp_path):
+    out = tmp_path / "out"
+    # multistep: the LR depends on the iteration only, so a shorter MAX_ITER on resume can't change it
+    schedule = dict(SOLVER__CHECKPOINT_PERIOD=3, SOLVER__LR_SCHEDULER="multistep", SOLVER__STEPS="[4, 1000]")
+    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=400, **schedule)
+    proc = subprocess.Popen(cli("train", "--config-file", PRESET, *opts), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while last_checkpoint(out) is None or "0000006" not in last_checkpoint(out).name:
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = last_checkpoint(out)
+    state = load_checkpoint(killed_at)
+    iteration = state["iteration"]
+    assert iteration >= 6 and iteration % 3 == 0
+    cfg = load_config(PRESET, opts)
+    expected_lr = cfg.SOLVER.BASE_LR * lr_factor(cfg.SOLVER, iteration)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
+
+    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=iteration + 3, **schedule)
+    done = subprocess.run(cli("train", "--config-file", PRESET, "--resume", *opts), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {killed_at} at iteration {iteration}" in done.stdout
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, iteration + 4))  # no gap, no repeat
+    assert log[iteration]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * lr_factor(cfg.SOLVER, iteration + 1))
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == iteration + 3
+
+
+def test_two_process_ddp_on_cpu(tiny_synth, tmp_path):
+    out = tmp_path / "out"
+    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=3, SOLVER__IMS_PER_BATCH=4)
+    done = subprocess.run(cli("train", "--config-file", PRESET, "--num-gpus", 2, *opts), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == 3
+    assert "bbox" in json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn", "mask_rcnn"])
+def test_eval_only_equals_direct_cocoeval(tiny_synth, tmp_path, arch):
+    train_out, eval_out = tmp_path / "train", tmp_path / "eval"
+    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, train_out, arch, SOLVER__MAX_ITER=6)]) == 0
+    weights = train_out / "model_final.pth"
+    opts = tiny_overrides(tiny_synth, eval_out, arch, MODEL__WEIGHTS=weights, MODEL__SCORE_THRESH_TEST=0.0)
+    assert main(["train", "--config-file", PRESET, "--eval-only", *opts]) == 0
+    metrics = json.loads((eval_out / "metrics.json").read_text())
+    results = json.loads((eval_out / "coco_instances_results.json").read_text())
+    assert results, "an untrained model with score threshold 0 still detects something"
+    gt = CocoDetection(image_dir=tiny_synth / "val", annotation_file=tiny_synth / "annotations" / "instances_val.json").coco
+    for iou_type in ["bbox"] + (["segm"] if arch == "mask_rcnn" else []):
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert metrics[iou_type]["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
+        assert metrics[iou_type]["AP50"] == pytest.approx(ev.stats[1], abs=1e-12)
+    assert ("segm" in metrics) == (arch == "mask_rcnn")
+    # category ids in the results are COCO ids, not contiguous labels
+    assert {r["category_id"] for r in results} <= {c["id"] for c in gt.dataset["categories"]}
+
+
+def run_cli_error(capsys, args: list[str]) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("train:", "evaluate:"))]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_config_typo_is_one_line(capsys, tmp_path):
+    line = run_cli_error(capsys, ["train", "--config-file", PRESET, "SOLVER.BASE_LRR", "0.1"])
+    assert "SOLVER.BASE_LRR" in line and "did you mean SOLVER.BASE_LR" in line
+    line = run_cli_error(capsys, ["train", "--config-file", str(tmp_path / "nope.yaml")])
+    assert "nope.yaml" in line
+
+
+def _corrupt(data: Path) -> str:
+    victim = sorted((data / "train").iterdir())[3]
+    victim.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return victim.name
+
+
+def _missing(data: Path) -> str:
+    victim = sorted((data / "train").iterdir())[2]
+    victim.unlink()
+    return victim.name
+
+
+def _malformed_json(data: Path) -> str:
+    path = data / "annotations" / "instances_train.json"
+    path.write_text(path.read_text()[:-50])
+    return path.name
+
+
+def _unknown_category(data: Path) -> str:
+    path = data / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][0]["category_id"] = 999
+    path.write_text(json.dumps(doc))
+    return "999"
+
+
+def _empty(data: Path) -> str:
+    path = data / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    doc["images"], doc["annotations"] = [], []
+    path.write_text(json.dumps(doc))
+    return path.name
+
+
+@pytest.mark.parametrize("damage", [_corrupt, _missing, _malformed_json, _unknown_category, _empty])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_dataset_is_one_line_and_leaves_no_output(capsys, synth_copy, tmp_path, damage, workers):
+    culprit = damage(synth_copy)
+    out = tmp_path / "out"
+    # the corrupt image is met within the first epoch (8 iterations), before any checkpoint is due
+    opts = tiny_overrides(synth_copy, out, DATALOADER__NUM_WORKERS=workers, SOLVER__MAX_ITER=30,
+                          SOLVER__CHECKPOINT_PERIOD=1000)
+    line = run_cli_error(capsys, ["train", "--config-file", PRESET, *opts])
+    assert culprit in line
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_corrupt_image_after_a_checkpoint_keeps_complete_checkpoints(capsys, synth_copy, tmp_path):
+    culprit = _corrupt(synth_copy)
+    out = tmp_path / "out"
+    opts = tiny_overrides(synth_copy, out, SOLVER__MAX_ITER=30, SOLVER__CHECKPOINT_PERIOD=1)
+    assert culprit in run_cli_error(capsys, ["train", "--config-file", PRESET, *opts])
+    saved = last_checkpoint(out)
+    assert saved is not None and load_checkpoint(saved)["iteration"] >= 1  # resumable once the image is fixed
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_checkpoint_from_another_model_is_refused(capsys, tiny_synth, tmp_path):
+    out = tmp_path / "retina"
+    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=2)]) == 0
+    capsys.readouterr()
+    weights = out / "model_final.pth"
+    opts = tiny_overrides(tiny_synth, tmp_path / "eval", "faster_rcnn", MODEL__WEIGHTS=weights)
+    line = run_cli_error(capsys, ["train", "--config-file", PRESET, "--eval-only", *opts])
+    assert str(weights) in line and "does not match" in line
+    not_a_checkpoint = tmp_path / "junk.pth"
+    not_a_checkpoint.write_bytes(b"junk")
+    opts = tiny_overrides(tiny_synth, tmp_path / "eval", MODEL__WEIGHTS=not_a_checkpoint)
+    assert "junk.pth" in run_cli_error(capsys, ["train", "--config-file", PRESET, "--eval-only", *opts])
+
+
+def test_checkpoints_load_with_weights_only(tiny_synth, tmp_path):
+    out = tmp_path / "out"
+    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=2)]) == 0
+    state = torch.load(out / "model_final.pth", weights_only=True)
+    assert state["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
+    assert not list(out.glob(".*.tmp"))
