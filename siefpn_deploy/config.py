@@ -38,6 +38,8 @@ class ModelConfig:
     ANCHOR_SIZES: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     ANCHOR_OCTAVE_SCALES: int = 3
     ANCHOR_ASPECT_RATIOS: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # "" = detectron2's plain RetinaNet head; "GN" = GroupNorm after each head conv (trains from scratch faster)
+    RETINANET_HEAD_NORM: str = _choice("", "", "GN")
     # R-CNN box head width (torchvision TwoMLPHead); 1024 in the paper's models
     ROI_BOX_HEAD_DIM: int = 1024
     SCORE_THRESH_TEST: float = 0.05
@@ -87,6 +89,8 @@ class SolverConfig:
 @dataclass
 class DataloaderConfig:
     NUM_WORKERS: int = 2
+    # batch landscape with landscape and portrait with portrait images: less padding (detectron2's default)
+    ASPECT_RATIO_GROUPING: bool = True
 
 
 @dataclass

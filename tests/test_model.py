@@ -191,3 +191,27 @@ def test_plain_fpn_is_selectable_and_smaller():
     assert isinstance(fpn, FPN) and not isinstance(fpn, DualSIEFPN)
     assert n_params(dual) > n_params(fpn)
     assert fpn.output_shape() == dual.output_shape()
+
+
+def test_imagenet_weights_offline_is_one_clear_error(tmp_path, monkeypatch):
+    from siefpn_deploy.errors import UserError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: nothing to load, nothing downloaded
+    cfg = small_cfg("retinanet")
+    cfg.MODEL.BACKBONE_WEIGHTS = "imagenet"
+    with pytest.raises(UserError) as e:
+        build_backbone(cfg)
+    assert "resnet18-f37072fd.pth" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    import torchvision
+
+    source = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(source.state_dict(), path)
+    cfg = small_cfg("faster_rcnn")
+    cfg.MODEL.BACKBONE_WEIGHTS = str(path)
+    body = build_backbone(cfg).body
+    assert torch.equal(body["layer3"][0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.equal(body["conv1"].weight, source.conv1.weight)

@@ -237,3 +237,14 @@ def test_checkpoints_load_with_weights_only(tiny_synth, tmp_path):
     state = torch.load(out / "model_final.pth", weights_only=True)
     assert state["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
     assert not list(out.glob(".*.tmp"))
+
+
+def test_aspect_ratio_grouping_batches_like_with_like():
+    from siefpn_deploy.engine.trainer import AspectRatioGroupedBatchSampler
+
+    groups = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1]
+    sampler = TrainingSampler(len(groups), seed=0, rank=0, world_size=1)
+    batches = iter(AspectRatioGroupedBatchSampler(sampler, groups=groups, batch_size=3))
+    seen = [next(batches) for _ in range(20)]
+    assert all(len(b) == 3 and len({groups[i] for i in b}) == 1 for b in seen)
+    assert {groups[b[0]] for b in seen} == {0, 1}

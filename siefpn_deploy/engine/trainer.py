@@ -65,6 +65,22 @@ class TrainingSampler(torch.utils.data.Sampler[int]):
             epoch += 1
 
 
+class AspectRatioGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of `batch_size` indices that share a group (landscape or portrait), in sampler order."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler[int], *, groups: list[int], batch_size: int) -> None:
+        self.sampler, self.groups, self.batch_size = sampler, groups, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buckets: dict[int, list[int]] = {}
+        for index in self.sampler:
+            bucket = buckets.setdefault(self.groups[index], [])
+            bucket.append(index)
+            if len(bucket) == self.batch_size:
+                yield bucket[:]
+                bucket.clear()
+
+
 def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection]:
     d, i = cfg.DATASETS, cfg.INPUT
     with_masks = cfg.MODEL.META_ARCHITECTURE == "mask_rcnn"
@@ -103,6 +119,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(s, it))
         self.start_iter = 0
         self.pending_log: list[dict] = []
+        self.log_started = False
 
     @property
     def is_main(self) -> bool:
@@ -140,9 +157,12 @@ class Trainer:
         path = save_checkpoint(self.output_dir / (name or f"model_{iteration:07d}.pth"), self.state(iteration))
         atomic_write(self.output_dir / "config.yaml", lambda tmp: tmp.write_text(self.cfg.dump()))
         if self.pending_log:
-            with open(self.output_dir / "metrics.jsonl", "a") as f:
+            # a fresh run starts its own log; a resumed run extends the one its checkpoint belongs to
+            mode = "a" if self.start_iter > 0 or self.log_started else "w"
+            with open(self.output_dir / "metrics.jsonl", mode) as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.pending_log)
             self.pending_log.clear()
+            self.log_started = True
         return path
 
     def loader(self) -> torch.utils.data.DataLoader:
@@ -151,9 +171,15 @@ class Trainer:
             len(self.train_set), seed=self.cfg.SEED, rank=self.rank, world_size=self.world_size,
             start=self.start_iter * per_rank,
         )
+        if self.cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+            images = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
+            groups = [int(im["width"] > im["height"]) for im in images]
+            batches = AspectRatioGroupedBatchSampler(sampler, groups=groups, batch_size=per_rank)
+        else:
+            batches = torch.utils.data.BatchSampler(sampler, per_rank, drop_last=False)
         workers = self.cfg.DATALOADER.NUM_WORKERS
         return torch.utils.data.DataLoader(
-            self.train_set, batch_size=per_rank, sampler=sampler, collate_fn=collate, num_workers=workers,
+            self.train_set, batch_sampler=batches, collate_fn=collate, num_workers=workers,
             persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.cfg.SEED + self.start_iter),
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -64,7 +66,8 @@ def build_detector(cfg: Config, *, num_classes: int) -> nn.Module:
         _skip_resize=True,
     )
     if m.META_ARCHITECTURE == "retinanet":
-        head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+        norm = partial(nn.GroupNorm, min(32, channels // 4)) if m.RETINANET_HEAD_NORM == "GN" else None
+        head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1, norm_layer=norm)
         return RetinaNet(
             backbone,
             num_classes + 1,
