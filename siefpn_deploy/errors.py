@@ -14,4 +14,4 @@ def one_line(exc: BaseException) -> str:
     if "Original Traceback" in text:  # torch.utils.data wraps worker exceptions with the worker's traceback
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if last.startswith(f"{__name__}.") and ": " in last else last
-    return " ".join(text.split())
+    return " ".join(text.split()) or type(exc).__name__

@@ -14,12 +14,8 @@ import torch
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..fileio import read_json
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def load_coco(annotation_file: str | Path) -> COCO:
@@ -70,7 +66,7 @@ def load_image(path: str | Path) -> Image.Image:
                 img = img.convert("RGBA")  # converting such a palette straight to RGB makes PIL warn
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 class CocoDetection(torch.utils.data.Dataset):
