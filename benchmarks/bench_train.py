@@ -104,7 +104,7 @@ def main() -> int:
         machine += f", {torch.cuda.get_device_name()}"
     lines = [f"# Training benchmark ({datetime.date.today()}, {machine})", "",
              f"Preset `{args.config_file}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes {base.INPUT.MIN_SIZE_TRAIN}.", "",
-             "| neck | train images/s | peak host RSS MiB |", "|---|---|---|"]
+             "| neck | train images/s | peak host RSS MiB (whole process so far) |", "|---|---|---|"]
     for neck in ["fpn", "dual_sie_fpn"]:
         cfg = load_config(args.config_file, dataset_overrides(data) + ["MODEL.NECK", neck, "DATALOADER.NUM_WORKERS", "0"])
         t = throughput(cfg, args.iters, args.warmup)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import UserError
 from ..fileio import atomic_path, atomic_write
@@ -246,7 +246,7 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
     out_dir = Path(out_dir)
     categories = [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES]
     summary: dict = {"out_dir": str(out_dir), "categories": [n for _, n in CATEGORIES], "splits": {}}
-    bar = tqdm(total=num_train + num_val, desc="synthetic images", unit="img", disable=not progress)
+    bar = progress_bar(total=num_train + num_val, desc="synthetic images", unit="img", disable=not progress)
     for split_index, (split, count) in enumerate([("train", num_train), ("val", num_val)]):
         image_dir = out_dir / split
         image_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import pycocotools.mask as mask_util
 import torch
 from pycocotools.cocoeval import COCOeval
 from torch import nn
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..data import CocoDetection, collate
 from ..fileio import atomic_write, write_json
@@ -52,7 +52,7 @@ def run_inference(
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
-    for images, targets in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, dynamic_ncols=True):
+    for images, targets in progress_bar(loader, desc="evaluate", unit="batch", disable=not progress):
         outputs = model([im.to(device) for im in images])
         for out, tgt in zip(outputs, targets):
             results += detections_to_coco(out, int(tgt["image_id"]), dataset)

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..config import Config, SolverConfig
 from ..data import CocoDetection, build_train_transforms, collate
@@ -189,9 +189,9 @@ class Trainer:
         if self.world_size > 1:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.rank] if self.device.type == "cuda" else None)
         model.train()
-        bar = tqdm(
+        bar = progress_bar(
             total=s.MAX_ITER, initial=self.start_iter, desc="train", unit="it", disable=not self.is_main,
-            dynamic_ncols=True, smoothing=0.05,
+            smoothing=0.05,
         )
         iteration, images_seen, t0 = self.start_iter, 0, time.perf_counter()
         data = iter(self.loader())
