@@ -117,10 +117,6 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _keys(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def _unknown(key: str, known: list[str], where: str) -> UserError:
     hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
@@ -226,13 +222,6 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         _apply(cfg, _read_yaml(path), "", str(path))
     if overrides:
         _apply(cfg, parse_overrides(overrides), "", "command-line overrides")
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any], where: str) -> Config:
-    cfg = Config()
-    _apply(cfg, data, "", where)
     validate(cfg)
     return cfg
 
