@@ -47,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config_file, args.opts)
     name = str(resolve_config_file(args.config_file))
     if args.eval_only:
-        evaluate_only(cfg, config_name=name)  # one process: COCOeval needs every image in one place
+        evaluate_only(cfg, config_name=name)
         return 0
     launch(_train_entry, (cfg, name, args.resume), num_processes=args.num_gpus)
     return 0

@@ -50,6 +50,10 @@ class ModelConfig:
     PIXEL_STD: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     WEIGHTS: str = ""
 
+    @property
+    def has_masks(self) -> bool:
+        return self.META_ARCHITECTURE == "mask_rcnn"
+
 
 @dataclass
 class DatasetsConfig:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from .config import load_config, resolve_config_file
+from .data import generate_synthetic
+from .data.synth import split_paths
 from .engine.checkpoint import last_checkpoint
 from .engine.trainer import train
 
@@ -17,18 +19,15 @@ TARGET = {"AP": 0.30, "AP50": 0.60}
 
 
 def dataset_overrides(data_dir: Path) -> list[str]:
+    (train_images, train_json), (test_images, test_json) = (split_paths(data_dir, s) for s in ("train", "val"))
     return [
-        "DATASETS.TRAIN_IMAGES", str(data_dir / "train"),
-        "DATASETS.TRAIN_ANNOTATIONS", str(data_dir / "annotations" / "instances_train.json"),
-        "DATASETS.TEST_IMAGES", str(data_dir / "val"),
-        "DATASETS.TEST_ANNOTATIONS", str(data_dir / "annotations" / "instances_val.json"),
+        "DATASETS.TRAIN_IMAGES", str(train_images), "DATASETS.TRAIN_ANNOTATIONS", str(train_json),
+        "DATASETS.TEST_IMAGES", str(test_images), "DATASETS.TEST_ANNOTATIONS", str(test_json),
     ]
 
 
 def ensure_synthetic(data_dir: Path, *, regenerate: bool = False) -> None:
-    from .data import generate_synthetic
-
-    if regenerate or not (data_dir / "annotations" / "instances_val.json").is_file():
+    if regenerate or not split_paths(data_dir, "val")[1].is_file():
         print(f"[demo] generating the synthetic dataset in {data_dir}")
         generate_synthetic(data_dir)
     else:

@@ -37,8 +37,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """indent=None writes compact JSON (large files: one polygon number per line adds up)."""
+    separators = None if indent is not None else (",", ":")
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent, separators=separators) + "\n"))
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -50,3 +52,17 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """`torch.load(weights_only=True)` on the CPU; a missing or unloadable file is a one-line UserError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors all land here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot load {what} {path} (not a torch file?): {type(e).__name__}: {first}") from None

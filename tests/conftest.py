@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from siefpn_deploy.data import generate_synthetic
+from siefpn_deploy.data.synth import split_paths
 
 # pycocotools calls a numpy API that numpy 2 deprecates, once per mask
 warnings.filterwarnings("ignore", message=".*product.*", category=DeprecationWarning)
@@ -42,10 +43,10 @@ def tiny_overrides(data: Path, out: Path, arch: str = "retinanet", **extra: obje
         "SOLVER.WARMUP_ITERS": 2,
         "SOLVER.CHECKPOINT_PERIOD": 2,
         "DATALOADER.NUM_WORKERS": 0,
-        "DATASETS.TRAIN_IMAGES": data / "train",
-        "DATASETS.TRAIN_ANNOTATIONS": data / "annotations" / "instances_train.json",
-        "DATASETS.TEST_IMAGES": data / "val",
-        "DATASETS.TEST_ANNOTATIONS": data / "annotations" / "instances_val.json",
+        "DATASETS.TRAIN_IMAGES": split_paths(data, "train")[0],
+        "DATASETS.TRAIN_ANNOTATIONS": split_paths(data, "train")[1],
+        "DATASETS.TEST_IMAGES": split_paths(data, "val")[0],
+        "DATASETS.TEST_ANNOTATIONS": split_paths(data, "val")[1],
         "OUTPUT_DIR": out,
         "LOG_PERIOD": 1,
     }

@@ -6,17 +6,16 @@ objects drawn after it, and its polygons trace that visible mask exactly (pixel-
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from ..progress import progress_bar
 
 from ..errors import UserError
-from ..fileio import atomic_path, atomic_write
+from ..fileio import atomic_path, write_json
+from ..progress import progress_bar
 
 # non-contiguous ids, like COCO's, so the loader's id -> label mapping is always exercised
 CATEGORIES: list[tuple[int, str]] = [
@@ -231,9 +230,10 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------- dataset
 
-def _write_compact_json(path: Path, obj: dict) -> None:
-    # compact rather than fileio.write_json's indent=2: polygons would put every number on its own line
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n"))
+def split_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """(image folder, instances JSON) of one split of a dataset written by `generate`."""
+    out_dir = Path(out_dir)
+    return out_dir / split, out_dir / "annotations" / f"instances_{split}.json"
 
 
 def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, seed: int = 0,
@@ -248,7 +248,7 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
     summary: dict = {"out_dir": str(out_dir), "categories": [n for _, n in CATEGORIES], "splits": {}}
     bar = progress_bar(total=num_train + num_val, desc="synthetic images", unit="img", disable=not progress)
     for split_index, (split, count) in enumerate([("train", num_train), ("val", num_val)]):
-        image_dir = out_dir / split
+        image_dir, ann_file = split_paths(out_dir, split)
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
@@ -274,8 +274,7 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
                     "area": int(inst.visible_mask.sum()), "iscrowd": 0, "segmentation": polygons,
                 })
             bar.update(1)
-        ann_file = out_dir / "annotations" / f"instances_{split}.json"
-        _write_compact_json(ann_file, {
+        write_json(ann_file, indent=None, obj={
             "info": {"description": f"siefpn-deploy synthetic shapes, seed {seed}"},
             "images": images, "annotations": annotations, "categories": categories,
         })

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, load_torch_file
 
 LAST = "last_checkpoint"
 
@@ -38,13 +38,7 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and weights_only errors all land here
-        raise UserError(f"cannot load checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
+    state = load_torch_file(path, "checkpoint")
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     # a bare state dict (e.g. from torch.save(model.state_dict())) is accepted as the model weights

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,10 @@ import pycocotools.mask as mask_util
 import torch
 from pycocotools.cocoeval import COCOeval
 from torch import nn
-from ..progress import progress_bar
 
 from ..data import CocoDetection, collate
-from ..fileio import atomic_write, write_json
+from ..fileio import write_json
+from ..progress import progress_bar
 
 METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
@@ -83,15 +82,17 @@ def coco_eval(dataset: CocoDetection, results: list[dict[str, Any]], iou_type: s
 
 def evaluate(
     model: nn.Module, dataset: CocoDetection, *, device: torch.device, output_dir: str | Path | None,
-    with_masks: bool, num_workers: int = 0, verbose: bool = True,
+    num_workers: int = 0, verbose: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Run, score and (if output_dir) write `coco_instances_results.json` and `metrics.json`."""
+    """Run, score and (if output_dir) write `coco_instances_results.json` and `metrics.json`.
+
+    Mask AP is scored when the dataset carries masks (it is built with_masks for Mask R-CNN)."""
     results = run_inference(model, dataset, device=device, num_workers=num_workers, progress=verbose)
     metrics = {"bbox": coco_eval(dataset, results, "bbox", verbose=verbose)}
-    if with_masks:
+    if dataset.with_masks:
         metrics["segm"] = coco_eval(dataset, results, "segm", verbose=verbose)
     if output_dir is not None:
         out = Path(output_dir)
-        atomic_write(out / "coco_instances_results.json", lambda tmp: tmp.write_text(json.dumps(results)))
+        write_json(out / "coco_instances_results.json", results, indent=None)
         write_json(out / "metrics.json", metrics)
     return metrics

@@ -12,13 +12,13 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from ..progress import progress_bar
 
 from ..config import Config, SolverConfig
 from ..data import CocoDetection, build_train_transforms, collate
 from ..errors import UserError
 from ..fileio import atomic_write
 from ..model import build_detector
+from ..progress import progress_bar
 from .checkpoint import last_checkpoint, load_checkpoint, load_model_weights, save_checkpoint, unwrap
 from .evaluate import evaluate
 from .launch import device_for
@@ -83,9 +83,8 @@ class AspectRatioGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection]:
     d, i = cfg.DATASETS, cfg.INPUT
-    with_masks = cfg.MODEL.META_ARCHITECTURE == "mask_rcnn"
     train = CocoDetection(
-        image_dir=d.TRAIN_IMAGES, annotation_file=d.TRAIN_ANNOTATIONS, with_masks=with_masks,
+        image_dir=d.TRAIN_IMAGES, annotation_file=d.TRAIN_ANNOTATIONS, with_masks=cfg.MODEL.has_masks,
         transforms=build_train_transforms(min_sizes=i.MIN_SIZE_TRAIN, max_size=i.MAX_SIZE_TRAIN, flip_prob=i.FLIP_PROB),
     )
     test = build_test_dataset(cfg)
@@ -99,8 +98,7 @@ def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection]:
 def build_test_dataset(cfg: Config) -> CocoDetection:
     d = cfg.DATASETS
     return CocoDetection(
-        image_dir=d.TEST_IMAGES, annotation_file=d.TEST_ANNOTATIONS,
-        with_masks=cfg.MODEL.META_ARCHITECTURE == "mask_rcnn",
+        image_dir=d.TEST_IMAGES, annotation_file=d.TEST_ANNOTATIONS, with_masks=cfg.MODEL.has_masks
     )
 
 
@@ -241,9 +239,7 @@ class Trainer:
         if self.is_main:  # rank 0 scores the whole split; the others wait at the barrier
             metrics = evaluate(
                 unwrap(self.model), self.test_set, device=self.device,
-                output_dir=self.output_dir if write else None,
-                with_masks=self.cfg.MODEL.META_ARCHITECTURE == "mask_rcnn",
-                num_workers=self.cfg.DATALOADER.NUM_WORKERS,
+                output_dir=self.output_dir if write else None, num_workers=self.cfg.DATALOADER.NUM_WORKERS,
             )
         if self.world_size > 1:
             dist.barrier()
@@ -256,16 +252,12 @@ def train(cfg: Config, *, config_name: str, resume: bool, rank: int = 0, world_s
     return trainer.train()
 
 
-def evaluate_only(cfg: Config, *, config_name: str, rank: int = 0, world_size: int = 1) -> dict:
+def evaluate_only(cfg: Config, *, config_name: str) -> dict:
+    """One process: COCOeval needs every image's detections in one place."""
     if not cfg.MODEL.WEIGHTS:
         raise UserError("--eval-only needs MODEL.WEIGHTS path/to/checkpoint.pth")
-    if rank != 0:
-        return {}
     test_set = build_test_dataset(cfg)
-    device = device_for(rank)
+    device = device_for(0)
     model = build_detector(cfg, num_classes=test_set.num_classes).to(device)
     load_model_weights(model, load_checkpoint(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS, config_name)
-    return evaluate(
-        model, test_set, device=device, output_dir=cfg.OUTPUT_DIR,
-        with_masks=cfg.MODEL.META_ARCHITECTURE == "mask_rcnn", num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
+    return evaluate(model, test_set, device=device, output_dir=cfg.OUTPUT_DIR, num_workers=cfg.DATALOADER.NUM_WORKERS)

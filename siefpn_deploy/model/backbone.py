@@ -12,6 +12,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..errors import UserError
+from ..fileio import load_torch_file
 from .neck import PyramidNeck, ShapeSpec
 
 RESNETS = {
@@ -39,12 +40,7 @@ def load_backbone_weights(model: nn.Module, name: str, weights: str) -> None:
             )
     else:
         path = Path(weights)
-        if not path.is_file():
-            raise UserError(f"MODEL.BACKBONE_WEIGHTS file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise UserError(f"cannot load backbone weights {path}: {str(e).splitlines()[0]}") from None
+    state = load_torch_file(path, "MODEL.BACKBONE_WEIGHTS file")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
