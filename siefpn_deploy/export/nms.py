@@ -1,0 +1,169 @@
+"""NMS in the deploy graph: one op with two interchangeable ONNX lowerings, selected by `--nms`.
+
+    batched_nms(boxes [B,N,4], scores [B,N], groups [B,N] int64, valid [B,N] bool)
+        -> keep [B,K] int64 (indices into N), keep_valid [B,K] bool
+
+returns the first K = max_keep boxes that `torchvision.ops.batched_nms` keeps among the valid
+candidates, in its order (score descending, ties by index), padded with invalid slots.
+
+In PyTorch the op runs torchvision's NMS kernel. In ONNX the strategy module lowers it:
+- `OnnxNMS`: the standard `NonMaxSuppression` op (ONNX Runtime, full TensorRT). Its output has a
+  data-dependent length, so it is scattered back into a fixed [B,N] mask inside the graph.
+- `TensorNMS`: exact greedy NMS in plain tensor ops for runtimes with no NMS layer (the TensorRT-RTX
+  builder): K unrolled steps of "take the best alive box, suppress what it overlaps". Greedy NMS
+  is inherently sequential (it picks the lexicographically first maximal independent set), so K
+  steps is the least an exact method needs; each step is O(N) work and memory.
+
+Both lowerings sort with ONNX TopK, which orders equal scores by index as batched_nms's stable sort
+does, and suppress on `IoU > threshold` within a group with torchvision's arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnxscript import BOOL, FLOAT, INT64, script
+from onnxscript import opset18 as op
+from torch import Tensor, nn
+from torchvision.ops import nms
+
+
+@torch.library.custom_op("siefpn::batched_nms", mutates_args=())
+def batched_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float, max_keep: int,
+    num_groups: int, lowering: str,
+) -> tuple[Tensor, Tensor]:
+    keep = torch.zeros(scores.shape[0], max_keep, dtype=torch.int64, device=scores.device)
+    keep_valid = torch.zeros(scores.shape[0], max_keep, dtype=torch.bool, device=scores.device)
+    for b in range(scores.shape[0]):
+        kept = [torch.zeros(0, dtype=torch.int64, device=scores.device)]
+        # per group, like batched_nms's own large-input path (its offset trick rounds coordinates)
+        for g in torch.unique(groups[b][valid[b]]):
+            idx = torch.nonzero(valid[b] & (groups[b] == g)).flatten()
+            kept.append(idx[nms(boxes[b, idx], scores[b, idx], iou_threshold)])
+        idx = torch.sort(torch.cat(kept)).values  # ascending index, then a stable score sort
+        idx = idx[torch.sort(scores[b, idx], descending=True, stable=True).indices][:max_keep]
+        keep[b, : len(idx)] = idx
+        keep_valid[b, : len(idx)] = True
+    return keep, keep_valid
+
+
+@batched_nms.register_fake
+def _(boxes, scores, groups, valid, iou_threshold, max_keep, num_groups, lowering):
+    shape = (scores.shape[0], max_keep)
+    return scores.new_empty(shape, dtype=torch.int64), scores.new_empty(shape, dtype=torch.bool)
+
+
+class BatchedNMS(nn.Module):
+    """The strategy base: thresholds and sizes; subclasses choose the ONNX lowering."""
+
+    lowering = ""
+
+    def __init__(self, *, iou_threshold: float, max_keep: int, num_groups: int) -> None:
+        super().__init__()
+        self.iou_threshold = float(iou_threshold)
+        self.max_keep = int(max_keep)
+        self.num_groups = int(num_groups)
+
+    def forward(self, boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        return batched_nms(boxes, scores, groups, valid, self.iou_threshold, self.max_keep, self.num_groups,
+                           self.lowering)
+
+
+class OnnxNMS(BatchedNMS):
+    lowering = "onnx"
+
+
+class TensorNMS(BatchedNMS):
+    lowering = "tensor"
+
+
+STRATEGIES: dict[str, type[BatchedNMS]] = {cls.lowering: cls for cls in (OnnxNMS, TensorNMS)}
+
+
+LOWEST = float(np.finfo(np.float32).min)  # the invalid key: finite, so no inf arithmetic in any runtime
+
+# --- ONNX lowerings (opset 18) ------------------------------------------------------------------
+# Both end the same way: a kept mask [B,N], then TopK(K) over the kept scores, which orders equal
+# scores by index (the ONNX TopK contract), as batched_nms's stable sort does. K <= 3840 (TensorRT's
+# TopK limit); N is unbounded because neither lowering sorts all N.
+
+def _masked_keys(op, scores, valid):
+    return op.Where(valid, scores, op.CastLike(op.Constant(value_float=LOWEST), scores))
+
+
+def _kept_to_keep(op, kept, keys, max_keep: int):
+    lowest = op.CastLike(op.Constant(value_float=LOWEST), keys)
+    top, keep = op.TopK(op.Where(kept, keys, lowest), op.Constant(value_ints=[max_keep]), axis=1)
+    return keep, op.Greater(top, lowest)
+
+
+def _lower_onnx(op, boxes, scores, groups, valid, iou_threshold, max_keep, num_groups):
+    keys = _masked_keys(op, scores, valid)
+    group_ids = op.Reshape(op.Range(op.Constant(value_int=0), op.Constant(value_int=num_groups),
+                                    op.Constant(value_int=1)), op.Constant(value_ints=[1, -1, 1]))
+    in_group = op.Equal(op.Unsqueeze(groups, op.Constant(value_ints=[1])), group_ids)  # [B,G,N]
+    lowest = op.CastLike(op.Constant(value_float=LOWEST), keys)
+    group_scores = op.Where(in_group, op.Unsqueeze(keys, op.Constant(value_ints=[1])), lowest)
+    selected = op.NonMaxSuppression(
+        boxes, group_scores, op.Constant(value_ints=[max_keep]), op.Constant(value_floats=[iou_threshold]),
+        op.Constant(value_floats=[LOWEST]),
+    )  # [M,3] (batch, group, box); LOWEST (invalid, or another group's) is not > LOWEST
+    index = op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)  # [M,2]
+    ones = op.Expand(op.Constant(value=onnx.helper.make_tensor("t", onnx.TensorProto.BOOL, [1], [True])),
+                     op.Shape(index, start=0, end=1))
+    kept = op.ScatterND(op.Not(op.Equal(keys, keys)), index, ones)  # all False [B,N], then the selected
+    return _kept_to_keep(op, kept, keys, max_keep)
+
+
+@script()
+def _greedy_kept(keys: FLOAT, boxes: FLOAT, groups: INT64, valid: BOOL, iou_threshold: float, max_keep: int) -> BOOL:
+    """kept [B,N] after `max_keep` greedy steps; keys [B,N] hold LOWEST for invalid boxes."""
+    planes = op.Transpose(boxes, perm=[0, 2, 1])  # [B,4,N]
+    lo = op.Slice(planes, [0], [2], [1])  # [B,2,N]: x1, y1
+    hi = op.Slice(planes, [2], [4], [1])  # [B,2,N]: x2, y2
+    extent = op.Sub(hi, lo)
+    areas = op.Mul(op.Gather(extent, 0, axis=1), op.Gather(extent, 1, axis=1))  # [B,N]
+    position = op.Unsqueeze(op.Range(0, op.Squeeze(op.Shape(keys, start=1, end=2)), 1), [0])  # [1,N]
+    lowest = op.CastLike(op.Constant(value_float=LOWEST), keys)
+    threshold = op.CastLike(op.Constant(value_float=iou_threshold), keys)
+    alive = valid
+    kept = op.Not(valid) & valid
+    steps = op.Constant(value_int=max_keep)
+    for _ in range(steps):
+        # the best alive box: ArgMax takes the first maximum, so ties go to the lower index
+        masked = op.Where(alive, keys, lowest)
+        i = op.ArgMax(masked, axis=1, keepdims=1)  # [B,1]
+        ok = op.Greater(op.GatherElements(masked, i, axis=1), lowest)  # false once nothing is alive
+        # IoU of box i with every box, in torchvision's kernel arithmetic
+        i2 = op.Expand(op.Unsqueeze(i, [1]), [1, 2, 1])
+        wh = op.Relu(op.Min(op.GatherElements(hi, i2, axis=2), hi) - op.Max(op.GatherElements(lo, i2, axis=2), lo))
+        inter = op.Gather(wh, 0, axis=1) * op.Gather(wh, 1, axis=1)
+        iou = inter / (op.GatherElements(areas, i, axis=1) + areas - inter)
+        same = op.Equal(groups, op.GatherElements(groups, i, axis=1))
+        # i itself leaves the alive set even when its IoU with itself is NaN (a zero-area box)
+        hit = op.Equal(position, i)
+        alive = alive & op.Not((op.Greater(iou, threshold) & same) | hit)
+        kept = kept | (hit & ok)
+        # stop once nothing is alive; this also gives the Loop an explicit condition input,
+        # which TensorRT's ONNX parser requires
+        done = op.Not(op.ReduceMax(op.Cast(alive, to=1), keepdims=0) > 0.0)
+        if done:
+            break
+    return kept
+
+
+def _lower_tensor(op, boxes, scores, groups, valid, iou_threshold, max_keep, num_groups):
+    keys = _masked_keys(op, scores, valid)
+    kept = _greedy_kept(keys, boxes, groups, valid, iou_threshold=iou_threshold, max_keep=max_keep)
+    return _kept_to_keep(op, kept, keys, max_keep)
+
+
+def batched_nms_onnx(boxes, scores, groups, valid, iou_threshold: float, max_keep: int, num_groups: int,
+                     lowering: str):
+    lower = _lower_onnx if lowering == OnnxNMS.lowering else _lower_tensor
+    return lower(op, boxes, scores, groups, valid, iou_threshold, max_keep, num_groups)
+
+
+ONNX_TRANSLATIONS = {torch.ops.siefpn.batched_nms.default: batched_nms_onnx}
