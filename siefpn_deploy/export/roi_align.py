@@ -49,7 +49,7 @@ class MultiScaleRoIAlign(nn.Module):
 
         # per-RoI level properties, gathered from small per-level tables
         def per_level(values: list) -> Tensor:
-            table = torch.stack([torch.as_tensor(v, dtype=boxes.dtype) for v in values])
+            table = torch.stack([torch.scalar_tensor(v, dtype=boxes.dtype) for v in values])
             return table[lvl]  # [B,R]
 
         scale = per_level([1.0 / s for s in self.strides])

@@ -1,0 +1,83 @@
+"""Detection matching between two runs of the same model (PyTorch vs an exported artifact)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N,4] x [M,4] xyxy -> [N,M]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-12)
+
+
+def match_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, min_iou: float) -> list[tuple[int, int]]:
+    """Greedy in reference score order: each reference detection takes the unmatched same-label
+    detection of highest IoU >= min_iou. Returns (ref index, got index) pairs."""
+    if len(ref["boxes"]) == 0 or len(got["boxes"]) == 0:
+        return []
+    iou = box_iou(ref["boxes"], got["boxes"])
+    iou[ref["labels"][:, None] != got["labels"][None, :]] = -1
+    pairs, taken = [], np.zeros(len(got["boxes"]), dtype=bool)
+    for i in np.argsort(-ref["scores"], kind="stable"):
+        row = np.where(taken, -1, iou[i])
+        j = int(np.argmax(row))
+        if row[j] >= min_iou:
+            pairs.append((int(i), j))
+            taken[j] = True
+    return pairs
+
+
+@dataclass
+class Agreement:
+    """How one artifact's detections agree with the reference's, over many images."""
+
+    reference: int = 0
+    matched: int = 0
+    unmatched_borderline: int = 0  # scores within `margin` of the threshold or of the K-th score
+    unmatched: int = 0
+    max_box_abs: float = 0.0
+    max_box_rel: float = 0.0
+    max_score_abs: float = 0.0
+    max_mask_abs: float = 0.0
+    box_errors: list = field(default_factory=list, repr=False)
+    score_errors: list = field(default_factory=list, repr=False)
+
+    def add(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, min_iou: float, score_thresh: float,
+            max_det: int, margin: float = 1e-3) -> None:
+        pairs = match_detections(ref, got, min_iou=min_iou)
+        self.reference += len(ref["boxes"])
+        self.matched += len(pairs)
+        for dets, side in ((ref, 0), (got, 1)):
+            done = {p[side] for p in pairs}
+            floor = dets["scores"].min() if len(dets["scores"]) >= max_det else -np.inf
+            for k in range(len(dets["scores"])):
+                if k in done:
+                    continue
+                s = dets["scores"][k]
+                if s < score_thresh + margin or s <= floor + margin:
+                    self.unmatched_borderline += 1
+                else:
+                    self.unmatched += 1
+        if pairs:
+            r, g = (np.array(x) for x in zip(*pairs))
+            box_abs = np.abs(ref["boxes"][r] - got["boxes"][g])
+            score_abs = np.abs(ref["scores"][r] - got["scores"][g])
+            self.box_errors.append(box_abs.ravel())
+            self.score_errors.append(score_abs)
+            self.max_box_abs = max(self.max_box_abs, float(box_abs.max()))
+            self.max_box_rel = max(self.max_box_rel, float((box_abs / np.maximum(np.abs(ref["boxes"][r]), 1.0)).max()))
+            self.max_score_abs = max(self.max_score_abs, float(score_abs.max()))
+            if "masks" in ref and "masks" in got:
+                self.max_mask_abs = max(self.max_mask_abs, float(np.abs(ref["masks"][r] - got["masks"][g]).max()))
+
+    def summary(self) -> str:
+        return (f"matched {self.matched}/{self.reference} detections ({self.unmatched} unmatched, "
+                f"{self.unmatched_borderline} borderline at the score cut), max box error {self.max_box_abs:.2e} px "
+                f"(rel {self.max_box_rel:.1e}), max score error {self.max_score_abs:.1e}"
+                + (f", max mask error {self.max_mask_abs:.1e}" if self.max_mask_abs else ""))

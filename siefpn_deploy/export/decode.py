@@ -1,0 +1,79 @@
+"""Shape-static building blocks of in-graph postprocessing, each equal to torchvision's eager step.
+
+Every selection is a TopK over a fixed K plus a validity mask, never boolean indexing or NonZero,
+so the graph has no data-dependent shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def grid_anchors(cell_anchors: Tensor, feature: Tensor, image_hw: tuple) -> Tensor:
+    """torchvision AnchorGenerator for one level, from the runtime feature shape: [h*w*A, 4].
+
+    The stride is image size // grid size as torchvision computes it (e.g. 106, not 128, for a
+    3-cell P7 on a 320 input), so every input size gets the anchors the model was trained with.
+    """
+    h, w = feature.shape[-2:]
+    stride_h, stride_w = image_hw[0] // h, image_hw[1] // w
+    shifts_x = torch.arange(0, w, dtype=torch.int32, device=feature.device) * stride_w
+    shifts_y = torch.arange(0, h, dtype=torch.int32, device=feature.device) * stride_h
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts.view(-1, 1, 4) + cell_anchors.to(feature.dtype).view(1, -1, 4)).reshape(-1, 4)
+
+
+def topk_valid(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k of the valid scores [B,N] for any N, also N < k: (scores [B,k], indices [B,k], valid [B,k]).
+
+    Padding with k invalid slots keeps k static; padded slots point at index 0 and are invalid.
+    """
+    b = scores.shape[0]
+    lowest = torch.finfo(scores.dtype).min
+    keys = torch.cat([torch.where(valid, scores, lowest), scores.new_full((b, k), lowest)], dim=1)
+    flags = torch.cat([valid, valid.new_zeros((b, k))], dim=1)
+    top, idx = torch.topk(keys, k, dim=1)
+    ok = torch.gather(flags, 1, idx)
+    return top, torch.where(ok, idx, torch.zeros_like(idx)), ok
+
+
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B,N,...] gathered along N by idx [B,M] -> [B,M,...]."""
+    view = idx.reshape(idx.shape + (1,) * (x.dim() - 2))
+    return torch.gather(x, 1, view.expand(idx.shape + x.shape[2:]))
+
+
+def clip_boxes(boxes: Tensor, image_hw: tuple) -> Tensor:
+    """torchvision's clip_boxes_to_image on [...,4] (x to [0,W], y to [0,H])."""
+    x = boxes[..., 0::2].clamp(min=0, max=image_hw[1])
+    y = boxes[..., 1::2].clamp(min=0, max=image_hw[0])
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def not_small(boxes: Tensor, min_size: float) -> Tensor:
+    """torchvision's remove_small_boxes as a mask [...]."""
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+
+
+def decode(box_coder, deltas: Tensor, references: Tensor) -> Tensor:
+    """torchvision BoxCoder.decode_single, batched: deltas [B,N,4*C], references [B,N,4] -> [B,N,C,4]."""
+    b, n = deltas.shape[:2]
+    out = box_coder.decode_single(deltas.reshape(b * n, -1), references.reshape(b * n, 4))
+    return out.reshape(b, n, -1, 4)
+
+
+def select_detections(nms, boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """Class-aware NMS, then the fixed-size outputs, padded after num_dets (boxes 0, scores 0, labels -1)."""
+    keep, kept = nms(boxes, scores, labels, valid)  # [B,K]
+    boxes = torch.where(kept[..., None], gather_rows(boxes, keep), torch.zeros_like(boxes[:, :1]))
+    scores = torch.where(kept, torch.gather(scores, 1, keep), torch.zeros_like(scores[:, :1]))
+    labels = torch.where(kept, torch.gather(labels, 1, keep), torch.full_like(labels[:, :1], -1))
+    return {
+        "num_dets": kept.sum(dim=1).to(torch.int32),
+        "boxes": boxes,
+        "scores": scores,
+        "labels": labels.to(torch.int32),
+    }

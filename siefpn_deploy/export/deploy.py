@@ -1,0 +1,124 @@
+"""The deploy wrapper: the one module that states the exported graph's contract.
+
+    images [B,3,H,W] float32, pixel values in 0..input_scale (255 or 1), H and W multiples of 32
+      -> num_dets int32 [B], boxes float32 [B,K,4] (xyxy, input pixels), scores float32 [B,K],
+         labels int32 [B,K] (the model's 1-based class index; -1 pads), and for Mask R-CNN
+         masks float32 [B,K,28,28] (the predicted class's probabilities, pasted by the runtime).
+
+Rows after num_dets are padding; rows are ordered by score. Normalisation is inside the graph.
+It wraps the trained torchvision detector's own modules (backbone, heads, box coders, anchors)
+without changing them; only the postprocessing is re-expressed with static shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+
+from .nms import BatchedNMS
+from .rcnn import BoxDecoder, MaskDecoder, RPNDecoder
+from .retinanet import RetinaNetDecoder
+from .roi_align import MultiScaleRoIAlign
+
+OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
+MASK_OUTPUT = "masks"
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """What the export stage decides about the graph's postprocessing (recorded in meta.json)."""
+
+    nms: type[BatchedNMS]
+    box_candidates: int = 1000  # R-CNN box head: best per-class candidates entering NMS (<= 3840)
+
+
+class DeployDetector(nn.Module):
+    def __init__(self, *, backbone: nn.Module, decoder: nn.Module, pixel_mean: list[float], pixel_std: list[float],
+                 input_scale: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.input_scale = float(input_scale)
+        self.register_buffer("mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.decoder.output_names
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        x = images if self.input_scale == 1.0 else images / self.input_scale
+        features = list(self.backbone((x - self.mean) / self.std).values())
+        outputs = self.decoder(features, (images.shape[2], images.shape[3]))
+        return tuple(outputs[name] for name in self.output_names)
+
+
+class OneStageDecoder(nn.Module):
+    output_names = OUTPUT_NAMES
+
+    def __init__(self, *, decoder: RetinaNetDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features: list[Tensor], image_hw: tuple) -> dict[str, Tensor]:
+        return self.decoder(features, image_hw)
+
+
+class TwoStageDecoder(nn.Module):
+    """RPN -> box head [-> mask head]; the RoI heads read the strides-4..32 levels (p2..p5)."""
+
+    def __init__(self, *, rpn: RPNDecoder, boxes: BoxDecoder, masks: MaskDecoder | None, roi_levels: int) -> None:
+        super().__init__()
+        self.rpn = rpn
+        self.boxes = boxes
+        self.masks = masks
+        self.roi_levels = roi_levels
+        self.output_names = OUTPUT_NAMES + ((MASK_OUTPUT,) if masks is not None else ())
+
+    def forward(self, features: list[Tensor], image_hw: tuple) -> dict[str, Tensor]:
+        proposals, proposals_valid = self.rpn(features, image_hw)
+        roi_features = features[: self.roi_levels]
+        out = self.boxes(roi_features, proposals, proposals_valid, image_hw)
+        if self.masks is not None:
+            masks = self.masks(roi_features, out["boxes"], out["labels"])
+            out[MASK_OUTPUT] = masks * (out["labels"] >= 0)[..., None, None].to(masks.dtype)
+        return out
+
+
+def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, input_scale: float) -> DeployDetector:
+    """Wrap a trained torchvision RetinaNet / FasterRCNN / MaskRCNN (in eval mode) for export."""
+    transform = detector.transform
+    strides = [spec.stride for spec in detector.backbone.output_shape().values()]
+    if isinstance(detector, RetinaNet):
+        nms = settings.nms(iou_threshold=detector.nms_thresh, max_keep=detector.detections_per_img,
+                           num_groups=detector.head.classification_head.num_classes)
+        decoder: nn.Module = OneStageDecoder(decoder=RetinaNetDecoder(detector=detector, nms=nms))
+    elif isinstance(detector, FasterRCNN):
+        heads = detector.roi_heads
+        pool = heads.box_roi_pool
+        roi_strides = strides[: len(pool.featmap_names)]
+        rpn_nms = settings.nms(iou_threshold=detector.rpn.nms_thresh, max_keep=detector.rpn._post_nms_top_n["testing"],
+                               num_groups=len(strides))
+        box_nms = settings.nms(iou_threshold=heads.nms_thresh, max_keep=heads.detections_per_img,
+                               num_groups=heads.box_predictor.cls_score.out_features)
+        box_align = MultiScaleRoIAlign(strides=roi_strides, output_size=pool.output_size[0],
+                                       sampling_ratio=pool.sampling_ratio)
+        masks = None
+        if isinstance(detector, MaskRCNN):
+            mpool = heads.mask_roi_pool
+            masks = MaskDecoder(detector=detector, roi_align=MultiScaleRoIAlign(
+                strides=roi_strides, output_size=mpool.output_size[0], sampling_ratio=mpool.sampling_ratio))
+        decoder = TwoStageDecoder(
+            rpn=RPNDecoder(detector=detector, nms=rpn_nms),
+            boxes=BoxDecoder(detector=detector, roi_align=box_align, nms=box_nms,
+                             box_candidates=settings.box_candidates),
+            masks=masks,
+            roi_levels=len(roi_strides),
+        )
+    else:
+        raise TypeError(f"cannot export a {type(detector).__name__}: expected RetinaNet, FasterRCNN or MaskRCNN")
+    return DeployDetector(backbone=detector.backbone, decoder=decoder, pixel_mean=transform.image_mean,
+                          pixel_std=transform.image_std, input_scale=input_scale).eval()

@@ -1,0 +1,211 @@
+"""`siefpn-deploy export`: a trained detector -> NAME.onnx + NAME.meta.json, verified in ONNX Runtime.
+
+torch.onnx's dynamo exporter traces the deploy wrapper with symbolic batch, H = 32*h and W = 32*w,
+so nothing shape-dependent (anchors, GAU attention sizes, upsample targets, RoI levels) is frozen.
+The example batch is 2 when the batch is dynamic: a batch-1 example specialises the batch to 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..engine.checkpoint import load_checkpoint, load_model_weights
+from ..errors import UserError
+from ..model.detectors import build_detector
+from .deploy import PostprocessSettings, build_deploy_model
+from .meta import write_meta
+from .nms import ONNX_TRANSLATIONS, STRATEGIES
+
+DIVISIBILITY = 32
+PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # weights above ~1.9 GB go to NAME.onnx.data
+EXAMPLE_BATCH = 2  # >= 2, or the dynamo exporter specialises the batch dimension to 1
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    min: int
+    max: int
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.max
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    output: Path
+    batch: ShapeRange = ShapeRange(1, 8)
+    height: ShapeRange = ShapeRange(64, 1344)
+    width: ShapeRange = ShapeRange(64, 1344)
+    nms: str = "onnx"
+    input_scale: float = 255.0
+    opset: int | None = None
+    box_candidates: int = 1000
+    simplify: bool = False
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.nms not in STRATEGIES:
+            raise UserError(f"--nms must be one of {', '.join(STRATEGIES)}, got {self.nms!r}")
+        if self.batch.min < 1 or self.batch.max < self.batch.min:
+            raise UserError(f"batch range [{self.batch.min}, {self.batch.max}] is empty or below 1")
+        for name, r in (("height", self.height), ("width", self.width)):
+            if r.min % DIVISIBILITY or r.max % DIVISIBILITY or r.min < DIVISIBILITY:
+                raise UserError(f"{name} {r.min}..{r.max} must be a multiple of {DIVISIBILITY} and at least "
+                                f"{DIVISIBILITY} (--imgsz / --dynamic-size)")
+            if r.max < r.min:
+                raise UserError(f"{name} range [{r.min}, {r.max}] is empty (--dynamic-size MIN MAX)")
+        if not 1 <= self.box_candidates <= 3840:
+            raise UserError(f"--box-candidates must be in 1..3840 (TensorRT's TopK limit), got {self.box_candidates}")
+        if self.input_scale not in (1.0, 255.0):
+            raise UserError(f"--input-scale must be 255 or 1, got {self.input_scale:g}")
+
+
+def load_trained_detector(cfg: Config, *, config_name: str) -> tuple[nn.Module, dict[str, list]]:
+    """The detector of cfg with MODEL.WEIGHTS loaded (eval mode, CPU) and its classes."""
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError("no weights given: add MODEL.WEIGHTS path/to/model_final.pth")
+    state = load_checkpoint(cfg.MODEL.WEIGHTS)
+    classes = state.get("classes")
+    if not classes:
+        raise UserError(f"checkpoint {cfg.MODEL.WEIGHTS} records no classes; train it with `siefpn-deploy train`")
+    model = build_detector(cfg, num_classes=len(classes["names"]))
+    load_model_weights(model, state, cfg.MODEL.WEIGHTS, config_name)
+    return model.eval(), {"names": list(classes["names"]), "category_ids": [int(c) for c in classes["category_ids"]]}
+
+
+def _dynamic_shapes(options: ExportOptions) -> dict:
+    from torch.export import Dim
+
+    dims: dict[int, Any] = {}
+    if not options.batch.static:
+        dims[0] = Dim("batch", min=options.batch.min, max=options.batch.max)
+    for axis, name, r in ((2, "height", options.height), (3, "width", options.width)):
+        if not r.static:
+            dims[axis] = DIVISIBILITY * Dim(f"{name}_32", min=r.min // DIVISIBILITY, max=r.max // DIVISIBILITY)
+    return {"images": dims}
+
+
+def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
+    batch = options.batch.min if options.batch.static else max(EXAMPLE_BATCH, options.batch.min)
+    # H != W where the ranges allow: a square example lets the tracer conflate the two dims unnoticed
+    pick = lambda r, target: r.min if r.static else min(r.max, max(r.min, target))  # noqa: E731
+    return (batch, 3, pick(options.height, 256), pick(options.width, 320))
+
+
+def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.Module, classes: dict,
+          opset: int) -> dict[str, Any]:
+    import onnx
+    import torchvision
+
+    from .. import __version__
+
+    k = cfg.MODEL.DETECTIONS_PER_IMAGE
+    outputs = [
+        {"name": "num_dets", "dtype": "int32", "shape": ["batch"]},
+        {"name": "boxes", "dtype": "float32", "shape": ["batch", k, 4]},
+        {"name": "scores", "dtype": "float32", "shape": ["batch", k]},
+        {"name": "labels", "dtype": "int32", "shape": ["batch", k]},
+    ]
+    if "masks" in deploy.output_names:
+        res = 2 * detector.roi_heads.mask_roi_pool.output_size[0]  # the predictor's 2x deconvolution
+        outputs.append({"name": "masks", "dtype": "float32", "shape": ["batch", k, res, res]})
+    m = cfg.MODEL
+    post: dict[str, Any] = {
+        "score_thresh": m.SCORE_THRESH_TEST, "iou_thresh": m.NMS_THRESH_TEST, "max_det": k, "nms": options.nms,
+    }
+    if m.META_ARCHITECTURE == "retinanet":
+        post["topk_candidates"] = detector.topk_candidates
+    else:
+        rpn = detector.rpn
+        post["rpn"] = {"pre_nms_top_n": rpn._pre_nms_top_n["testing"], "post_nms_top_n": rpn._post_nms_top_n["testing"],
+                       "iou_thresh": rpn.nms_thresh}
+        post["box_candidates"] = options.box_candidates
+    return {
+        "architecture": m.META_ARCHITECTURE, "backbone": m.BACKBONE, "neck": m.NECK,
+        "inputs": [{"name": "images", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
+        "outputs": outputs,
+        "shapes": {"batch": vars(options.batch), "height": vars(options.height), "width": vars(options.width),
+                   "divisibility": DIVISIBILITY},
+        "preprocess": {"layout": "NCHW", "color": "RGB", "input_scale": options.input_scale,
+                       "pixel_mean": list(m.PIXEL_MEAN), "pixel_std": list(m.PIXEL_STD),
+                       "pad_value": [v * options.input_scale for v in m.PIXEL_MEAN],
+                       "resize": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
+                       "normalized_in_graph": True},
+        "postprocess": post,
+        "classes": {**classes, "label_to_class": "labels are 1-based: class index = label - 1; -1 pads"},
+        "precision": "fp32",
+        "opset": opset,
+        "versions": {"siefpn_deploy": __version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "onnx": onnx.__version__},
+        "source": {"weights": str(m.WEIGHTS)},
+        **options.extra_meta,
+    }
+
+
+def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, log=print) -> tuple[Path, dict]:
+    """Export, write NAME.onnx (+ NAME.onnx.data when over 2 GB) and NAME.meta.json atomically."""
+    import onnx
+
+    options.validate()
+    output = Path(options.output)
+    if output.suffix != ".onnx":
+        raise UserError(f"--output must end in .onnx, got {output}")
+    detector, classes = load_trained_detector(cfg, config_name=config_name)
+    deploy = build_deploy_model(
+        detector, settings=PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates),
+        input_scale=options.input_scale,
+    )
+    shape = example_shape(options)
+    example = torch.rand(shape) * options.input_scale
+    log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} with example {list(shape)} "
+        f"(batch {options.batch.min}..{options.batch.max}, H {options.height.min}..{options.height.max}, "
+        f"W {options.width.min}..{options.width.max}, nms={options.nms})")
+    t0 = time.perf_counter()
+    try:
+        program = torch.onnx.export(
+            deploy, (example,), dynamo=True, input_names=["images"], output_names=list(deploy.output_names),
+            dynamic_shapes=_dynamic_shapes(options), custom_translation_table=ONNX_TRANSLATIONS,
+            opset_version=options.opset, verbose=False,
+        )
+    except Exception as e:  # the exporter's own messages are pages long; keep its first line
+        raise UserError(f"ONNX export of {cfg.MODEL.META_ARCHITECTURE} failed: {str(e).strip().splitlines()[0]}") from e
+    model = program.model_proto
+    if options.simplify:
+        import onnxslim
+
+        model = onnxslim.slim(model)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    export_seconds = time.perf_counter() - t0
+
+    # Write into a private temp folder with the final file names (external data refers to its file
+    # by name), then move the data file and the ONNX into place.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(output.parent, os.W_OK):
+        raise UserError(f"cannot write to {output.parent}: permission denied")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
+        onnx.save_model(model, tmpdir / output.name, save_as_external_data=large,
+                        location=output.name + ".data" if large else None)
+        if large:
+            os.replace(tmpdir / (output.name + ".data"), output.with_name(output.name + ".data"))
+        os.replace(tmpdir / output.name, output)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    meta = _meta(cfg, options, deploy, detector, classes, opset)
+    meta["export"] = {"seconds": round(export_seconds, 2), "external_data": large, "simplified": options.simplify,
+                      "example_shape": list(shape)}
+    write_meta(output, meta)
+    log(f"[export] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, opset {opset}) in {export_seconds:.1f} s")
+    return output, meta

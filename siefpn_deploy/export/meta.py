@@ -1,0 +1,68 @@
+"""`NAME.meta.json`: everything a runtime needs to use `NAME.onnx` without the training code.
+
+Written atomically beside the ONNX; `read_meta` refuses a missing, malformed or mismatched sidecar
+(the sha256 must be the ONNX's), and `check_input_shape` refuses shapes outside the exported ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..fileio import read_json, write_json
+
+META_FORMAT = "siefpn-deploy/onnx-meta"
+META_VERSION = 1
+REQUIRED = ("format", "sha256", "inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
+
+
+def meta_path(onnx_path: str | Path) -> Path:
+    """export/NAME.onnx -> export/NAME.meta.json (NAME may hold dots: NAME.int8.onnx -> NAME.int8.meta.json)."""
+    p = Path(onnx_path)
+    return p.with_name((p.name[:-5] if p.name.endswith(".onnx") else p.name) + ".meta.json")
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_meta(onnx_path: str | Path, meta: dict[str, Any]) -> Path:
+    meta = {"format": META_FORMAT, "version": META_VERSION, "onnx": Path(onnx_path).name,
+            "sha256": sha256_of(onnx_path), **meta}
+    return write_json(meta_path(onnx_path), meta)
+
+
+def read_meta(onnx_path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise UserError(f"ONNX model not found: {onnx_path}")
+    path = meta_path(onnx_path)
+    if not path.is_file():
+        raise UserError(f"{onnx_path} has no {path.name} beside it; re-export it with `siefpn-deploy export`")
+    meta = read_json(path, "meta.json")
+    missing = [k for k in REQUIRED if k not in meta] if isinstance(meta, dict) else list(REQUIRED)
+    if missing or meta.get("format") != META_FORMAT:
+        raise UserError(f"{path} is not a siefpn-deploy meta.json (missing {', '.join(missing) or 'format'})")
+    if check_hash and sha256_of(onnx_path) != meta["sha256"]:
+        raise UserError(f"{onnx_path} does not match {path.name} (sha256 differs): the model changed after export")
+    return meta
+
+
+def check_input_shape(meta: dict[str, Any], shape: tuple[int, ...], *, source: str) -> None:
+    """A one-line UserError when an input shape [B,3,H,W] is outside the exported ranges."""
+    shapes = meta["shapes"]
+    if len(shape) != 4 or shape[1] != 3:
+        raise UserError(f"{source}: input must be [B,3,H,W], got {list(shape)}")
+    for name, value in zip(("batch", "height", "width"), (shape[0], shape[2], shape[3])):
+        lo, hi = shapes[name]["min"], shapes[name]["max"]
+        if not lo <= value <= hi:
+            raise UserError(f"{source}: {name} {value} is outside the exported range [{lo}, {hi}]")
+    div = shapes["divisibility"]
+    if shape[2] % div or shape[3] % div:
+        raise UserError(f"{source}: height and width must be multiples of {div}, got {shape[2]}x{shape[3]}")

@@ -1,0 +1,105 @@
+"""Faster/Mask R-CNN postprocessing in the graph: RPN proposals, box head, mask head; shape-static.
+
+Each step equals torchvision's eager step (`RegionProposalNetwork.filter_proposals`,
+`RoIHeads.postprocess_detections`, `maskrcnn_inference`) with fixed-size tensors and validity masks.
+The one bounded difference: the box head's per-class candidates are cut to the best
+`box_candidates` before NMS (TensorRT's TopK allows K <= 3840; torchvision keeps them all), which
+changes nothing unless fewer than K detections survive NMS among them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+
+from .decode import clip_boxes, decode, gather_rows, grid_anchors, not_small, select_detections, topk_valid
+from .nms import BatchedNMS
+from .roi_align import MultiScaleRoIAlign
+
+
+def _flatten_level(x: Tensor, channels: int) -> Tensor:
+    """[B, A*C, h, w] -> [B, h*w*A, C], torchvision's permute_and_flatten order."""
+    b, _, h, w = x.shape
+    return x.view(b, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels)
+
+
+class RPNDecoder(nn.Module):
+    """Proposals [B,R,4] + valid [B,R]: per-level top-n, decode, clip, small/score filter, per-level NMS."""
+
+    def __init__(self, *, detector: FasterRCNN, nms: BatchedNMS) -> None:
+        super().__init__()
+        rpn = detector.rpn
+        self.head = rpn.head
+        self.box_coder = rpn.box_coder
+        self.cell_anchors = rpn.anchor_generator.cell_anchors
+        self.pre_nms_top_n = rpn._pre_nms_top_n["testing"]
+        self.min_size = rpn.min_size
+        self.score_thresh = rpn.score_thresh
+        self.nms = nms  # groups are levels; max_keep is post_nms_top_n
+
+    def forward(self, features: list[Tensor], image_hw: tuple) -> tuple[Tensor, Tensor]:
+        objectness, deltas = self.head(features)
+        boxes, logits, levels, valid = [], [], [], []
+        for level, (obj, delta, feature, cell) in enumerate(zip(objectness, deltas, features, self.cell_anchors)):
+            obj = _flatten_level(obj, 1)[..., 0]  # [B, n]
+            top, idx, ok = topk_valid(obj, torch.ones_like(obj, dtype=torch.bool), self.pre_nms_top_n)
+            anchors = grid_anchors(cell, feature, image_hw)[idx]
+            decoded = decode(self.box_coder, gather_rows(_flatten_level(delta, 4), idx), anchors)[:, :, 0]
+            boxes.append(clip_boxes(decoded, image_hw))
+            logits.append(top)
+            levels.append(torch.full_like(idx, level))
+            valid.append(ok)
+        boxes = torch.cat(boxes, dim=1)
+        prob = torch.sigmoid(torch.cat(logits, dim=1))
+        valid = torch.cat(valid, dim=1) & not_small(boxes, self.min_size) & (prob >= self.score_thresh)
+        keep, kept = self.nms(boxes, prob, torch.cat(levels, dim=1), valid)
+        return gather_rows(boxes, keep), kept
+
+
+class BoxDecoder(nn.Module):
+    """Box head on the proposals, class-specific decode, score/size filter, class-aware NMS."""
+
+    def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign, nms: BatchedNMS,
+                 box_candidates: int) -> None:
+        super().__init__()
+        heads = detector.roi_heads
+        self.roi_align = roi_align
+        self.box_head = heads.box_head
+        self.box_predictor = heads.box_predictor
+        self.box_coder = heads.box_coder
+        self.score_thresh = heads.score_thresh
+        self.box_candidates = box_candidates
+        self.nms = nms
+
+    def forward(self, features: list[Tensor], proposals: Tensor, proposals_valid: Tensor,
+                image_hw: tuple) -> dict[str, Tensor]:
+        b, r = proposals.shape[:2]
+        pooled = self.roi_align(features, proposals)  # [B,R,C,7,7]
+        logits, deltas = self.box_predictor(self.box_head(pooled.flatten(0, 1)))
+        num_classes = logits.shape[-1]
+        boxes = clip_boxes(decode(self.box_coder, deltas.reshape(b, r, -1), proposals), image_hw)[:, :, 1:]
+        scores = torch.softmax(logits, -1).reshape(b, r, num_classes)[:, :, 1:]  # drop background
+        labels = torch.arange(1, num_classes, device=scores.device).expand(b, r, -1)
+        valid = proposals_valid[..., None] & (scores > self.score_thresh) & not_small(boxes, 1e-2)
+        boxes, scores, labels, valid = boxes.flatten(1, 2), scores.flatten(1), labels.flatten(1), valid.flatten(1)
+        top, idx, ok = topk_valid(scores, valid, min(self.box_candidates, r * (num_classes - 1)))
+        return select_detections(self.nms, gather_rows(boxes, idx), top, torch.gather(labels, 1, idx), ok)
+
+
+class MaskDecoder(nn.Module):
+    """Mask head on the final boxes: the predicted class's 28x28 probabilities [B,K,28,28]."""
+
+    def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign) -> None:
+        super().__init__()
+        heads = detector.roi_heads
+        self.roi_align = roi_align
+        self.mask_head = heads.mask_head
+        self.mask_predictor = heads.mask_predictor
+
+    def forward(self, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
+        b, k = boxes.shape[:2]
+        logits = self.mask_predictor(self.mask_head(self.roi_align(features, boxes).flatten(0, 1)))
+        logits = logits.reshape(b, k, -1, *logits.shape[-2:])  # [B,K,classes,28,28]
+        index = labels.clamp(min=0).to(torch.int64).reshape(b, k, 1, 1, 1).expand(-1, -1, 1, *logits.shape[-2:])
+        return torch.gather(logits, 2, index)[:, :, 0].sigmoid()

@@ -1,0 +1,127 @@
+"""Export verification: onnx.checker, then ONNX Runtime (CPU) against the PyTorch detector.
+
+Both see the same letterboxed images, at two sizes and batch 2 where the exported ranges allow.
+The reference is the trained torchvision detector itself (eager, with its own postprocessing),
+not the deploy wrapper, so the check covers the in-graph postprocessing too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.preprocess import letterbox
+from ..errors import UserError
+from ..model.inference import detect_on_canvas
+from .compare import Agreement
+from .meta import check_input_shape
+
+BOX_RTOL = 1e-3  # |box error| <= BOX_RTOL * max(|coordinate|, 1 px)
+SCORE_ATOL = 1e-4
+MASK_ATOL = 1e-2  # pasted mask probabilities; box errors of 1e-4 px move the paste grid slightly
+
+
+@dataclass
+class Verification:
+    shapes: list[list[int]]
+    agreement: Agreement
+
+    @property
+    def passed(self) -> bool:
+        a = self.agreement
+        return (a.unmatched == 0 and a.max_box_rel <= BOX_RTOL and a.max_score_abs <= SCORE_ATOL
+                and a.max_mask_abs <= MASK_ATOL)
+
+    def as_dict(self) -> dict[str, Any]:
+        a = self.agreement
+        return {"shapes": self.shapes, "passed": self.passed, "reference": a.reference, "matched": a.matched,
+                "unmatched": a.unmatched, "unmatched_borderline": a.unmatched_borderline,
+                "max_box_abs": a.max_box_abs, "max_box_rel": a.max_box_rel, "max_score_abs": a.max_score_abs,
+                "max_mask_abs": a.max_mask_abs,
+                "tolerances": {"box_rel": BOX_RTOL, "score_abs": SCORE_ATOL, "mask_abs": MASK_ATOL}}
+
+
+def verification_shapes(meta: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    """Two sizes inside the exported ranges (one square, one not), at batch 2 where allowed."""
+    s = meta["shapes"]
+    batch = min(max(2, s["batch"]["min"]), s["batch"]["max"])
+
+    def pick(r: dict, target: int) -> int:
+        return min(r["max"], max(r["min"], target))
+
+    first = (pick(s["height"], 256), pick(s["width"], 256))
+    second = (pick(s["height"], 192), pick(s["width"], 320))
+    shapes = [(batch, 3, *first)]
+    if second != first:
+        shapes.append((batch, 3, *second))
+    elif s["batch"]["min"] != batch:
+        shapes.append((s["batch"]["min"], 3, *first))
+    return shapes
+
+
+def ort_session(path: str | Path):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise UserError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+
+
+def _reference(detector: nn.Module, batch: torch.Tensor, input_scale: float) -> list[dict[str, np.ndarray]]:
+    return [{k: v.numpy() for k, v in d.items()} for d in detect_on_canvas(detector, batch / input_scale)]
+
+
+def _unbatch(outputs: dict[str, np.ndarray], image_hw: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    dets = []
+    for b, n in enumerate(outputs["num_dets"]):
+        d = {k: outputs[k][b, :n] for k in ("boxes", "scores", "labels")}
+        d["labels"] = d["labels"].astype(np.int64)
+        if "masks" in outputs:
+            masks = torch.from_numpy(outputs["masks"][b, :n, None].copy())
+            d["masks"] = paste_masks_in_image(masks, torch.from_numpy(d["boxes"].copy()), image_hw, padding=1).numpy()
+        dets.append(d)
+    return dets
+
+
+def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, images: list[torch.Tensor], *,
+                log=print) -> Verification:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:
+        raise UserError(f"onnx.checker rejects {path}: {str(e).strip().splitlines()[0]}") from None
+    session = ort_session(path)
+    pre, post = meta["preprocess"], meta["postprocess"]
+    agreement = Agreement()
+    shapes = verification_shapes(meta)
+    for shape in shapes:
+        check_input_shape(meta, shape, source=str(path))
+        batch = torch.stack([
+            letterbox(images[i % len(images)], shape[2:], pixel_mean=pre["pixel_mean"], input_scale=pre["input_scale"])[0]
+            for i in range(shape[0])
+        ])
+        names = [o.name for o in session.get_outputs()]
+        got = dict(zip(names, session.run(None, {"images": batch.numpy()})))
+        ref = _reference(detector, batch, pre["input_scale"])
+        before = Agreement(**{k: getattr(agreement, k) for k in ("reference", "matched", "unmatched")})
+        for r, g in zip(ref, _unbatch(got, shape[2:])):
+            agreement.add(r, g, min_iou=0.5, score_thresh=post["score_thresh"], max_det=post["max_det"])
+        log(f"[verify] {list(shape)}: {agreement.matched - before.matched}/{agreement.reference - before.reference} "
+            f"PyTorch detections matched in ONNX Runtime")
+    result = Verification(shapes=[list(s) for s in shapes], agreement=agreement)
+    log(f"[verify] {agreement.summary()}")
+    if not result.passed:
+        raise UserError(
+            f"verification of {path} failed: {agreement.summary()}; tolerances: box {BOX_RTOL:g} relative, "
+            f"score {SCORE_ATOL:g}, mask {MASK_ATOL:g} (rerun with --no-verify to keep the file anyway)"
+        )
+    return result
