@@ -59,6 +59,68 @@ def _train_entry(cfg, name: str, resume: bool, *, rank: int, world_size: int) ->
     train(cfg, config_name=name, resume=resume, rank=rank, world_size=world_size)
 
 
+EPILOG_EXPORT = """\
+examples:
+  siefpn-deploy export --config-file configs/synth_retinanet_R18.yaml MODEL.WEIGHTS output/demo/model_final.pth
+  siefpn-deploy export --config-file configs/synth_mask_rcnn_R18.yaml --nms tensor --dynamic-batch 4 \\
+      --dynamic-size 64 640 MODEL.WEIGHTS output/synth_mask_rcnn_R18/model_final.pth     # for TensorRT-RTX
+  siefpn-deploy export --config-file configs/retinanet_R50_1x.yaml --batch 1 --imgsz 800 1344 \\
+      --output export/retinanet_R50_800x1344.onnx MODEL.WEIGHTS model_final.pth      # one static shape
+
+the graph:
+  images    float32 [B,3,H,W]  RGB, 0..255 (or 0..1 with --input-range 1); H, W multiples of 32;
+                               normalisation is inside the graph
+  num_dets  int32   [B]        detections per image; rows after it are padding
+  boxes     float32 [B,K,4]    xyxy in input pixels, ordered by score
+  scores    float32 [B,K]
+  labels    int32   [B,K]      1-based class index (meta.json maps it to names and COCO ids); -1 pads
+  masks     float32 [B,K,28,28] Mask R-CNN only: the box's mask probabilities, pasted by the runtime
+
+It has no plugins and no data-dependent shapes: RoIAlign is GridSample, NMS is either the
+standard NonMaxSuppression op (--nms onnx: ONNX Runtime, TensorRT 10/11) or an exact greedy NMS
+in plain tensor ops (--nms tensor: also TensorRT-RTX, which has no NMS layer).
+NAME.meta.json beside the ONNX holds everything a runtime needs (see `export/README.md`).
+"""
+
+
+def _size_range(args: argparse.Namespace, default: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height (min, max), width (min, max)) from --imgsz H [W] or --dynamic-size MIN MAX."""
+    if args.imgsz:
+        if len(args.imgsz) > 2:
+            raise UserError(f"--imgsz takes H [W], got {len(args.imgsz)} values")
+        h, w = (args.imgsz * 2)[:2]
+        return (h, h), (w, w)
+    lo, hi = args.dynamic_size or default
+    return (lo, hi), (lo, hi)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .config import load_config, resolve_config_file
+    from .export.exporter import ExportOptions, ShapeRange, default_output, export_onnx
+    from .export.verify import verification_images
+
+    overrides = list(args.opts)
+    for key, value in (("MODEL.DETECTIONS_PER_IMAGE", args.max_det), ("MODEL.SCORE_THRESH_TEST", args.score_thresh),
+                       ("MODEL.NMS_THRESH_TEST", args.iou_thresh)):
+        if value is not None:
+            overrides += [key, str(value)]
+    cfg = load_config(args.config_file, overrides)
+    div = cfg.INPUT.SIZE_DIVISIBILITY
+    largest = -(-cfg.INPUT.MAX_SIZE_TEST // div) * div  # the test resize's long side, padded
+    (h_lo, h_hi), (w_lo, w_hi) = _size_range(args, (2 * div, largest))
+    batch = (args.batch, args.batch) if args.batch is not None else (1, args.dynamic_batch)
+    options = ExportOptions(
+        output=Path(args.output or default_output(args.config_file, args.nms)),
+        batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=div,
+        nms=args.nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
+        simplify=args.simplify,
+    )
+    options.validate()
+    images = None if args.no_verify else verification_images(cfg, count=args.verify_images)
+    export_onnx(cfg, options, config_name=str(resolve_config_file(args.config_file)), verify_images=images)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -101,6 +163,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--list-presets", action="store_true", help="list the shipped config presets and exit")
     train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     train.set_defaults(func=_cmd_train)
+
+    export = sub.add_parser(
+        "export", help="export a trained detector to ONNX (+ meta.json), verified in ONNX Runtime",
+        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained RetinaNet / Faster R-CNN / Mask R-CNN with its postprocessing to one "
+        "plugin-free ONNX graph with fixed-size outputs, write NAME.meta.json beside it, and check it: "
+        "onnx.checker, then ONNX Runtime against PyTorch on two sizes at batch 2.",
+    )
+    export.add_argument("--config-file", metavar="FILE", required=True, help="the config the weights were trained with")
+    export.add_argument("--output", metavar="PATH", help="NAME.onnx to write (default: export/<config name>.onnx, "
+                        "export/<config name>_tensornms.onnx with --nms tensor)")
+    batch = export.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, metavar="B", help="a static batch size")
+    batch.add_argument("--dynamic-batch", type=int, default=8, metavar="MAX", help="a dynamic batch 1..MAX (default 8)")
+    size = export.add_mutually_exclusive_group()
+    size.add_argument("--imgsz", type=int, nargs="+", metavar="PX",
+                      help="a static input size: H [W] (multiples of 32; one value means square)")
+    size.add_argument("--dynamic-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+                      help="dynamic H and W in MIN..MAX (multiples of 32; default 64..INPUT.MAX_SIZE_TEST padded to 32)")
+    export.add_argument("--nms", choices=["onnx", "tensor"], default="onnx",
+                        help="onnx: the NonMaxSuppression op (ONNX Runtime, TensorRT 10/11); tensor: exact greedy NMS "
+                        "in plain ops (also TensorRT-RTX). Both equal torchvision's batched_nms (default onnx)")
+    export.add_argument("--max-det", type=int, metavar="K", help="K, detections per image (default MODEL.DETECTIONS_PER_IMAGE)")
+    export.add_argument("--score-thresh", type=float, metavar="S", help="default MODEL.SCORE_THRESH_TEST")
+    export.add_argument("--iou-thresh", type=float, metavar="T", help="NMS IoU threshold (default MODEL.NMS_THRESH_TEST)")
+    export.add_argument("--input-range", type=int, choices=[255, 1], default=255,
+                        help="pixel range the graph takes, 0..255 or 0..1 (default 255)")
+    export.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 18 or newer (default: the exporter's)")
+    export.add_argument("--box-candidates", type=int, default=1000, metavar="N",
+                        help="R-CNN box head: best per-class candidates entering NMS, <= 3840 (default 1000)")
+    export.add_argument("--simplify", action="store_true", help="also run onnxslim on the graph")
+    export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    export.add_argument("--verify-images", type=int, default=4, metavar="N",
+                        help="test-split images the check runs (synthetic renders if the split is absent; default 4)")
+    export.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides; MODEL.WEIGHTS path/to/model_final.pth is required")
+    export.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser(
         "demo", help="the end-to-end job on the embedded synthetic dataset",

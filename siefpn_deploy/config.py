@@ -203,6 +203,9 @@ def parse_overrides(opts: list[str]) -> dict[str, Any]:
     """`["SOLVER.BASE_LR", "0.02", "MODEL.WEIGHTS", "x.pth"]` -> nested dict, values parsed as YAML."""
     if len(opts) % 2:
         raise UserError(f"overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    options = [o for o in opts[::2] if isinstance(o, str) and o.startswith("-")]
+    if options:
+        raise UserError(f"option {options[0]} must come before the KEY VALUE overrides")
     nested: dict[str, Any] = {}
     for key, text in zip(opts[::2], opts[1::2]):
         try:

@@ -23,12 +23,13 @@ from ..engine.checkpoint import load_checkpoint, load_model_weights
 from ..errors import UserError
 from ..model.detectors import build_detector
 from .deploy import PostprocessSettings, build_deploy_model
-from .meta import write_meta
+from .meta import meta_path, write_meta
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
+from .verify import Verification, verify_onnx
 
-DIVISIBILITY = 32
 PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # weights above ~1.9 GB go to NAME.onnx.data
 EXAMPLE_BATCH = 2  # >= 2, or the dynamo exporter specialises the batch dimension to 1
+MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ExportOptions:
     batch: ShapeRange = ShapeRange(1, 8)
     height: ShapeRange = ShapeRange(64, 1344)
     width: ShapeRange = ShapeRange(64, 1344)
+    divisibility: int = 32  # INPUT.SIZE_DIVISIBILITY: every level is exactly 2x the next
     nms: str = "onnx"
     input_scale: float = 255.0
     opset: int | None = None
@@ -58,17 +60,36 @@ class ExportOptions:
         if self.nms not in STRATEGIES:
             raise UserError(f"--nms must be one of {', '.join(STRATEGIES)}, got {self.nms!r}")
         if self.batch.min < 1 or self.batch.max < self.batch.min:
-            raise UserError(f"batch range [{self.batch.min}, {self.batch.max}] is empty or below 1")
+            raise UserError(f"batch range [{self.batch.min}, {self.batch.max}] is empty or below 1 (--batch / --dynamic-batch)")
+        div = self.divisibility
+        # GAU max-pools the stride-32 level 2x2, so that level needs at least 2 cells: 64 px at divisibility 32
+        least = 2 * div
         for name, r in (("height", self.height), ("width", self.width)):
-            if r.min % DIVISIBILITY or r.max % DIVISIBILITY or r.min < DIVISIBILITY:
-                raise UserError(f"{name} {r.min}..{r.max} must be a multiple of {DIVISIBILITY} and at least "
-                                f"{DIVISIBILITY} (--imgsz / --dynamic-size)")
+            if r.min % div or r.max % div:
+                raise UserError(f"{name} {r.min}..{r.max} is not a multiple of {div} (INPUT.SIZE_DIVISIBILITY); "
+                                f"use e.g. {max(least, r.min // div * div)} (--imgsz / --dynamic-size)")
+            if r.min < least:
+                raise UserError(f"{name} {r.min} is below the smallest input, {least} (--imgsz / --dynamic-size)")
             if r.max < r.min:
                 raise UserError(f"{name} range [{r.min}, {r.max}] is empty (--dynamic-size MIN MAX)")
-        if not 1 <= self.box_candidates <= 3840:
-            raise UserError(f"--box-candidates must be in 1..3840 (TensorRT's TopK limit), got {self.box_candidates}")
+        if not 1 <= self.box_candidates <= MAX_TOPK:
+            raise UserError(f"--box-candidates must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {self.box_candidates}")
         if self.input_scale not in (1.0, 255.0):
-            raise UserError(f"--input-scale must be 255 or 1, got {self.input_scale:g}")
+            raise UserError(f"--input-range must be 255 or 1, got {self.input_scale:g}")
+        if self.opset is not None:
+            import onnx.defs
+
+            newest = onnx.defs.onnx_opset_version()
+            if not 18 <= self.opset <= newest:
+                raise UserError(f"--opset must be in 18..{newest} (the dynamo exporter starts at 18), got {self.opset}")
+
+
+def default_output(config_file: str | Path, nms: str) -> Path:
+    """export/<config name>.onnx; the tensor-NMS variant gets its own name so both can sit side by side."""
+    path = Path(config_file)
+    # a training run's OUTPUT_DIR/config.yaml is named after its folder
+    stem = path.parent.name if path.stem == "config" and path.parent.name else path.stem
+    return Path("export") / (f"{stem}.onnx" if nms == "onnx" else f"{stem}_{nms}nms.onnx")
 
 
 def load_trained_detector(cfg: Config, *, config_name: str) -> tuple[nn.Module, dict[str, list]]:
@@ -90,9 +111,10 @@ def _dynamic_shapes(options: ExportOptions) -> dict:
     dims: dict[int, Any] = {}
     if not options.batch.static:
         dims[0] = Dim("batch", min=options.batch.min, max=options.batch.max)
+    div = options.divisibility
     for axis, name, r in ((2, "height", options.height), (3, "width", options.width)):
         if not r.static:
-            dims[axis] = DIVISIBILITY * Dim(f"{name}_32", min=r.min // DIVISIBILITY, max=r.max // DIVISIBILITY)
+            dims[axis] = div * Dim(f"{name}_{div}", min=r.min // div, max=r.max // div)
     return {"images": dims}
 
 
@@ -136,7 +158,7 @@ def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.M
         "inputs": [{"name": "images", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
         "outputs": outputs,
         "shapes": {"batch": vars(options.batch), "height": vars(options.height), "width": vars(options.width),
-                   "divisibility": DIVISIBILITY},
+                   "divisibility": options.divisibility},
         "preprocess": {"layout": "NCHW", "color": "RGB", "input_scale": options.input_scale,
                        "pixel_mean": list(m.PIXEL_MEAN), "pixel_std": list(m.PIXEL_STD),
                        "pad_value": [v * options.input_scale for v in m.PIXEL_MEAN],
@@ -153,25 +175,22 @@ def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.M
     }
 
 
-def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, log=print) -> tuple[Path, dict]:
-    """Export, write NAME.onnx (+ NAME.onnx.data when over 2 GB) and NAME.meta.json atomically."""
-    import onnx
-
-    options.validate()
-    output = Path(options.output)
+def check_output(output: Path) -> None:
+    """Fail before the (slow) trace when the output cannot be written."""
     if output.suffix != ".onnx":
         raise UserError(f"--output must end in .onnx, got {output}")
-    detector, classes = load_trained_detector(cfg, config_name=config_name)
-    deploy = build_deploy_model(
-        detector, settings=PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates),
-        input_scale=options.input_scale,
-    )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {output.parent} (--output): {e.strerror or e}") from None
+
+
+def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ...]]:
+    """torch.onnx's dynamo exporter -> ModelProto (optimised; slimmed with --simplify)."""
     shape = example_shape(options)
     example = torch.rand(shape) * options.input_scale
-    log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} with example {list(shape)} "
-        f"(batch {options.batch.min}..{options.batch.max}, H {options.height.min}..{options.height.max}, "
-        f"W {options.width.min}..{options.width.max}, nms={options.nms})")
-    t0 = time.perf_counter()
     try:
         program = torch.onnx.export(
             deploy, (example,), dynamo=True, input_names=["images"], output_names=list(deploy.output_names),
@@ -179,33 +198,66 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, log=pr
             opset_version=options.opset, verbose=False,
         )
     except Exception as e:  # the exporter's own messages are pages long; keep its first line
-        raise UserError(f"ONNX export of {cfg.MODEL.META_ARCHITECTURE} failed: {str(e).strip().splitlines()[0]}") from e
+        raise UserError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
     model = program.model_proto
     if options.simplify:
         import onnxslim
 
         model = onnxslim.slim(model)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    export_seconds = time.perf_counter() - t0
+    return model, shape
 
-    # Write into a private temp folder with the final file names (external data refers to its file
-    # by name), then move the data file and the ONNX into place.
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(output.parent, os.W_OK):
-        raise UserError(f"cannot write to {output.parent}: permission denied")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
-        onnx.save_model(model, tmpdir / output.name, save_as_external_data=large,
-                        location=output.name + ".data" if large else None)
-        if large:
-            os.replace(tmpdir / (output.name + ".data"), output.with_name(output.name + ".data"))
-        os.replace(tmpdir / output.name, output)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+
+@dataclass
+class ExportResult:
+    path: Path
+    meta: dict[str, Any]
+    verification: Verification | None
+
+
+def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify_images: list[torch.Tensor] | None,
+                log=print) -> ExportResult:
+    """Trace, save to a private staging folder, verify there (unless verify_images is None), then move
+    NAME.onnx (+ NAME.onnx.data when over 2 GB) and NAME.meta.json into place. A failed export or
+    verification leaves an existing NAME.onnx untouched."""
+    import onnx
+
+    options.validate()
+    if not 1 <= cfg.MODEL.DETECTIONS_PER_IMAGE <= MAX_TOPK:
+        raise UserError(f"--max-det must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {cfg.MODEL.DETECTIONS_PER_IMAGE}")
+    output = Path(options.output)
+    check_output(output)
+    detector, classes = load_trained_detector(cfg, config_name=config_name)
+    deploy = build_deploy_model(
+        detector, settings=PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates),
+        input_scale=options.input_scale,
+    )
+    b, h, w = options.batch, options.height, options.width
+    log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}): batch {b.min}..{b.max}, "
+        f"H {h.min}..{h.max}, W {w.min}..{w.max}, nms={options.nms}; this takes a minute or two")
+    t0 = time.perf_counter()
+    model, shape = trace(deploy, options)
+    export_seconds = time.perf_counter() - t0
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     meta = _meta(cfg, options, deploy, detector, classes, opset)
+    large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
     meta["export"] = {"seconds": round(export_seconds, 2), "external_data": large, "simplified": options.simplify,
                       "example_shape": list(shape)}
+    log(f"[export] traced in {export_seconds:.1f} s ({len(model.graph.node)} nodes, opset {opset})")
+
+    # The staging folder holds the final file names: external data refers to its file by name.
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        staged = stage / output.name
+        onnx.save_model(model, staged, save_as_external_data=large, location=output.name + ".data" if large else None)
+        verification = None
+        if verify_images is not None:
+            verification = verify_onnx(staged, meta, detector, verify_images, log=log)
+            meta["verification"] = verification.as_dict()
+        if large:
+            os.replace(stage / (output.name + ".data"), output.with_name(output.name + ".data"))
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     write_meta(output, meta)
-    log(f"[export] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, opset {opset}) in {export_seconds:.1f} s")
-    return output, meta
+    log(f"[export] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {meta_path(output).name}")
+    return ExportResult(path=output, meta=meta, verification=verification)

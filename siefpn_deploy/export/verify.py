@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import Config
+from ..data import CocoDetection, synth
 from ..data.preprocess import letterbox
 from ..errors import UserError
 from ..model.inference import detect_on_canvas
@@ -47,21 +49,39 @@ class Verification:
 
 
 def verification_shapes(meta: dict[str, Any]) -> list[tuple[int, int, int, int]]:
-    """Two sizes inside the exported ranges (one square, one not), at batch 2 where allowed."""
+    """Two different sizes inside the exported ranges (at least one not square), at batch 2 where allowed;
+    neither is the export example's shape unless the ranges leave no choice."""
     s = meta["shapes"]
+    div = s["divisibility"]
     batch = min(max(2, s["batch"]["min"]), s["batch"]["max"])
 
     def pick(r: dict, target: int) -> int:
-        return min(r["max"], max(r["min"], target))
+        return min(r["max"], max(r["min"], target // div * div))
 
-    first = (pick(s["height"], 256), pick(s["width"], 256))
-    second = (pick(s["height"], 192), pick(s["width"], 320))
+    first = (pick(s["height"], 256), pick(s["width"], 224))
+    second = (pick(s["height"], first[0] - 2 * div), pick(s["width"], first[1] + 3 * div))
+    if second == first:
+        second = (pick(s["height"], first[0] + 2 * div), pick(s["width"], first[1] - 3 * div))
     shapes = [(batch, 3, *first)]
     if second != first:
         shapes.append((batch, 3, *second))
     elif s["batch"]["min"] != batch:
         shapes.append((s["batch"]["min"], 3, *first))
     return shapes
+
+
+def verification_images(cfg: Config, *, count: int = 4, log=print) -> list[torch.Tensor]:
+    """The first `count` images of the config's test split (real content, so real detections), else
+    deterministic synthetic renders when that split is not on this machine. RGB [3,h,w] in 0..1."""
+    d = cfg.DATASETS
+    if Path(d.TEST_ANNOTATIONS).is_file() and Path(d.TEST_IMAGES).is_dir():
+        dataset = CocoDetection(image_dir=d.TEST_IMAGES, annotation_file=d.TEST_ANNOTATIONS)
+        if len(dataset):
+            log(f"[verify] images: the first {min(count, len(dataset))} of {d.TEST_IMAGES}")
+            return [dataset[i][0] for i in range(min(count, len(dataset)))]
+    log(f"[verify] images: {count} synthetic renders ({d.TEST_ANNOTATIONS} is not here)")
+    renders = [synth.render(np.random.default_rng([7, i]), 320 - 32 * i, 224 + 32 * i)[0] for i in range(count)]
+    return [torch.from_numpy(r).permute(2, 0, 1).float() / 255 for r in renders]
 
 
 def ort_session(path: str | Path):
