@@ -95,8 +95,12 @@ def _masked_keys(op, scores, valid):
 
 def _kept_to_keep(op, kept, keys, max_keep: int):
     lowest = op.CastLike(op.Constant(value_float=LOWEST), keys)
-    top, keep = op.TopK(op.Where(kept, keys, lowest), op.Constant(value_ints=[max_keep]), axis=1)
-    return keep, op.Greater(top, lowest)
+    # K invalid pad slots keep TopK's K <= N for every N; a pad slot that comes out points at index 0
+    pad = op.Expand(lowest, op.Concat(op.Shape(keys, start=0, end=1), op.Constant(value_ints=[max_keep]), axis=0))
+    top, keep = op.TopK(op.Concat(op.Where(kept, keys, lowest), pad, axis=1), op.Constant(value_ints=[max_keep]),
+                        axis=1)
+    ok = op.Greater(top, lowest)
+    return op.Where(ok, keep, op.CastLike(op.Constant(value_int=0), keep)), ok
 
 
 def _lower_onnx(op, boxes, scores, groups, valid, iou_threshold, max_keep, num_groups):

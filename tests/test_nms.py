@@ -1,0 +1,119 @@
+"""Both ONNX lowerings of the batched NMS op keep exactly what torchvision's batched_nms keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from torch.export import Dim
+from torchvision.ops import batched_nms
+
+from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, OnnxNMS, TensorNMS
+
+IOU = 0.5
+K = 20
+
+
+class NMSOnly(nn.Module):
+    def __init__(self, nms: nn.Module) -> None:
+        super().__init__()
+        self.nms = nms
+
+    def forward(self, boxes, scores, groups, valid):
+        return self.nms(boxes, scores, groups, valid)
+
+
+@pytest.fixture(scope="module", params=[OnnxNMS, TensorNMS], ids=["onnx", "tensor"])
+def session(request, tmp_path_factory):
+    """One exported NMS graph per lowering, dynamic in batch and N."""
+    module = NMSOnly(request.param(iou_threshold=IOU, max_keep=K, num_groups=80)).eval()
+    example = random_case(torch.Generator().manual_seed(0), 2, 64, 5)
+    n, b = Dim("n", min=1, max=4096), Dim("b", min=1, max=8)
+    dims = {"boxes": {0: b, 1: n}, "scores": {0: b, 1: n}, "groups": {0: b, 1: n}, "valid": {0: b, 1: n}}
+    program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dims,
+                                input_names=list(dims), output_names=["keep", "keep_valid"],
+                                custom_translation_table=ONNX_TRANSLATIONS)
+    path = tmp_path_factory.mktemp("nms") / f"{request.param.lowering}.onnx"
+    program.save(str(path))
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def random_case(g: torch.Generator, b: int, n: int, classes: int, *, size: float = 100.0):
+    xy = torch.rand(b, n, 2, generator=g) * size
+    wh = torch.rand(b, n, 2, generator=g) * size / 3
+    boxes = torch.cat([xy, xy + wh], dim=-1)
+    scores = torch.rand(b, n, generator=g)
+    groups = torch.randint(0, classes, (b, n), generator=g)
+    valid = torch.rand(b, n, generator=g) > 0.2
+    return boxes, scores, groups, valid
+
+
+def expected(boxes, scores, groups, valid, k: int = K) -> list[list[int]]:
+    out = []
+    for b in range(len(boxes)):
+        idx = torch.nonzero(valid[b]).flatten()
+        keep = batched_nms(boxes[b, idx], scores[b, idx], groups[b, idx], IOU)
+        out.append(idx[keep][:k].tolist())
+    return out
+
+
+def run(session, case) -> list[list[int]]:
+    feeds = dict(zip(["boxes", "scores", "groups", "valid"], (t.numpy() for t in case)))
+    keep, ok = session.run(None, feeds)
+    assert all(np.all(row[: row.sum()]) for row in ok), "valid slots must come first"
+    return [row[m].tolist() for row, m in zip(keep, ok)]
+
+
+def assert_same(session, case):
+    want = expected(*case)
+    assert run(session, case) == want
+    keep, ok = NMSOnly(OnnxNMS(iou_threshold=IOU, max_keep=K, num_groups=80))(*case)  # the eager op
+    assert [row[m].tolist() for row, m in zip(keep, ok)] == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_cases(session, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = [5, 40, 300, 1000, 17, 2000][seed]
+    assert_same(session, random_case(g, 2, n, [1, 3, 80, 6, 2, 80][seed]))
+
+
+def test_ties_are_broken_by_index(session):
+    g = torch.Generator().manual_seed(1)
+    boxes, scores, groups, valid = random_case(g, 2, 300, 4)
+    scores = torch.round(scores * 4) / 4  # five distinct values: ties everywhere
+    boxes[:, 100:150] = boxes[:, 50:100]  # exact duplicates, equal scores
+    scores[:, 100:150] = scores[:, 50:100]
+    assert_same(session, (boxes, scores, groups, valid))
+
+
+def test_chains_of_overlaps(session):
+    # box i overlaps i+1 by IoU ~0.6 but not i+2: greedy keeps every other box of the chain
+    n = 60
+    x = torch.arange(n, dtype=torch.float32) * 2.5
+    boxes = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)[None].repeat(2, 1, 1)
+    scores = torch.linspace(1.0, 0.1, n)[None].repeat(2, 1)
+    scores[1] = scores[1].flip(0)  # the other end of the chain wins in image 2
+    groups = torch.zeros(2, n, dtype=torch.int64)
+    groups[1, ::7] = 1
+    valid = torch.ones(2, n, dtype=torch.bool)
+    assert_same(session, (boxes, scores, groups, valid))
+
+
+def test_many_classes_and_fewer_boxes_than_k(session):
+    g = torch.Generator().manual_seed(3)
+    assert_same(session, random_case(g, 3, 12, 80))
+    boxes, scores, groups, valid = random_case(g, 1, 500, 80)
+    boxes[..., 2:] = boxes[..., :2] + 30  # big boxes: heavy suppression inside each class
+    assert_same(session, (boxes, scores, groups, valid))
+
+
+def test_degenerate_boxes_and_nothing_valid(session):
+    g = torch.Generator().manual_seed(4)
+    boxes, scores, groups, valid = random_case(g, 2, 50, 3)
+    boxes[:, ::5, 2] = boxes[:, ::5, 0]  # zero width: IoU is 0/0, nothing is suppressed by them
+    valid[1] = False  # an image with no candidates at all
+    assert_same(session, (boxes, scores, groups, valid))
+    assert run(session, (boxes, scores, groups, valid))[1] == []
