@@ -52,3 +52,57 @@ def tiny_overrides(data: Path, out: Path, arch: str = "retinanet", **extra: obje
     }
     opts.update({k.replace("__", "."): v for k, v in extra.items()})
     return [str(x) for kv in opts.items() for x in kv]
+
+
+class Trained:
+    """Briefly trained tiny models, one per architecture, trained on first use (real detections, not
+    random weights): `trained.config(arch)`, `trained.weights(arch)`."""
+
+    ITERATIONS = 40
+
+    def __init__(self, data: Path, root: Path) -> None:
+        self.data, self.root = data, root
+
+    def run_dir(self, arch: str) -> Path:
+        from siefpn_deploy.cli import main
+
+        out = self.root / arch
+        if not (out / "model_final.pth").is_file():
+            opts = tiny_overrides(self.data, out, arch, SOLVER__MAX_ITER=self.ITERATIONS, SOLVER__BASE_LR=0.003,
+                                  SOLVER__CHECKPOINT_PERIOD=1000, LOG_PERIOD=10)
+            assert main(["train", "--config-file", "configs/synth_retinanet_R18.yaml", *opts]) == 0
+        return out
+
+    def config(self, arch: str) -> Path:
+        return self.run_dir(arch) / "config.yaml"
+
+    def weights(self, arch: str) -> Path:
+        return self.run_dir(arch) / "model_final.pth"
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_synth, tmp_path_factory) -> Trained:
+    return Trained(tiny_synth, tmp_path_factory.mktemp("trained"))
+
+
+class Exported:
+    """Each (architecture, NMS lowering) exported once per session through the CLI, dynamic batch 1..4
+    and H, W in 64..256: `exported.onnx(arch, nms)`."""
+
+    def __init__(self, trained: Trained, root: Path) -> None:
+        self.trained, self.root = trained, root
+
+    def onnx(self, arch: str, nms: str) -> Path:
+        from siefpn_deploy.cli import main
+
+        path = self.root / f"{arch}_{nms}.onnx"
+        if not path.is_file():
+            assert main(["export", "--config-file", str(self.trained.config(arch)), "--output", str(path),
+                         "--nms", nms, "--dynamic-batch", "4", "--dynamic-size", "64", "256",
+                         "MODEL.WEIGHTS", str(self.trained.weights(arch))]) == 0
+        return path
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory) -> Exported:
+    return Exported(trained, tmp_path_factory.mktemp("exported"))

@@ -1,0 +1,160 @@
+"""One strongly typed build path for TensorRT 10.x, 11.x and TensorRT-RTX.
+
+Precision lives in the ONNX graph (FP16 casts from AutoCast, INT8 Q/DQ from ModelOpt), so the
+network is created STRONGLY_TYPED (required on 10.x, the only mode on 11.x and RTX) and no
+precision builder flag is ever set. The backend is imported lazily: whichever of `tensorrt` or
+`tensorrt_rtx_bindings` is installed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from ..errors import UserError
+
+INSTALL_HINT = (
+    "pip install 'siefpn-deploy[tensorrt-rtx]' (TensorRT-RTX: builds engines ahead of time, also on a CPU-only "
+    "machine), or on a GPU machine full TensorRT from NVIDIA's index: "
+    "pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu12"
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    trt: ModuleType
+    flavour: str  # "tensorrt" or "tensorrt-rtx"
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+def load_backend() -> Backend:
+    """Full TensorRT when installed, else TensorRT-RTX; a UserError that says how to install one."""
+    errors = []
+    for module, flavour in (("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt-rtx")):
+        try:
+            trt = __import__(module)
+            return Backend(trt=trt, flavour=flavour, version=str(trt.__version__))
+        except Exception as e:  # ImportError, or a stub wheel / missing libnvinfer raising on import
+            errors.append(f"{module}: {type(e).__name__}")
+    raise UserError(f"no TensorRT builder is installed ({'; '.join(errors)}); {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile for the `images` input: min/opt/max [B,3,H,W]."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+class _Progress:
+    """Builder phases as printed lines (an IProgressMonitor where the backend has one): the top phase
+    and its direct children, each with its time."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.depth: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        depth = 0 if parent_phase is None else self.depth.get(parent_phase, 0) + 1
+        self.depth[phase_name] = depth
+        self.started[phase_name] = time.perf_counter()
+        if depth <= 1:
+            self.log(f"[build] {'  ' * depth}{phase_name} ({num_steps} steps)")
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        return True  # False would cancel the build
+
+    def phase_finish(self, phase_name: str) -> None:
+        depth = self.depth.pop(phase_name, 0)
+        seconds = time.perf_counter() - self.started.pop(phase_name, time.perf_counter())
+        if depth <= 1:
+            self.log(f"[build] {'  ' * depth}{phase_name}: done in {seconds:.1f} s")
+
+
+def _monitor(backend: Backend, log: Callable[[str], None]) -> Any | None:
+    base = getattr(backend.trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class Monitor(_Progress, base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)  # pybind11 needs the C++ base initialised explicitly
+            _Progress.__init__(self, log)
+
+    return Monitor()
+
+
+def parse_onnx(backend: Backend, path: str | Path) -> tuple[Any, Any, Any]:
+    """(builder, network, parser) with `path` parsed into a strongly typed network. Every parser error
+    is listed with its node name in one UserError."""
+    trt = backend.trt
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, logger)
+    if not Path(path).is_file():
+        raise UserError(f"ONNX model not found: {path}")
+    if not parser.parse_from_file(str(path)):
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            errors.append(f"node {e.node_name() or e.node()!s} ({e.node_operator() or '?'}): {e.desc()}")
+        raise UserError(f"{backend.flavour} {backend.version} cannot parse {path}: {len(errors)} error(s): "
+                        + " | ".join(errors or ["unknown parser error"]))
+    return builder, network, parser
+
+
+def build_serialized(
+    backend: Backend, path: str | Path, *, profile: Profile, workspace_gib: float | None = None,
+    timing_cache: str | Path | None = None, optimization_level: int | None = None,
+    version_compatible: bool = False, log: Callable[[str], None] = print,
+) -> bytes:
+    """Parse and build; the serialized engine's bytes. The timing cache is read when present and
+    written back after the build."""
+    trt = backend.trt
+    builder, network, _parser = parse_onnx(backend, path)
+    config = builder.create_builder_config()
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    optimization = builder.create_optimization_profile()
+    for tensor in inputs:
+        if tensor.name != "images":
+            raise UserError(f"{path} has an input named {tensor.name!r}; a siefpn-deploy graph has one input, `images`")
+        optimization.set_shape(tensor.name, profile.min, profile.opt, profile.max)
+    config.add_optimization_profile(optimization)
+    if workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if optimization_level is not None:
+        config.builder_optimization_level = optimization_level
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    cache = None
+    if timing_cache is not None:
+        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _monitor(backend, log)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"{backend.flavour} {backend.version} failed to build an engine from {path} "
+                        f"(profile {profile.as_dict()}); rerun with a wider --max-shape or see the log above")
+    if cache is not None:
+        from ..fileio import atomic_write
+
+        atomic_write(timing_cache, lambda tmp: tmp.write_bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))

@@ -1,0 +1,223 @@
+"""`siefpn-deploy export`: every detector's graph runs in ONNX Runtime with PyTorch's detections, and a
+real TensorRT builder (TensorRT-RTX, CPU-only) accepts it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.config import load_config
+from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.data.preprocess import letterbox
+from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.errors import UserError
+from siefpn_deploy.export import verify
+from siefpn_deploy.export.exporter import load_trained_detector
+from siefpn_deploy.export.meta import check_input_shape, read_meta
+from siefpn_deploy.model.inference import detect_on_canvas
+
+ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
+
+
+def canvases(data: Path, shape: tuple[int, int, int, int], mean: list[float]) -> torch.Tensor:
+    """`shape[0]` val images letterboxed to shape[2:], RGB 0..1."""
+    images, annotations = split_paths(data, "val")
+    dataset = CocoDetection(image_dir=images, annotation_file=annotations)
+    return torch.stack([letterbox(dataset[i][0], shape[2:], pixel_mean=mean, input_scale=1.0)[0]
+                        for i in range(shape[0])])
+
+
+def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path) -> int:
+    """The graph's detections equal the detector's own eager ones at two sizes (neither the export
+    example's), batch 2: same count, labels and order; boxes within 1e-3 relative, scores within 1e-4.
+    Returns how many detections were compared."""
+    cfg = load_config(trained.config(arch), ["MODEL.WEIGHTS", str(trained.weights(arch))])
+    detector, _ = load_trained_detector(cfg, config_name="test")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    compared = 0
+    for shape in [(2, 3, 128, 96), (2, 3, 160, 224)]:
+        batch = canvases(tiny_synth, shape, list(cfg.MODEL.PIXEL_MEAN))
+        got = dict(zip(names, session.run(None, {"images": (batch * 255).numpy()})))
+        for b, want in enumerate(detect_on_canvas(detector, batch)):
+            n = int(got["num_dets"][b])
+            assert n == len(want["boxes"]), (shape, b)
+            boxes, scores = got["boxes"][b, :n], got["scores"][b, :n]
+            assert np.array_equal(got["labels"][b, :n], want["labels"].numpy())
+            ref = want["boxes"].numpy()
+            assert np.all(np.abs(boxes - ref) <= 1e-3 * np.maximum(np.abs(ref), 1.0))
+            assert np.abs(scores - want["scores"].numpy()).max(initial=0) <= 1e-4
+            assert np.all(got["labels"][b, n:] == -1) and np.all(got["scores"][b, n:] == 0)  # padding
+            if arch == "mask_rcnn":
+                assert got["masks"].shape[1:] == (got["boxes"].shape[1], 28, 28)
+                assert np.all(got["masks"][b, n:] == 0)
+            compared += n
+    return compared
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnx_nms_graph_matches_pytorch(arch, trained, exported, tiny_synth):
+    path = exported.onnx(arch, "onnx")
+    assert assert_ort_matches_pytorch(path, trained, arch, tiny_synth) > 20  # real detections, not an empty match
+    meta = read_meta(path)
+    assert meta["verification"]["passed"] and meta["verification"]["matched"] == meta["verification"]["reference"] > 0
+    assert {"NonMaxSuppression", "GridSample" if arch != "retinanet" else "TopK"} <= op_types(path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensor_nms_graph_matches_pytorch(arch, trained, exported, tiny_synth):
+    path = exported.onnx(arch, "tensor")
+    assert assert_ort_matches_pytorch(path, trained, arch, tiny_synth) > 20
+    assert "NonMaxSuppression" not in op_types(path) and "Loop" in op_types(path)
+
+
+def op_types(path: Path) -> set[str]:
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    for node in model.graph.node:  # the tensor NMS's Loop body
+        for attr in node.attribute:
+            if attr.g is not None:
+                ops |= {n.op_type for n in attr.g.node}
+    return ops
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, exported, trained):
+    path = exported.onnx(arch, "onnx")
+    model = onnx.load(str(path))
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}  # no custom ops
+    assert not {"NonZero", "RoiAlign", "If"} & op_types(path)  # no data-dependent shapes, no plugins
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # batch, H, W symbolic
+    meta = json.loads(path.with_name(path.name[:-5] + ".meta.json").read_text())
+    assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = ["num_dets", "boxes", "scores", "labels"] + (["masks"] if arch == "mask_rcnn" else [])
+    assert [o["name"] for o in meta["outputs"]] == expected == [o.name for o in model.graph.output]
+    assert meta["outputs"][1]["shape"] == ["batch", 100, 4]
+    assert meta["shapes"]["batch"] == {"min": 1, "max": 4} and meta["shapes"]["height"] == {"min": 64, "max": 256}
+    ckpt = torch.load(trained.weights(arch), weights_only=True)
+    assert meta["classes"]["names"] == ckpt["classes"]["names"]
+    assert meta["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
+    assert meta["postprocess"]["score_thresh"] == 0.05 and meta["postprocess"]["iou_thresh"] == 0.5
+    assert meta["preprocess"]["input_scale"] == 255.0 and meta["preprocess"]["normalized_in_graph"]
+    assert {"torch", "onnx", "torchvision"} <= set(meta["versions"]) and meta["opset"] >= 18
+
+
+def tensorrt_backend():
+    from siefpn_deploy.build.tensorrt_builder import load_backend
+
+    try:
+        return load_backend()
+    except UserError as e:
+        pytest.skip(f"no TensorRT builder installed: {e}")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensorrt_builds_the_tensor_nms_graph_with_a_dynamic_profile(arch, exported):
+    from siefpn_deploy.build.tensorrt_builder import Profile, build_serialized
+
+    backend = tensorrt_backend()
+    profile = Profile(min=(1, 3, 64, 64), opt=(2, 3, 128, 160), max=(4, 3, 256, 256))
+    engine = build_serialized(backend, exported.onnx(arch, "tensor"), profile=profile, log=lambda _: None)
+    assert len(engine) > 1_000_000  # the weights alone are ~45 MB
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensorrt_parses_the_onnx_nms_graph(arch, exported):
+    from siefpn_deploy.build.tensorrt_builder import parse_onnx
+
+    backend = tensorrt_backend()
+    _, network, _ = parse_onnx(backend, exported.onnx(arch, "onnx"))
+    assert [network.get_output(i).name for i in range(network.num_outputs)][:4] == [
+        "num_dets", "boxes", "scores", "labels"]
+
+
+def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_file(trained, tmp_path, capsys,
+                                                                                  monkeypatch):
+    out = tmp_path / "static" / "retina.onnx"
+    args = ["export", "--config-file", str(trained.config("retinanet")), "--output", str(out), "--batch", "2",
+            "--imgsz", "128", "160", "--simplify", "--input-range", "1", "--max-det", "50",
+            "MODEL.WEIGHTS", str(trained.weights("retinanet"))]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "[verify] [2, 3, 128, 160]:" in text and "max score error" in text
+    model = onnx.load(str(out))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 128, 160]
+    meta = read_meta(out)
+    assert meta["preprocess"]["input_scale"] == 1.0 and meta["outputs"][1]["shape"] == ["batch", 50, 4]
+    before = out.read_bytes()
+
+    # a check that fails: the error says so in one line, and the file from the first export stays
+    monkeypatch.setattr(verify, "SCORE_ATOL", -1.0)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: verification of") and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before and read_meta(out)["sha256"] == meta["sha256"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["retina.meta.json", "retina.onnx"]  # no temp files
+
+
+# ---------------------------------------------------------------- bad input: one line each, nothing written
+
+
+def run_export(capsys, *args: str) -> str:
+    assert main(["export", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_size_not_divisible_by_32(trained, tmp_path, capsys):
+    err = run_export(capsys, "--config-file", str(trained.config("retinanet")), "--imgsz", "300", "320",
+                     "--output", str(tmp_path / "m.onnx"), "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+    assert "not a multiple of 32" in err and "--imgsz" in err
+    err = run_export(capsys, "--config-file", str(trained.config("retinanet")), "--dynamic-size", "32", "320",
+                     "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+    assert "below the smallest input, 64" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_weights_that_do_not_match_the_config(trained, tmp_path, capsys):
+    err = run_export(capsys, "--config-file", str(trained.config("faster_rcnn")), "--output", str(tmp_path / "m.onnx"),
+                     "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+    assert "does not match the model built from" in err and str(trained.weights("retinanet")) in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_folder_not_writable(trained, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    err = run_export(capsys, "--config-file", str(trained.config("retinanet")), "--output", str(blocker / "m.onnx"),
+                     "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+    assert "cannot write to" in err and str(blocker) in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_other_bad_options(trained, tmp_path, capsys):
+    base = ["--config-file", str(trained.config("retinanet")), "--output", str(tmp_path / "m.onnx")]
+    weights = ["MODEL.WEIGHTS", str(trained.weights("retinanet"))]
+    assert "--opset must be in 18.." in run_export(capsys, *base, "--opset", "11", *weights)
+    assert "--max-det must be in 1..3840" in run_export(capsys, *base, "--max-det", "5000", *weights)
+    assert "--batch / --dynamic-batch" in run_export(capsys, *base, "--batch", "0", *weights)
+    assert "must come before the KEY VALUE" in run_export(capsys, *base, *weights, "--nms", "tensor")
+    assert "no weights given" in run_export(capsys, *base)
+    assert "checkpoint not found" in run_export(capsys, *base, "MODEL.WEIGHTS", str(tmp_path / "none.pth"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_batch_above_the_exported_maximum_is_refused(exported):
+    meta = read_meta(exported.onnx("retinanet", "onnx"))
+    check_input_shape(meta, (4, 3, 256, 64), source="x")  # the corners of the range are fine
+    with pytest.raises(UserError, match=r"batch 5 is outside the exported range \[1, 4\]"):
+        check_input_shape(meta, (5, 3, 128, 128), source="x")
+    with pytest.raises(UserError, match="height 288 is outside"):
+        check_input_shape(meta, (1, 3, 288, 128), source="x")
+    with pytest.raises(UserError, match="multiples of 32"):
+        check_input_shape(meta, (1, 3, 100, 128), source="x")
