@@ -96,7 +96,7 @@ def _size_range(args: argparse.Namespace, default: tuple[int, int]) -> tuple[tup
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .config import load_config, resolve_config_file
-    from .export.exporter import ExportOptions, ShapeRange, default_output, export_onnx
+    from .export.exporter import ExportOptions, ShapeRange, default_output, default_size_range, export_onnx
     from .export.verify import verification_images
 
     overrides = list(args.opts)
@@ -105,13 +105,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if value is not None:
             overrides += [key, str(value)]
     cfg = load_config(args.config_file, overrides)
-    div = cfg.INPUT.SIZE_DIVISIBILITY
-    largest = -(-cfg.INPUT.MAX_SIZE_TEST // div) * div  # the test resize's long side, padded
-    (h_lo, h_hi), (w_lo, w_hi) = _size_range(args, (2 * div, largest))
+    default = default_size_range(cfg)
+    (h_lo, h_hi), (w_lo, w_hi) = _size_range(args, (default.min, default.max))
     batch = (args.batch, args.batch) if args.batch is not None else (1, args.dynamic_batch)
     options = ExportOptions(
         output=Path(args.output or default_output(args.config_file, args.nms)),
-        batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=div,
+        batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
         nms=args.nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
         simplify=args.simplify,
     )
@@ -125,7 +124,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(
-        data_dir=Path(args.data), output_dir=Path(args.output), config_file=args.config_file,
+        data_dir=Path(args.data), output_dir=Path(args.output), export_dir=Path(args.export_dir),
+        config_file=args.config_file,
         overrides=args.opts, regenerate=args.regenerate,
     )
 
@@ -205,10 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the end-to-end job on the embedded synthetic dataset",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Generate the synthetic dataset (once), train a small Dual SIE-FPN RetinaNet on the CPU, "
-        "evaluate it with COCO metrics and print a summary.",
+        "evaluate it with COCO metrics, export it to ONNX, verify the ONNX in ONNX Runtime against PyTorch, and "
+        "print a summary.",
     )
     demo.add_argument("--data", default="datasets/synth", help="synthetic dataset folder (generated if missing)")
     demo.add_argument("--output", default="output/demo", help="training output folder")
+    demo.add_argument("--export-dir", default="export", help="where the ONNX model and its meta.json go")
     demo.add_argument("--config-file", default="configs/synth_retinanet_R18.yaml", help="training preset")
     demo.add_argument("--regenerate", action="store_true", help="regenerate the dataset even if present")
     demo.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import json
+
 from conftest import tiny_overrides
 from siefpn_deploy.cli import main
 
 
 def test_demo_runs_end_to_end_and_prints_summary(tiny_synth, tmp_path, capsys):
     out = tmp_path / "demo"
-    opts = [o for o in tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=2)]
+    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=40, SOLVER__BASE_LR=0.003, SOLVER__CHECKPOINT_PERIOD=100)
     # the demo sets DATASETS.* and OUTPUT_DIR itself from --data/--output
     keep = [k for k in zip(opts[::2], opts[1::2]) if not k[0].startswith(("DATASETS.", "OUTPUT_DIR"))]
     flat = [x for kv in keep for x in kv]
-    assert main(["demo", "--data", str(tiny_synth), "--output", str(out), *flat]) == 0
+    export = tmp_path / "export"
+    args = ["demo", "--data", str(tiny_synth), "--output", str(out), "--export-dir", str(export), *flat]
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert "| train + eval |" in text and "bbox AP" in text
     assert (out / "metrics.json").is_file() and (out / "model_final.pth").is_file()
-    # a rerun with the same config resumes the finished run instead of training again
-    assert main(["demo", "--data", str(tiny_synth), "--output", str(out), *flat]) == 0
-    assert "(resuming)" in capsys.readouterr().out
+    # the trained model is exported and verified in ONNX Runtime
+    row = next(line for line in text.splitlines() if line.startswith("| export + verify"))
+    assert row.endswith(": met |") and " 0/0 " not in row
+    meta = json.loads((export / "demo.meta.json").read_text())
+    assert meta["verification"]["passed"] and meta["verification"]["matched"] == meta["verification"]["reference"]
+    assert meta["shapes"]["height"] == {"min": 64, "max": 160}  # up to INPUT.MAX_SIZE_TEST, padded to 32
+    # a rerun with the same config resumes the finished run instead of training again, and keeps the export
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "(resuming)" in text and "already the verified export of these weights" in text

@@ -229,7 +229,8 @@ class Trainer:
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0
-        self.save(iteration, "model_final.pth")
+        if iteration > self.start_iter or not (self.output_dir / "model_final.pth").is_file():
+            self.save(iteration, "model_final.pth")  # a resumed finished run keeps its file (and its sha256)
         if self.is_main and images_seen:
             print(f"trained {iteration - self.start_iter} iterations in {elapsed:.0f}s ({images_seen / elapsed:.2f} images/s)")
         return self.evaluate(write=True)

@@ -23,7 +23,7 @@ from ..engine.checkpoint import load_checkpoint, load_model_weights
 from ..errors import UserError
 from ..model.detectors import build_detector
 from .deploy import PostprocessSettings, build_deploy_model
-from .meta import meta_path, write_meta
+from .meta import meta_path, sha256_of, write_meta
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
 from .verify import Verification, verify_onnx
 
@@ -82,6 +82,12 @@ class ExportOptions:
             newest = onnx.defs.onnx_opset_version()
             if not 18 <= self.opset <= newest:
                 raise UserError(f"--opset must be in 18..{newest} (the dynamo exporter starts at 18), got {self.opset}")
+
+
+def default_size_range(cfg: Config) -> ShapeRange:
+    """H and W from the smallest input (2 x divisibility) to the test resize's long side, padded."""
+    div = cfg.INPUT.SIZE_DIVISIBILITY
+    return ShapeRange(2 * div, -(-cfg.INPUT.MAX_SIZE_TEST // div) * div)
 
 
 def default_output(config_file: str | Path, nms: str) -> Path:
@@ -170,7 +176,7 @@ def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.M
         "opset": opset,
         "versions": {"siefpn_deploy": __version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "onnx": onnx.__version__},
-        "source": {"weights": str(m.WEIGHTS)},
+        "source": {"weights": str(m.WEIGHTS), "weights_sha256": sha256_of(m.WEIGHTS)},
         **options.extra_meta,
     }
 

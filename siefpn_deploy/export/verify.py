@@ -139,6 +139,9 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
             f"PyTorch detections matched in ONNX Runtime")
     result = Verification(shapes=[list(s) for s in shapes], agreement=agreement)
     log(f"[verify] {agreement.summary()}")
+    if agreement.reference == 0:
+        log(f"[verify] warning: PyTorch detects nothing above score {post['score_thresh']} on these images, so only "
+            "shapes and empty outputs were compared; verify a trained model, or lower --score-thresh")
     if not result.passed:
         raise UserError(
             f"verification of {path} failed: {agreement.summary()}; tolerances: box {BOX_RTOL:g} relative, "
