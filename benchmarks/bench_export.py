@@ -6,7 +6,7 @@ PyTorch eager CPU latency for the same weights and the same input canvases.
 
 Models are the synthetic presets (ResNet-18, 64-wide pyramid), briefly trained once into
 --work/<arch> so that postprocessing sees real candidate counts (random weights give none). Both
-runtimes get the same letterboxed val images; PyTorch runs the detector's own eager postprocessing.
+runtimes get the same val images on the same canvases (the runtime's preprocessing); PyTorch runs the detector's own eager postprocessing.
 Prints a markdown table and writes it, with date and machine, to --report.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import datetime
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -24,7 +25,7 @@ import torch
 from siefpn_deploy.cli import main as cli
 from siefpn_deploy.config import load_config
 from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.data.preprocess import letterbox
+from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.export.exporter import load_trained_detector
 from siefpn_deploy.export.meta import read_meta
@@ -73,14 +74,17 @@ def main() -> None:
                 "MODEL.WEIGHTS", str(run / "model_final.pth")]) != 0:
             sys.exit(f"exporting {arch} failed")
         meta = read_meta(onnx_path)
+        preprocess = Preprocess.from_meta(meta)
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         for size in args.sizes:
             for batch in args.batches:
-                canvas = torch.stack([letterbox(dataset[i][0], (size, size), pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
-                                                input_scale=1.0)[0] for i in range(batch)])
-                feed = {"images": (canvas * 255).numpy()}
+                # the runtime's preprocessing with the resize set to fill a size x size canvas
+                fill = replace(preprocess, min_size=size, max_size=size)
+                canvas = fill([dataset[i][0] for i in range(batch)], canvas=(size, size)).images
+                feed = {"images": canvas.numpy()}
                 with torch.inference_mode():
-                    eager = measure(lambda: detect_on_canvas(detector, canvas), warmup=args.warmup, iters=args.iters)
+                    eager = measure(lambda: detect_on_canvas(detector, canvas / fill.input_scale),
+                                    warmup=args.warmup, iters=args.iters)
                 onnx_rt = measure(lambda: session.run(None, feed), warmup=args.warmup, iters=args.iters)
                 dets = int(session.run(None, feed)[0].sum())
                 rows.append([arch, f"{size}x{size}", batch, f"{meta['export']['seconds']:.1f}",

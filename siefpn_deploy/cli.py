@@ -120,6 +120,158 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_QUANTIZE = """\
+examples:
+  siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision fp16
+  siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision int8     # train split from meta.json
+  siefpn-deploy quantize --onnx export/retinanet_R50.onnx --precision int8 --num-calib 512 --calib-size 640 640 \\
+      --calib-data datasets/coco/annotations/instances_train2017.json
+
+FP16 is ModelOpt AutoCast (I/O stays float32); INT8 is ModelOpt ONNX PTQ with explicit Q/DQ nodes. The
+GAU attention logits and softmax, class-score sigmoids/softmaxes, box decoding, RoIAlign sampling and
+NMS stay in FP32 (--no-default-excludes drops that; --exclude adds node-name regexes such as
+'^/backbone/neck/mic/'). Calibration images come from the train split, are preprocessed exactly as the
+runtime preprocesses them, and are cached in calib/ keyed by the ONNX sha256, the image list and the
+preprocessing. The quantized model's meta.json records the method, image count and exclusions.
+"""
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize.quantizer import QuantizeOptions, quantize_model
+
+    quantize_model(QuantizeOptions(
+        onnx=Path(args.onnx), precision=args.precision, output=Path(args.output) if args.output else None,
+        calib_data=Path(args.calib_data) if args.calib_data else None,
+        calib_image_dir=Path(args.calib_image_dir) if args.calib_image_dir else None, num_calib=args.num_calib,
+        calib_method=args.calib_method, calib_batch=args.calib_batch,
+        calib_size=tuple(args.calib_size) if args.calib_size else None, calib_cache=Path(args.calib_cache),
+        exclude=args.exclude, default_excludes=not args.no_default_excludes,
+    ))
+    return 0
+
+
+EPILOG_BUILD = """\
+examples:
+  siefpn-deploy build --onnx export/synth_retinanet_R18_tensornms.int8.onnx
+  siefpn-deploy build --onnx export/retinanet_R50.fp16.onnx --min-shape 1,3,320,320 --opt-shape 1,3,800,1344 \\
+      --max-shape 4,3,1344,1344 --workspace 4
+
+The network is built strongly typed: precision comes from the ONNX (FP16 casts, INT8 Q/DQ), never from
+builder flags, which TensorRT 11 removed. The same code serves TensorRT 10 (STRONGLY_TYPED flag), 11
+and TensorRT-RTX, whichever is installed (full TensorRT first). TensorRT-RTX has no NMS layer: build
+graphs exported with --nms tensor. The engine's NAME.engine.json holds its I/O, profile, TensorRT
+flavour and version, precision, source ONNX sha256 and the model's meta.json.
+"""
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build.engine import BuildOptions, build_engine, parse_shape
+
+    shape = lambda text, flag: parse_shape(text, flag) if text else None  # noqa: E731
+    build_engine(BuildOptions(
+        onnx=Path(args.onnx), engine=Path(args.engine) if args.engine else None,
+        min_shape=shape(args.min_shape, "--min-shape"), opt_shape=shape(args.opt_shape, "--opt-shape"),
+        max_shape=shape(args.max_shape, "--max-shape"), workspace_gib=args.workspace,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+        optimization_level=args.builder_optimization_level, version_compatible=args.version_compatible,
+    ))
+    return 0
+
+
+EPILOG_PARITY = """\
+examples:
+  siefpn-deploy parity --config-file output/demo/config.yaml MODEL.WEIGHTS output/demo/model_final.pth \\
+      --artifacts export/demo.onnx export/demo.fp16.onnx export/demo.int8.onnx engines/demo_tensornms.int8.plan
+  siefpn-deploy parity --config-file configs/retinanet_R50_1x.yaml --artifacts export/r50.int8.onnx \\
+      --dataset datasets/coco/val2017 datasets/coco/annotations/instances_val2017.json --max-images 500 \\
+      --budget int8=1.5 MODEL.WEIGHTS model_final.pth
+
+Every artifact and the PyTorch model see the same images through the same preprocessing. Per artifact:
+COCO bbox AP (and segm AP for Mask R-CNN), its difference from PyTorch in AP points, pass/fail against
+its precision's budget (defaults fp32=0.1 fp16=0.2 int8=1.0), and agreement with PyTorch's detections
+(matched at IoU >= 0.9 with the same class; box and score errors; non-finite values). Writes
+parity.json, parity.md and parity.png; exits 1 when a budget is broken (a CI or release gate).
+"""
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import CocoDetection
+    from .parity.check import parse_budgets, run_parity
+    from .parity.report import markdown, write_report
+    from .runtime import Detector
+
+    budgets = parse_budgets(args.budget)
+    cfg = load_config(args.config_file, args.opts)
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError("no weights given: add MODEL.WEIGHTS path/to/model_final.pth")
+    images, annotations = args.dataset or (cfg.DATASETS.TEST_IMAGES, cfg.DATASETS.TEST_ANNOTATIONS)
+    dataset = CocoDetection(image_dir=images, annotation_file=annotations, with_masks=cfg.MODEL.has_masks)
+    if len(dataset) == 0:
+        raise UserError(f"{annotations} lists no images")
+    reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=args.config_file, overrides=args.opts)
+    report = run_parity(reference, [Path(a) for a in args.artifacts], dataset, budgets=budgets,
+                        max_images=args.max_images)
+    written = write_report(report, Path(args.report))
+    print(markdown({**report, "date": "now"}))
+    print(f"[parity] wrote {', '.join(map(str, written))}")
+    return 0 if report["passed"] else 1
+
+
+EPILOG_INFER = """\
+examples:
+  siefpn-deploy infer --artifact export/demo.onnx --source datasets/synth/val --save-vis out/vis --save-json out/dets.json
+  siefpn-deploy infer --artifact output/demo/model_final.pth --source photo.jpg --save-vis out/
+"""
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .runtime import Detector
+    from .runtime.infer import run_infer
+
+    detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file)
+    run_infer(detector, Path(args.source), save_vis=Path(args.save_vis) if args.save_vis else None,
+              save_json=Path(args.save_json) if args.save_json else None, batch_size=args.batch)
+    return 0
+
+
+EPILOG_BENCH = """\
+examples:
+  siefpn-deploy bench --artifacts export/demo.onnx export/demo.int8.onnx output/demo/model_final.pth
+  siefpn-deploy bench --artifacts engines/r50.fp16.plan model_final.pth --config-file configs/retinanet_R50_1x.yaml \\
+      --batch 1 4 8 --imgsz 640 800 --device cuda --gau-memory
+
+Inputs are deterministic synthetic scenes, resized to fill SIZE x SIZE. "model" times one preprocessed
+batch through the artifact; "end-to-end" adds preprocessing, box mapping and mask pasting. On a GPU
+the timer is CUDA events and a checkpoint also runs under FP16 autocast.
+"""
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import datetime
+    import platform
+
+    from .fileio import atomic_write, write_json
+    from .runtime.bench import gau_memory, markdown, plot, run_bench
+
+    report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
+                       iters=args.iters, device=args.device, config=args.config_file)
+    if args.gau_memory:
+        report["gau_memory"] = {"size": [800, 1333], "channels": 256, "levels": gau_memory()}
+    report["machine"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
+                         "threads": __import__("torch").get_num_threads(), "device": args.device}
+    out = Path(args.report)
+    write_json(out / "bench.json", report)
+    table = markdown(report)
+    atomic_write(out / "bench.md", lambda tmp: tmp.write_text(
+        f"# Benchmark ({report['machine']['date']}, {report['machine']['machine']}, "
+        f"{report['machine']['threads']} threads)\n\n{table}"))
+    plotted = plot(report, out / "bench.png")
+    print(table)
+    print(f"[bench] wrote {out / 'bench.json'}, {out / 'bench.md'}" + (f", {out / 'bench.png'}" if plotted else ""))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -200,6 +352,93 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides; MODEL.WEIGHTS path/to/model_final.pth is required")
     export.set_defaults(func=_cmd_export)
+
+    quant = sub.add_parser(
+        "quantize", help="make an FP16 or a calibrated INT8 (Q/DQ) model from an exported ONNX (NVIDIA ModelOpt)",
+        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    quant.add_argument("--onnx", required=True, metavar="PATH", help="the FP32 export (NAME.onnx, with NAME.meta.json)")
+    quant.add_argument("--precision", required=True, choices=["fp16", "int8"])
+    quant.add_argument("--output", metavar="PATH", help="default: NAME.fp16.onnx / NAME.int8.onnx beside the source")
+    quant.add_argument("--calib-data", metavar="DIR|JSON",
+                       help="training images: a folder, or an instances JSON (default: the train split in meta.json)")
+    quant.add_argument("--calib-image-dir", metavar="DIR", help="the images of --calib-data JSON "
+                       "(default: COCO's layout, annotations/instances_X.json -> X/)")
+    quant.add_argument("--num-calib", type=int, metavar="N",
+                       help="calibration images, spread over the set (default 512 for int8, 16 for fp16's range check)")
+    quant.add_argument("--calib-method", choices=["entropy", "max"], default="entropy", help="INT8 ranges (default entropy)")
+    quant.add_argument("--calib-batch", type=int, default=8, metavar="B", help="images per calibration step (default 8)")
+    quant.add_argument("--calib-size", type=int, nargs=2, metavar=("H", "W"),
+                       help="calibration canvas (default: the largest exported size)")
+    quant.add_argument("--calib-cache", default="calib", metavar="DIR", help="cache of preprocessed images (default calib/)")
+    quant.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                       help="node names (regex, re.match) to keep in FP32; repeatable")
+    quant.add_argument("--no-default-excludes", action="store_true",
+                       help="quantize the GAU attention, score and decoding nodes too (not recommended)")
+    quant.set_defaults(func=_cmd_quantize)
+
+    build = sub.add_parser(
+        "build", help="build a TensorRT engine (10.x, 11.x or TensorRT-RTX) from an FP32/FP16/INT8 ONNX",
+        epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("--onnx", required=True, metavar="PATH", help="NAME[.fp16|.int8].onnx with its meta.json")
+    build.add_argument("--engine", metavar="PATH", help="default: engines/NAME.plan (+ NAME.engine.json)")
+    build.add_argument("--min-shape", metavar="B,3,H,W", help="default: the exported minimum")
+    build.add_argument("--opt-shape", metavar="B,3,H,W", help="default: the smallest batch at the largest size")
+    build.add_argument("--max-shape", metavar="B,3,H,W", help="default: the exported maximum")
+    build.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit (default: TensorRT's)")
+    build.add_argument("--timing-cache", default="engines/timing.cache", metavar="PATH",
+                       help="read if present, written after the build (default engines/timing.cache; '' disables)")
+    build.add_argument("--builder-optimization-level", type=int, choices=range(0, 6), metavar="N",
+                       help="0..5, TensorRT's default 3; higher builds longer for faster engines")
+    build.add_argument("--version-compatible", action="store_true",
+                       help="an engine later TensorRT versions can run (with the lean runtime)")
+    build.set_defaults(func=_cmd_build)
+
+    parity = sub.add_parser(
+        "parity", help="COCO AP of every artifact beside PyTorch's, with budgets (exit 1 when one is broken)",
+        epilog=EPILOG_PARITY, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parity.add_argument("--config-file", required=True, metavar="FILE", help="the config the weights were trained with")
+    parity.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
+                        help=".onnx (ONNX Runtime) and .plan (TensorRT) artifacts to compare with PyTorch")
+    parity.add_argument("--dataset", nargs=2, metavar=("IMAGES", "JSON"),
+                        help="evaluation images and instances JSON (default: the config's DATASETS.TEST_*)")
+    parity.add_argument("--budget", nargs="+", default=[], metavar="PREC=AP",
+                        help="largest AP drop in points per precision, e.g. fp16=0.2 int8=1.0")
+    parity.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
+    parity.add_argument("--report", default="reports/parity", metavar="DIR", help="default reports/parity")
+    parity.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides; MODEL.WEIGHTS path/to/model_final.pth is required")
+    parity.set_defaults(func=_cmd_parity)
+
+    infer = sub.add_parser(
+        "infer", help="run any artifact on images: boxes, labels and masks drawn to PNGs, COCO-style JSON",
+        epilog=EPILOG_INFER, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    infer.add_argument("--artifact", required=True, metavar="PATH", help=".onnx, .plan or a .pth checkpoint")
+    infer.add_argument("--source", required=True, metavar="PATH", help="an image or a folder of images")
+    infer.add_argument("--save-vis", metavar="DIR", help="write NAME.png with the detections drawn")
+    infer.add_argument("--save-json", metavar="FILE", help="write the detections as COCO-style JSON")
+    infer.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
+    infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    infer.add_argument("--batch", type=int, metavar="B", help="images per run (default: the artifact's largest batch)")
+    infer.set_defaults(func=_cmd_infer)
+
+    bench = sub.add_parser(
+        "bench", help="latency (p50/p90/p99), throughput and memory of artifacts over batch sizes and input sizes",
+        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--artifacts", nargs="+", required=True, metavar="PATH", help=".onnx, .plan or .pth")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], metavar="B", help="default 1 4")
+    bench.add_argument("--imgsz", type=int, nargs="+", default=[320], metavar="PX", help="default 320")
+    bench.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)")
+    bench.add_argument("--iters", type=int, default=20, metavar="N", help="timed runs (default 20)")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    bench.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
+    bench.add_argument("--gau-memory", action="store_true", help="also measure the GAU attention at 800x1333")
+    bench.add_argument("--report", default="reports/bench", metavar="DIR", help="default reports/bench")
+    bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser(
         "demo", help="the end-to-end job on the embedded synthetic dataset",

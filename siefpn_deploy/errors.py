@@ -15,3 +15,7 @@ def one_line(exc: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if last.startswith(f"{__name__}.") and ": " in last else last
     return " ".join(text.split()) or type(exc).__name__
+
+
+class CannotRunHere(UserError):
+    """A valid artifact that this machine cannot run (a TensorRT engine without a GPU or a runtime)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from siefpn_deploy.cli import main
 from siefpn_deploy.config import load_config
 from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.data.preprocess import letterbox
+from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.errors import UserError
 from siefpn_deploy.export import verify
@@ -27,12 +28,11 @@ from siefpn_deploy.model.inference import detect_on_canvas
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
 
 
-def canvases(data: Path, shape: tuple[int, int, int, int], mean: list[float]) -> torch.Tensor:
-    """`shape[0]` val images letterboxed to shape[2:], RGB 0..1."""
+def canvases(data: Path, shape: tuple[int, int, int, int], preprocess: Preprocess) -> torch.Tensor:
+    """`shape[0]` val images preprocessed onto a shape[2:] canvas, RGB 0..1."""
     images, annotations = split_paths(data, "val")
     dataset = CocoDetection(image_dir=images, annotation_file=annotations)
-    return torch.stack([letterbox(dataset[i][0], shape[2:], pixel_mean=mean, input_scale=1.0)[0]
-                        for i in range(shape[0])])
+    return preprocess([dataset[i][0] for i in range(shape[0])], canvas=shape[2:]).images
 
 
 def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path) -> int:
@@ -45,7 +45,7 @@ def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path)
     names = [o.name for o in session.get_outputs()]
     compared = 0
     for shape in [(2, 3, 128, 96), (2, 3, 160, 224)]:
-        batch = canvases(tiny_synth, shape, list(cfg.MODEL.PIXEL_MEAN))
+        batch = canvases(tiny_synth, shape, replace(Preprocess.from_meta(read_meta(path)), input_scale=1.0))
         got = dict(zip(names, session.run(None, {"images": (batch * 255).numpy()})))
         for b, want in enumerate(detect_on_canvas(detector, batch)):
             n = int(got["num_dets"][b])

@@ -56,6 +56,20 @@ def load_coco(annotation_file: str | Path) -> COCO:
     return coco
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """The images below `folder` (recursively), sorted; a one-line error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image as RGB, EXIF orientation applied first."""
     try:

@@ -1,23 +1,81 @@
-"""The one preprocessing every deployed artifact sees: resize to fit, then pad, in input pixel units.
+"""The one preprocessing every deployed artifact sees: calibration, verification, parity and inference.
 
-An image [3,h,w] (RGB, 0..1) is resized keeping its aspect ratio to fit inside (H, W) and placed at the
-top-left of an (H, W) canvas filled with the pixel mean, so the padding normalises to 0 exactly as
-torchvision's batching pads after normalisation. Values are then scaled to the graph's input range.
+It is torchvision's test-time transform, split where the graph begins: resize with the detector's
+MIN/MAX_SIZE_TEST rule (the same `interpolate` call, so the same pixels), then place the image at the
+top-left of a canvas filled with the pixel mean. The graph normalises, so the padding becomes exactly
+the zeros that torchvision's batching pads with. The canvas is the batch's largest image padded to
+the size divisibility, or a fixed size (a static engine, a calibration batch), in which case an image
+that would not fit is resized smaller to fit. Boxes go back to image pixels with `Canvas.to_image`.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def letterbox(image: Tensor, size: tuple[int, int], *, pixel_mean: list[float], input_scale: float) -> tuple[Tensor, float]:
-    """image [3,h,w] in 0..1 -> (canvas [3,H,W] in 0..input_scale, resize factor)."""
-    h, w = image.shape[-2:]
-    factor = min(size[0] / h, size[1] / w)
-    nh, nw = min(size[0], round(h * factor)), min(size[1], round(w * factor))
-    resized = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-    canvas = torch.tensor(pixel_mean, dtype=image.dtype).view(3, 1, 1).expand(3, *size).clone()
-    canvas[:, :nh, :nw] = resized
-    return canvas * input_scale, factor
+@dataclass(frozen=True)
+class Canvas:
+    """A preprocessed batch: images [B,3,H,W] in 0..input_scale, and each image's resized and original size."""
+
+    images: Tensor
+    resized_hw: list[tuple[int, int]]
+    original_hw: list[tuple[int, int]]
+
+    def to_image(self, boxes: Tensor, index: int) -> Tensor:
+        """xyxy boxes [N,4] in canvas pixels -> image `index`'s pixels (torchvision's resize_boxes), clipped to it."""
+        (rh, rw), (oh, ow) = self.resized_hw[index], self.original_hw[index]
+        scale = torch.tensor([ow / rw, oh / rh, ow / rw, oh / rh], dtype=boxes.dtype)
+        out = boxes * scale
+        out[:, 0::2] = out[:, 0::2].clamp(0, ow)
+        out[:, 1::2] = out[:, 1::2].clamp(0, oh)
+        return out
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    min_size: int
+    max_size: int
+    divisibility: int
+    pixel_mean: tuple[float, float, float]
+    input_scale: float = 255.0
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "Preprocess":
+        pre = meta["preprocess"]
+        return cls(min_size=pre["resize"]["min_size"], max_size=pre["resize"]["max_size"],
+                   divisibility=meta["shapes"]["divisibility"], pixel_mean=tuple(pre["pixel_mean"]),
+                   input_scale=float(pre["input_scale"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"min_size": self.min_size, "max_size": self.max_size, "divisibility": self.divisibility,
+                "pixel_mean": list(self.pixel_mean), "input_scale": self.input_scale}
+
+    def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
+        """image [3,h,w] RGB 0..1 -> resized [3,h',w'] (torchvision's _resize_image_and_masks arithmetic)."""
+        h, w = image.shape[-2:]
+        hw = torch.tensor([h, w], dtype=torch.float32)  # float32, as torchvision computes it: same output size
+        factor = torch.min(self.min_size / hw.min(), self.max_size / hw.max()).item()
+        if canvas is not None and (math.floor(h * factor) > canvas[0] or math.floor(w * factor) > canvas[1]):
+            factor = min(canvas[0] / h, canvas[1] / w)
+        return F.interpolate(image[None], size=None, scale_factor=factor, mode="bilinear",
+                             recompute_scale_factor=True, align_corners=False)[0]
+
+    def __call__(self, images: list[Tensor], canvas: tuple[int, int] | None = None) -> Canvas:
+        """RGB images [3,h,w] in 0..1 -> one Canvas. `canvas` fixes (H, W); else the batch's largest image
+        padded to the divisibility."""
+        resized = [self.resize(im, canvas) for im in images]
+        if canvas is None:
+            div = self.divisibility
+            canvas = (-(-max(r.shape[1] for r in resized) // div) * div, -(-max(r.shape[2] for r in resized) // div) * div)
+        batch = torch.tensor(self.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, *canvas)
+        for b, r in enumerate(resized):
+            batch[b, :, : r.shape[1], : r.shape[2]] = r
+        return Canvas(images=batch * self.input_scale if self.input_scale != 1.0 else batch,
+                      resized_hw=[(r.shape[1], r.shape[2]) for r in resized],
+                      original_hw=[(im.shape[1], im.shape[2]) for im in images])

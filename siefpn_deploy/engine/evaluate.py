@@ -20,24 +20,29 @@ from ..progress import progress_bar
 METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
+def coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray, category_ids: list[int],
+                 masks: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One image's detections (xyxy boxes [N,4] in image pixels, binary masks [N,H,W]) -> COCO result dicts."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
+    results = [
+        {"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in b], "score": round(float(s), 5)}
+        for b, s, c in zip(xywh, np.asarray(scores).tolist(), category_ids)
+    ]
+    if masks is not None and results:
+        rles = mask_util.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
+        for r, rle in zip(results, rles):
+            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    return results
+
+
 def detections_to_coco(
     output: dict[str, torch.Tensor], image_id: int, dataset: CocoDetection, mask_threshold: float = 0.5
 ) -> list[dict[str, Any]]:
     """One image's torchvision detections (original image coordinates) -> COCO result dicts."""
-    boxes = output["boxes"].cpu()
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    scores = output["scores"].cpu().tolist()
-    category_ids = dataset.label_to_category_id(output["labels"].cpu())
-    results = [
-        {"image_id": image_id, "category_id": c, "bbox": [round(v, 2) for v in b], "score": round(s, 5)}
-        for b, s, c in zip(xywh, scores, category_ids)
-    ]
-    if "masks" in output and results:
-        binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy()  # [N, H, W]
-        rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
-        for r, rle in zip(results, rles):
-            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-    return results
+    masks = (output["masks"][:, 0] > mask_threshold).cpu().numpy() if "masks" in output else None
+    return coco_results(image_id, output["boxes"].cpu().numpy(), output["scores"].cpu().numpy(),
+                        dataset.label_to_category_id(output["labels"].cpu()), masks)
 
 
 @torch.no_grad()
@@ -60,10 +65,11 @@ def run_inference(
 
 
 def coco_eval(dataset: CocoDetection, results: list[dict[str, Any]], iou_type: str, *, verbose: bool) -> dict:
-    """The 12 COCOeval numbers (fractions in 0..1, -1 where undefined), printed as pycocotools does."""
+    """The 12 COCOeval numbers (fractions in 0..1, -1 where undefined), printed as pycocotools does,
+    and `per_class`: each category id's AP (IoU .50:.95, all areas, 100 detections; -1 without ground truth)."""
     if not results:
         print(f"[{iou_type}] no detections: every metric is 0")
-        return {name: 0.0 for name in METRIC_NAMES}
+        return {**{name: 0.0 for name in METRIC_NAMES}, "per_class": {str(c): 0.0 for c in sorted(dataset.coco.cats)}}
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
         coco_dt = dataset.coco.loadRes(results)
@@ -77,7 +83,12 @@ def coco_eval(dataset: CocoDetection, results: list[dict[str, Any]], iou_type: s
     else:
         with contextlib.redirect_stdout(quiet):
             ev.summarize()
-    return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # [IoU, recall, category, area=all, maxDets=100]
+    per_class = {}
+    for k, category_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        per_class[str(category_id)] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    return {**{name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}, "per_class": per_class}
 
 
 def evaluate(

@@ -46,10 +46,14 @@ class Agreement:
     max_score_abs: float = 0.0
     max_mask_abs: float = 0.0
     box_errors: list = field(default_factory=list, repr=False)
+    box_rel_errors: list = field(default_factory=list, repr=False)
     score_errors: list = field(default_factory=list, repr=False)
+    score_rel_errors: list = field(default_factory=list, repr=False)
+    non_finite: int = 0  # NaN/inf in the compared detections' boxes and scores
 
     def add(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, min_iou: float, score_thresh: float,
             max_det: int, margin: float = 1e-3) -> None:
+        self.non_finite += int((~np.isfinite(got["boxes"])).sum() + (~np.isfinite(got["scores"])).sum())
         pairs = match_detections(ref, got, min_iou=min_iou)
         self.reference += len(ref["boxes"])
         self.matched += len(pairs)
@@ -68,13 +72,33 @@ class Agreement:
             r, g = (np.array(x) for x in zip(*pairs))
             box_abs = np.abs(ref["boxes"][r] - got["boxes"][g])
             score_abs = np.abs(ref["scores"][r] - got["scores"][g])
+            box_rel = box_abs / np.maximum(np.abs(ref["boxes"][r]), 1.0)
             self.box_errors.append(box_abs.ravel())
+            self.box_rel_errors.append(box_rel.ravel())
             self.score_errors.append(score_abs)
+            self.score_rel_errors.append(score_abs / np.maximum(ref["scores"][r], 1e-6))
             self.max_box_abs = max(self.max_box_abs, float(box_abs.max()))
-            self.max_box_rel = max(self.max_box_rel, float((box_abs / np.maximum(np.abs(ref["boxes"][r]), 1.0)).max()))
+            self.max_box_rel = max(self.max_box_rel, float(box_rel.max()))
             self.max_score_abs = max(self.max_score_abs, float(score_abs.max()))
             if "masks" in ref and "masks" in got:
                 self.max_mask_abs = max(self.max_mask_abs, float(np.abs(ref["masks"][r] - got["masks"][g]).max()))
+
+    @property
+    def matched_fraction(self) -> float:
+        return self.matched / self.reference if self.reference else 1.0
+
+    def statistics(self) -> dict[str, float | int]:
+        """Matched fraction; max, mean and median abs/rel errors of matched boxes and scores; non-finite count."""
+        out: dict[str, float | int] = {"reference": self.reference, "matched": self.matched,
+                                       "matched_fraction": self.matched_fraction, "unmatched": self.unmatched,
+                                       "unmatched_borderline": self.unmatched_borderline, "non_finite": self.non_finite}
+        for name, chunks in (("box_abs", self.box_errors), ("box_rel", self.box_rel_errors),
+                             ("score_abs", self.score_errors), ("score_rel", self.score_rel_errors)):
+            values = np.concatenate(chunks) if chunks else np.zeros(0)
+            out[f"{name}_max"] = float(values.max()) if len(values) else 0.0
+            out[f"{name}_mean"] = float(values.mean()) if len(values) else 0.0
+            out[f"{name}_median"] = float(np.median(values)) if len(values) else 0.0
+        return out
 
     def summary(self) -> str:
         return (f"matched {self.matched}/{self.reference} detections ({self.unmatched} unmatched, "

@@ -7,6 +7,7 @@ The example batch is 2 when the batch is dynamic: a batch-1 example specialises 
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import tempfile
@@ -131,9 +132,9 @@ def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
     return (batch, 3, pick(options.height, 256), pick(options.width, 320))
 
 
-def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.Module, classes: dict,
-          opset: int) -> dict[str, Any]:
-    import onnx
+def model_meta(cfg: Config, options: ExportOptions, detector: nn.Module, classes: dict) -> dict[str, Any]:
+    """Everything a runtime needs about the model and its graph contract, minus the ONNX specifics
+    (the PyTorch runtime backend describes a checkpoint with it too)."""
     import torchvision
 
     from .. import __version__
@@ -145,10 +146,10 @@ def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.M
         {"name": "scores", "dtype": "float32", "shape": ["batch", k]},
         {"name": "labels", "dtype": "int32", "shape": ["batch", k]},
     ]
-    if "masks" in deploy.output_names:
+    if cfg.MODEL.has_masks:
         res = 2 * detector.roi_heads.mask_roi_pool.output_size[0]  # the predictor's 2x deconvolution
         outputs.append({"name": "masks", "dtype": "float32", "shape": ["batch", k, res, res]})
-    m = cfg.MODEL
+    m, d = cfg.MODEL, cfg.DATASETS
     post: dict[str, Any] = {
         "score_thresh": m.SCORE_THRESH_TEST, "iou_thresh": m.NMS_THRESH_TEST, "max_det": k, "nms": options.nms,
     }
@@ -173,10 +174,11 @@ def _meta(cfg: Config, options: ExportOptions, deploy: nn.Module, detector: nn.M
         "postprocess": post,
         "classes": {**classes, "label_to_class": "labels are 1-based: class index = label - 1; -1 pads"},
         "precision": "fp32",
-        "opset": opset,
-        "versions": {"siefpn_deploy": __version__, "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "onnx": onnx.__version__},
+        "versions": {"siefpn_deploy": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
         "source": {"weights": str(m.WEIGHTS), "weights_sha256": sha256_of(m.WEIGHTS)},
+        # where calibration finds training images by default, and which split it must never use
+        "datasets": {"train_images": d.TRAIN_IMAGES, "train_annotations": d.TRAIN_ANNOTATIONS,
+                     "test_images": d.TEST_IMAGES, "test_annotations": d.TEST_ANNOTATIONS},
         **options.extra_meta,
     }
 
@@ -193,6 +195,19 @@ def check_output(output: Path) -> None:
         raise UserError(f"cannot write to {output.parent} (--output): {e.strerror or e}") from None
 
 
+def name_nodes_by_module(model: Any) -> None:
+    """node_Conv_12 -> /backbone/neck/gau/node_Conv_12, from the module path the exporter records on each
+    node. Readable in Netron and in TensorRT's parser errors, and what the quantize stage's
+    --exclude regexes match (e.g. the GAU attention: /backbone/neck/gau/)."""
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes:
+            continue
+        # cumulative module paths, then the aten op: ['', 'backbone', 'backbone.neck', ..., 'add_12']
+        modules = [s for s in ast.literal_eval(scopes)[:-1] if s and not s.startswith("_")]
+        node.name = f"/{modules[-1].replace('.', '/')}/{node.name}" if modules else f"/{node.name}"
+
+
 def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ...]]:
     """torch.onnx's dynamo exporter -> ModelProto (optimised; slimmed with --simplify)."""
     shape = example_shape(options)
@@ -206,6 +221,7 @@ def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ..
     except Exception as e:  # the exporter's own messages are pages long; keep its first line
         raise UserError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
     model = program.model_proto
+    name_nodes_by_module(model)
     if options.simplify:
         import onnxslim
 
@@ -244,7 +260,9 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     model, shape = trace(deploy, options)
     export_seconds = time.perf_counter() - t0
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    meta = _meta(cfg, options, deploy, detector, classes, opset)
+    meta = model_meta(cfg, options, detector, classes)
+    meta["opset"] = opset
+    meta["versions"]["onnx"] = onnx.__version__
     large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
     meta["export"] = {"seconds": round(export_seconds, 2), "external_data": large, "simplified": options.simplify,
                       "example_shape": list(shape)}

@@ -1,6 +1,7 @@
 """Export verification: onnx.checker, then ONNX Runtime (CPU) against the PyTorch detector.
 
-Both see the same letterboxed images, at two sizes and batch 2 where the exported ranges allow.
+Both see the same canvases, made by the runtime's own preprocessing, at two sizes and batch 2 where
+the exported ranges allow.
 The reference is the trained torchvision detector itself (eager, with its own postprocessing),
 not the deploy wrapper, so the check covers the in-graph postprocessing too.
 """
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..config import Config
 from ..data import CocoDetection, synth
-from ..data.preprocess import letterbox
+from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..model.inference import detect_on_canvas
 from .compare import Agreement
@@ -121,14 +122,12 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
         raise UserError(f"onnx.checker rejects {path}: {str(e).strip().splitlines()[0]}") from None
     session = ort_session(path)
     pre, post = meta["preprocess"], meta["postprocess"]
+    preprocess = Preprocess.from_meta(meta)
     agreement = Agreement()
     shapes = verification_shapes(meta)
     for shape in shapes:
         check_input_shape(meta, shape, source=str(path))
-        batch = torch.stack([
-            letterbox(images[i % len(images)], shape[2:], pixel_mean=pre["pixel_mean"], input_scale=pre["input_scale"])[0]
-            for i in range(shape[0])
-        ])
+        batch = preprocess([images[i % len(images)] for i in range(shape[0])], canvas=shape[2:]).images
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(None, {"images": batch.numpy()})))
         ref = _reference(detector, batch, pre["input_scale"])

@@ -16,9 +16,10 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 
 @torch.no_grad()
-def detect_on_canvas(detector: nn.Module, canvas: Tensor) -> list[dict[str, Tensor]]:
+def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool = True) -> list[dict[str, Tensor]]:
     """canvas [B,3,H,W] RGB in 0..1 (H, W multiples of the size divisibility) -> per-image detections
-    in canvas pixels: boxes [N,4], scores [N], labels [N] (1-based), and masks [N,1,H,W] for Mask R-CNN."""
+    in canvas pixels: boxes [N,4], scores [N], labels [N] (1-based), and for Mask R-CNN masks [N,1,H,W]
+    pasted on the canvas (or the head's [N,1,28,28] probabilities with paste_masks=False)."""
     if detector.training:
         raise ValueError("detect_on_canvas needs the detector in eval mode")
     transform = detector.transform
@@ -39,7 +40,7 @@ def detect_on_canvas(detector: nn.Module, canvas: Tensor) -> list[dict[str, Tens
     else:
         proposals, _ = detector.rpn(images, features)
         detections, _ = detector.roi_heads(features, proposals, images.image_sizes)
-    for d in detections:
+    for d in detections if paste_masks else []:
         if "masks" in d:
             d["masks"] = paste_masks_in_image(d["masks"], d["boxes"], hw)
     return detections

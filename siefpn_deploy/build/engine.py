@@ -1,0 +1,132 @@
+"""`siefpn-deploy build`: NAME[.fp16|.int8].onnx -> engines/NAME.plan + NAME.engine.json.
+
+The sidecar holds the engine's I/O contract (names, shapes, dtypes), its optimization profile, the
+TensorRT flavour and version, the source ONNX's sha256, the precision and the build time, plus the
+source meta.json (preprocessing, classes, thresholds), so a runtime needs nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..export.meta import read_meta
+from ..fileio import atomic_write, read_json, write_json
+from .tensorrt_builder import Profile, build_serialized, load_backend, parse_onnx
+
+ENGINE_FORMAT = "siefpn-deploy/engine-meta"
+
+
+def engine_meta_path(engine: str | Path) -> Path:
+    """engines/NAME.plan -> engines/NAME.engine.json."""
+    p = Path(engine)
+    return p.with_name(p.name.removesuffix(p.suffix) + ".engine.json")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    onnx: Path
+    engine: Path | None = None
+    min_shape: tuple[int, ...] | None = None
+    opt_shape: tuple[int, ...] | None = None
+    max_shape: tuple[int, ...] | None = None
+    workspace_gib: float | None = None
+    timing_cache: Path | None = Path("engines/timing.cache")
+    optimization_level: int | None = None
+    version_compatible: bool = False
+
+    def engine_path(self) -> Path:
+        return self.engine or Path("engines") / (self.onnx.name.removesuffix(".onnx") + ".plan")
+
+
+def parse_shape(text: str, flag: str) -> tuple[int, ...]:
+    """'1,3,640,640' (or 1x3x640x640) -> (1, 3, 640, 640)."""
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"{flag} must be B,3,H,W (e.g. 1,3,640,640), got {text!r}") from None
+    if len(shape) != 4 or shape[1] != 3:
+        raise UserError(f"{flag} must be B,3,H,W (e.g. 1,3,640,640), got {text!r}")
+    return shape
+
+
+def profile_for(meta: dict[str, Any], options: BuildOptions) -> Profile:
+    """meta.json's exported ranges unless given; every shape must lie inside them, min <= opt <= max."""
+    s = meta["shapes"]
+    lo = (s["batch"]["min"], 3, s["height"]["min"], s["width"]["min"])
+    hi = (s["batch"]["max"], 3, s["height"]["max"], s["width"]["max"])
+    # tuned for batch 1 at the largest size: detection images are mostly resized to the top of the range
+    opt_default = (s["batch"]["min"], 3, s["height"]["max"], s["width"]["max"])
+    profile = Profile(min=options.min_shape or lo, opt=options.opt_shape or opt_default, max=options.max_shape or hi)
+    div = s["divisibility"]
+    for flag, shape in (("--min-shape", profile.min), ("--opt-shape", profile.opt), ("--max-shape", profile.max)):
+        outside = [name for name, v, a, b in zip(("batch", "channels", "height", "width"), shape, lo, hi)
+                   if not a <= v <= b]
+        if outside:
+            raise UserError(f"{flag} {','.join(map(str, shape))} is outside the exported range "
+                            f"{','.join(map(str, lo))} .. {','.join(map(str, hi))} ({', '.join(outside)})")
+        if shape[2] % div or shape[3] % div:
+            raise UserError(f"{flag} {','.join(map(str, shape))}: H and W must be multiples of {div}")
+    if not all(a <= b <= c for a, b, c in zip(profile.min, profile.opt, profile.max)):
+        raise UserError(f"the profile must have min <= opt <= max in every dimension, got {profile.as_dict()}")
+    return profile
+
+
+def _io(backend, network) -> list[dict[str, Any]]:
+    tensors = [(network.get_input(i), "input") for i in range(network.num_inputs)]
+    tensors += [(network.get_output(i), "output") for i in range(network.num_outputs)]
+    return [{"name": t.name, "mode": mode, "dtype": str(t.dtype).rsplit(".", 1)[-1].lower(),
+             "shape": list(t.shape)} for t, mode in tensors]
+
+
+def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, Any]]:
+    meta = read_meta(options.onnx)
+    profile = profile_for(meta, options)
+    backend = load_backend()
+    engine = options.engine_path()
+    if engine.suffix not in (".plan", ".engine"):
+        raise UserError(f"--engine must end in .plan or .engine, got {engine}")
+    log(f"[build] {options.onnx} ({meta.get('precision', 'fp32')}) with {backend.flavour} {backend.version}, "
+        f"strongly typed; profile min {list(profile.min)} opt {list(profile.opt)} max {list(profile.max)}")
+    t0 = time.perf_counter()
+    data = build_serialized(backend, options.onnx, profile=profile, workspace_gib=options.workspace_gib,
+                            timing_cache=options.timing_cache, optimization_level=options.optimization_level,
+                            version_compatible=options.version_compatible, log=log)
+    seconds = time.perf_counter() - t0
+    _, network, _ = parse_onnx(backend, options.onnx)
+    atomic_write(engine, lambda tmp: tmp.write_bytes(data))
+    sidecar = {
+        "format": ENGINE_FORMAT, "version": 1, "engine": engine.name,
+        "engine_sha256": hashlib.sha256(data).hexdigest(),
+        "onnx": options.onnx.name, "onnx_sha256": meta["sha256"], "precision": meta.get("precision", "fp32"),
+        "tensorrt": {"flavour": backend.flavour, "version": backend.version, "strongly_typed": True,
+                     "version_compatible": options.version_compatible},
+        "io": _io(backend, network), "profile": profile.as_dict(),
+        "build": {"seconds": round(seconds, 1), "workspace_gib": options.workspace_gib,
+                  "optimization_level": options.optimization_level,
+                  "timing_cache": str(options.timing_cache) if options.timing_cache else None},
+        "model": {k: v for k, v in meta.items() if k not in ("format", "version", "onnx", "sha256")},
+    }
+    write_json(engine_meta_path(engine), sidecar)
+    log(f"[build] wrote {engine} ({len(data) / 2**20:.1f} MiB) and {engine_meta_path(engine).name} in {seconds:.1f} s")
+    return engine, sidecar
+
+
+def read_engine_meta(engine: str | Path) -> dict[str, Any]:
+    """The sidecar of `engine`; refused when missing, foreign or not this engine's (sha256)."""
+    engine = Path(engine)
+    if not engine.is_file():
+        raise UserError(f"engine not found: {engine}")
+    path = engine_meta_path(engine)
+    if not path.is_file():
+        raise UserError(f"{engine} has no {path.name} beside it; rebuild it with `siefpn-deploy build`")
+    meta = read_json(path, "engine.json")
+    if not isinstance(meta, dict) or meta.get("format") != ENGINE_FORMAT:
+        raise UserError(f"{path} is not a siefpn-deploy engine.json")
+    if hashlib.sha256(engine.read_bytes()).hexdigest() != meta.get("engine_sha256"):
+        raise UserError(f"{engine} does not match {path.name} (sha256 differs): rebuild it with `siefpn-deploy build`")
+    return meta

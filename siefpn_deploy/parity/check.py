@@ -1,0 +1,128 @@
+"""`siefpn-deploy parity`: the COCO AP of every artifact beside the PyTorch model's, on the same images
+with the same preprocessing, plus tensor-level agreement with PyTorch's detections, against budgets.
+
+An artifact that cannot run on this machine (a TensorRT engine without a GPU) is listed as
+"not run: <reason>", never dropped. A broken budget makes the command exit non-zero.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import CocoDetection
+from ..errors import CannotRunHere, UserError
+from ..export.compare import Agreement
+from ..runtime import Detector
+from .evaluate import Evaluation, evaluate_detector
+
+DEFAULT_BUDGETS = {"fp32": 0.1, "fp16": 0.2, "int8": 1.0}  # AP points (0..100) an artifact may lose
+MATCH_IOU = 0.9
+
+
+@dataclass
+class ArtifactResult:
+    path: str
+    kind: str
+    precision: str
+    status: str  # "pass", "fail" or "not run"
+    reason: str = ""
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delta: dict[str, float] = field(default_factory=dict)  # AP points vs PyTorch, per iou type (negative = lower)
+    budget: float | None = None
+    agreement: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_budgets(items: list[str]) -> dict[str, float]:
+    budgets = dict(DEFAULT_BUDGETS)
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in budgets or not value:
+            raise UserError(f"--budget takes PRECISION=AP_POINTS with precision in {', '.join(budgets)}, got {item!r}")
+        try:
+            budgets[key] = float(value)
+        except ValueError:
+            raise UserError(f"--budget {item!r}: {value!r} is not a number") from None
+    return budgets
+
+
+def _agreement(reference: Evaluation, other: Evaluation, score_thresh: float, max_det: int) -> Agreement:
+    agreement = Agreement()
+    for image_id, ref in reference.detections.items():
+        got = other.detections[image_id]
+        as_dict = lambda d: {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}  # noqa: E731
+        agreement.add(as_dict(ref), as_dict(got), min_iou=MATCH_IOU, score_thresh=score_thresh, max_det=max_det)
+    return agreement
+
+
+def same_model(reference: Detector, artifact: Detector) -> None:
+    """Refuse an artifact exported from other weights: its AP would say nothing about these."""
+    want = reference.meta["source"].get("weights_sha256")
+    got = artifact.meta.get("source", {}).get("weights_sha256")
+    if want and got and want != got:
+        raise UserError(f"{artifact.path} was exported from other weights ({artifact.meta['source']['weights']}) "
+                        f"than MODEL.WEIGHTS {reference.path}")
+
+
+def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
+               max_images: int | None, log=print) -> dict[str, Any]:
+    log(f"[parity] reference: PyTorch {reference.path} on {min(max_images or len(dataset), len(dataset))} images "
+        f"of {dataset.annotation_file}")
+    ref_eval = evaluate_detector(reference, dataset, max_images=max_images, desc=f"pytorch {reference.path.name}")
+    post = reference.meta["postprocess"]
+    rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference",
+                           metrics=ref_eval.metrics)]
+    for path in artifacts:
+        try:
+            detector = Detector.from_path(path)
+            same_model(reference, detector)
+        except CannotRunHere as e:
+            log(f"[parity] {path}: not run: {e}")
+            rows.append(ArtifactResult(path=str(path), kind=_kind(path), precision="?", status="not run", reason=str(e)))
+            continue
+        evaluation = evaluate_detector(detector, dataset, max_images=max_images,
+                                       desc=f"{detector.kind} {detector.precision} {path.name}")
+        delta = {t: 100 * (evaluation.metrics[t]["AP"] - ref_eval.metrics[t]["AP"]) for t in ref_eval.metrics}
+        budget = budgets.get(detector.precision, budgets["fp32"])
+        agreement = _agreement(ref_eval, evaluation, post["score_thresh"], post["max_det"])
+        ok = all(-d <= budget for d in delta.values()) and agreement.non_finite == 0
+        rows.append(ArtifactResult(path=str(path), kind=detector.kind, precision=detector.precision,
+                                   status="pass" if ok else "fail", metrics=evaluation.metrics, delta=delta,
+                                   budget=budget, agreement=agreement.statistics()))
+        log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
+            f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
+    return {"reference": str(reference.path), "dataset": str(dataset.annotation_file),
+            "images": min(max_images or len(dataset), len(dataset)), "budgets": budgets, "match_iou": MATCH_IOU,
+            "classes": dict(zip(map(str, reference.category_ids), reference.class_names)),
+            "artifacts": [vars(r) for r in rows], "environment": environment(),
+            "passed": all(r.status in ("pass", "reference", "not run") for r in rows)}
+
+
+def _kind(path: Path) -> str:
+    return {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt"}.get(path.suffix, "pytorch")
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    env = {"siefpn_deploy": __version__, "python": platform.python_version(), "machine": platform.machine(),
+           "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "cpu_threads": torch.get_num_threads(), "numpy": np.__version__}
+    try:
+        from ..build.tensorrt_builder import load_backend
+
+        backend = load_backend()
+        env["tensorrt"] = f"{backend.flavour} {backend.version}"
+    except UserError:
+        env["tensorrt"] = "not installed"
+    return env

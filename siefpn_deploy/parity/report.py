@@ -1,0 +1,88 @@
+"""parity.json (everything), parity.md (a table a person reads) and parity.png (AP per artifact and each
+class's AP delta), written atomically into the report folder."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_path, atomic_write, write_json
+
+
+def markdown(report: dict[str, Any]) -> str:
+    segm = any("segm" in a["metrics"] for a in report["artifacts"])
+    head = ["artifact", "runtime", "precision", "bbox AP", "Δ bbox"] + (["segm AP", "Δ segm"] if segm else []) + [
+        "budget", "matched (IoU≥0.9)", "box err max/median px", "score err max/median", "non-finite", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in report["artifacts"]:
+        if a["status"] == "not run":
+            cells = [a["path"], a["kind"], a["precision"], "-", "-"] + (["-", "-"] if segm else []) + [
+                "-", "-", "-", "-", "-", f"not run: {a['reason']}"]
+        else:
+            m, d, g = a["metrics"], a["delta"], a["agreement"]
+            ap = lambda t: f"{100 * m[t]['AP']:.2f}" if t in m else "-"  # noqa: E731
+            dl = lambda t: f"{d[t]:+.2f}" if t in d else "-"  # noqa: E731
+            cells = [a["path"], a["kind"], a["precision"], ap("bbox"), dl("bbox")] + (
+                [ap("segm"), dl("segm")] if segm else []) + [
+                f"{a['budget']:g}" if a["budget"] is not None else "-",
+                f"{100 * g['matched_fraction']:.1f}%" if g else "-",
+                f"{g['box_abs_max']:.2g} / {g['box_abs_median']:.2g}" if g else "-",
+                f"{g['score_abs_max']:.2g} / {g['score_abs_median']:.2g}" if g else "-",
+                str(g["non_finite"]) if g else "-", a["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    env = report["environment"]
+    return (f"# Parity report ({report['date']})\n\n"
+            f"{report['images']} images of `{report['dataset']}`; reference `{report['reference']}` (PyTorch eager). "
+            f"AP in points (0..100); Δ is the artifact minus PyTorch; the budget is the largest drop allowed.\n\n"
+            + "\n".join(lines)
+            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {env['machine']}, device "
+            f"{env['device']}, {env['cpu_threads']} CPU threads; torch {env['torch']}, onnxruntime "
+            f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """AP per artifact, and per-class bbox AP delta vs PyTorch; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ran = [a for a in report["artifacts"] if a["status"] != "not run"]
+    names = [Path(a["path"]).name for a in ran]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    left.bar(names, [100 * a["metrics"]["bbox"]["AP"] for a in ran],
+             color=["#888" if a["status"] == "reference" else "#2a7" if a["status"] == "pass" else "#c33" for a in ran])
+    left.set_ylabel("bbox AP")
+    left.set_title("COCO bbox AP per artifact")
+    left.tick_params(axis="x", rotation=20)
+    reference = ran[0]["metrics"]["bbox"]["per_class"]
+    classes = list(reference)
+    width = 0.8 / max(1, len(ran) - 1)
+    for i, a in enumerate(ran[1:]):
+        per_class = a["metrics"]["bbox"]["per_class"]
+        deltas = [100 * (per_class[c] - reference[c]) if reference[c] >= 0 else 0.0 for c in classes]
+        right.bar([j + i * width for j in range(len(classes))], deltas, width=width, label=names[i + 1])
+    right.set_xticks([j + 0.4 - width / 2 for j in range(len(classes))],
+                     [report["classes"].get(c, c) for c in classes], rotation=30)
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_ylabel("bbox AP delta vs PyTorch (points)")
+    right.set_title("per-class AP delta")
+    if len(ran) > 1:
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
+    report = {**report, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    written = [write_json(folder / "parity.json", report)]
+    written.append(atomic_write(folder / "parity.md", lambda tmp: tmp.write_text(markdown(report))))
+    if plot(report, folder / "parity.png"):
+        written.append(folder / "parity.png")
+    return written

@@ -1,0 +1,126 @@
+"""Calibration images: chosen from the train split, preprocessed by the runtime's own preprocessing,
+cached in calib/ and streamed to the calibrator in batches with a progress bar.
+
+The cache key is the ONNX sha256, the image list and the preprocessing, so a rerun with the same
+three reuses the tensors and anything else recomputes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from onnxruntime.quantization import CalibrationDataReader
+
+from ..data.coco import find_images, load_coco, load_image
+from ..data.preprocess import Preprocess
+from ..errors import UserError
+from ..fileio import atomic_path, read_json, write_json
+from ..progress import progress_bar
+
+def images_of_annotations(annotation_file: Path, image_dir: Path | None) -> list[Path]:
+    """Images listed in a COCO instances file; their folder is `image_dir`, else COCO's layout:
+    annotations/instances_train2017.json -> train2017/."""
+    if image_dir is None:
+        image_dir = annotation_file.parent.parent / annotation_file.stem.removeprefix("instances_")
+    if not image_dir.is_dir():
+        raise UserError(f"image folder of {annotation_file} not found: {image_dir} (give it with --calib-image-dir)")
+    coco = load_coco(annotation_file)
+    return [image_dir / coco.imgs[i]["file_name"] for i in sorted(coco.imgs)]
+
+
+def list_images(source: Path, image_dir: Path | None = None) -> list[Path]:
+    """A folder's images (recursively, sorted), or the images of an instances JSON."""
+    if source.suffix == ".json":
+        if not source.is_file():
+            raise UserError(f"calibration annotations not found: {source}")
+        paths = images_of_annotations(source, image_dir)
+        if not paths:
+            raise UserError(f"{source} lists no images")
+        return paths
+    if not source.is_dir():
+        raise UserError(f"calibration data not found: {source} (a folder of images or an instances JSON)")
+    return find_images(source)
+
+
+def choose(paths: list[Path], count: int) -> list[Path]:
+    """`count` images spread evenly over the (sorted) list: the same choice on every rerun."""
+    if count >= len(paths):
+        return list(paths)
+    return [paths[i * len(paths) // count] for i in range(count)]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Preprocessed calibration images [N,3,H,W] float32, memory-mapped from the cache."""
+
+    path: Path
+    images: list[Path]
+    tensors: np.ndarray
+    reused: bool
+
+
+def cache_key(onnx_sha256: str, images: list[Path], preprocess: Preprocess, canvas: tuple[int, int]) -> dict[str, Any]:
+    files = [[str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)] for p in images]
+    return {"onnx_sha256": onnx_sha256, "images": files, "preprocess": preprocess.as_dict(), "canvas": list(canvas)}
+
+
+def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[int, int], onnx_sha256: str,
+                  cache_dir: Path, log=print) -> CalibrationSet:
+    """The preprocessed tensors of `images` on a fixed canvas, from calib/<key>.npy when the key matches."""
+    key = cache_key(onnx_sha256, images, preprocess, canvas)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    npy, sidecar = cache_dir / f"calib-{digest}.npy", cache_dir / f"calib-{digest}.json"
+    if npy.is_file() and sidecar.is_file() and read_json(sidecar, "calibration cache index") == key:
+        log(f"[calib] reusing {len(images)} cached calibration images: {npy}")
+        return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), reused=True)
+    with atomic_path(npy) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), 3, *canvas))
+        for i, path in enumerate(progress_bar(images, desc="preprocess calibration images", unit="img")):
+            image = torch.from_numpy(np.asarray(load_image(path), dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            out[i] = preprocess([image], canvas=canvas).images[0].numpy()
+        out.flush()
+        del out
+    write_json(sidecar, key)
+    log(f"[calib] cached {len(images)} preprocessed calibration images ({npy.stat().st_size / 2**20:.0f} MiB): {npy}")
+    return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), reused=False)
+
+
+class BatchReader(CalibrationDataReader):
+    """An onnxruntime CalibrationDataReader over the cached tensors: {"images": [b,3,H,W]} per call,
+    with a progress bar per calibration pass."""
+
+    def __init__(self, tensors: np.ndarray, *, batch: int, desc: str = "calibrate") -> None:
+        if len(tensors) < batch:
+            raise UserError(f"{len(tensors)} calibration images are fewer than the calibration batch {batch}; "
+                            "add images or lower --calib-batch")
+        super().__init__()
+        self.tensors, self.batch, self.desc = tensors, batch, desc
+        self.starts = list(range(0, len(tensors) - batch + 1, batch))  # whole batches only
+        self.position = 0
+        self.bar = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position == 0:
+            self.bar = progress_bar(total=len(self.starts) * self.batch, desc=self.desc, unit="img")
+        if self.position >= len(self.starts):
+            if self.bar is not None:
+                self.bar.close()
+            return None
+        start = self.starts[self.position]
+        self.position += 1
+        self.bar.update(self.batch)
+        return {"images": np.ascontiguousarray(self.tensors[start : start + self.batch])}
+
+    def rewind(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.position = 0
+
+    def set_range(self, start_index: int, end_index: int) -> None:  # part of ORT's reader interface
+        self.starts = [s for s in self.starts if start_index <= s < end_index]

@@ -1,0 +1,22 @@
+"""What stays in FP32: node-name regexes over the exported graph's module paths (see
+`export.exporter.name_nodes_by_module`), matched with `re.match` as ModelOpt does.
+
+The heads and the backbone/neck convolutions go to FP16 or INT8. These stay in full precision:
+- the GAU attention logits and softmax: a dot product over C/2 channels overflows FP16 on real
+  activations, and a softmax input quantized to 8 bits loses the attention's peaks;
+- class-score sigmoids and softmaxes;
+- everything in the decoder that is not a head: box decoding, anchors, top-k, RoIAlign sampling,
+  the NMS and its inputs.
+"""
+
+from __future__ import annotations
+
+GAU_ATTENTION = r"(?i)^/backbone/neck/gau/.*(matmul|softmax|scaled_dot_product)"
+SCORES = r"(?i)^/decoder/.*(sigmoid|softmax)"
+DECODING = r"^/decoder/(?!.*(head|predictor)/)"  # the decoder, minus its head modules
+
+DEFAULT_EXCLUDES = {
+    "gau_attention": GAU_ATTENTION,
+    "class_scores": SCORES,
+    "decoding_roialign_nms": DECODING,
+}

@@ -1,0 +1,206 @@
+"""`siefpn-deploy quantize`: an exported FP32 model -> NAME.fp16.onnx (ModelOpt AutoCast) or
+NAME.int8.onnx (ModelOpt ONNX PTQ, explicit Q/DQ, calibrated on train-split images).
+
+Both keep the graph's I/O contract (float32 images in, the same outputs), so the same runtime code,
+the same meta.json fields and the same TensorRT build path serve every precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.preprocess import Preprocess
+from ..errors import UserError
+from ..export.meta import meta_path, read_meta, write_meta
+from ..fileio import atomic_path
+from .calibration import BatchReader, choose, list_images, load_or_build
+from .precision import DEFAULT_EXCLUDES
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    onnx: Path
+    precision: str  # "fp16" or "int8"
+    output: Path | None = None
+    calib_data: Path | None = None  # a folder or an instances JSON; default: the model's train split
+    calib_image_dir: Path | None = None
+    num_calib: int | None = None  # default 512 for int8, 16 for fp16's range check
+    calib_method: str = "entropy"
+    calib_batch: int = 8
+    calib_size: tuple[int, int] | None = None  # the calibration canvas; default: the largest exported size
+    calib_cache: Path = Path("calib")
+    exclude: list[str] = field(default_factory=list)
+    default_excludes: bool = True
+
+    @property
+    def count(self) -> int:
+        return self.num_calib if self.num_calib is not None else (512 if self.precision == "int8" else 16)
+
+    def excludes(self) -> list[str]:
+        return (list(DEFAULT_EXCLUDES.values()) if self.default_excludes else []) + list(self.exclude)
+
+    def output_path(self) -> Path:
+        if self.output is not None:
+            return self.output
+        name = self.onnx.name.removesuffix(".onnx")
+        return self.onnx.with_name(f"{name}.{self.precision}.onnx")
+
+
+def load_onnx(path: Path) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # DecodeError and friends: a truncated or foreign file
+        raise UserError(f"cannot read ONNX model {path}: {type(e).__name__}: {str(e).strip()[:200]}") from None
+
+
+def precision_of(model: Any) -> str:
+    """What the graph itself says: int8 when it has Q/DQ, fp16 when it casts to float16, else fp32."""
+    import onnx
+
+    ops = {n.op_type for n in model.graph.node}
+    if ops & set(QDQ_OPS):
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node):
+        return "fp16"
+    return "fp32"
+
+
+def calibration_source(options: QuantizeOptions, meta: dict[str, Any]) -> Path:
+    """--calib-data, else the train split recorded at export; never the evaluation split."""
+    datasets = meta.get("datasets", {})
+    source = options.calib_data or (Path(datasets["train_images"]) if datasets.get("train_images") else None)
+    if source is None:
+        raise UserError(f"{options.onnx}'s meta.json records no train split; give --calib-data DIR|instances.json")
+    evaluation = {Path(p).resolve() for p in (datasets.get("test_images"), datasets.get("test_annotations")) if p}
+    if source.resolve() in evaluation:
+        raise UserError(f"--calib-data {source} is the evaluation split; calibrate on training images, or the "
+                        "evaluation AP is measured on the data the ranges were fitted to")
+    return source
+
+
+def calibration_canvas(options: QuantizeOptions, meta: dict[str, Any]) -> tuple[int, int]:
+    shapes, div = meta["shapes"], meta["shapes"]["divisibility"]
+    h, w = options.calib_size or (shapes["height"]["max"], shapes["width"]["max"])
+    for name, value in (("height", h), ("width", w)):
+        lo, hi = shapes[name]["min"], shapes[name]["max"]
+        if value % div or not lo <= value <= hi:
+            raise UserError(f"--calib-size {name} {value} must be a multiple of {div} inside the exported range "
+                            f"[{lo}, {hi}]")
+    return h, w
+
+
+@contextlib.contextmanager
+def quiet_modelopt():
+    """ModelOpt logs every step at INFO and prints; keep warnings, drop the rest."""
+    loggers = [logging.getLogger(n) for n in ("modelopt", "modelopt.onnx", "polygraphy")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str]) -> None:
+    import onnx
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    # AutoCast's reference run: nodes whose activations leave FP16's safe range stay in FP32
+    with tempfile.TemporaryDirectory(dir=target.parent) as workdir:
+        npz = Path(workdir) / "autocast_inputs.npz"
+        np.savez(npz, images=np.ascontiguousarray(calib))
+        with quiet_modelopt():
+            model = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
+                                               nodes_to_exclude=excludes, keep_io_types=True,
+                                               calibration_data=str(npz), providers=["cpu"])
+    onnx.save(model, str(target))
+
+
+def _int8(source: Path, target: Path, reader: BatchReader, method: str, excludes: list[str]) -> None:
+    from modelopt.onnx.quantization import quantize
+
+    with quiet_modelopt():
+        quantize(onnx_path=str(source), quantize_mode="int8", calibration_data_reader=reader,
+                 calibration_method=method, calibration_eps=["cpu"], nodes_to_exclude=excludes,
+                 high_precision_dtype="fp32", output_path=str(target), log_level="WARNING")
+
+
+def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[str, Any]]:
+    if options.precision not in ("fp16", "int8"):
+        raise UserError(f"--precision must be fp16 or int8, got {options.precision!r}")
+    if options.calib_method not in ("entropy", "max"):
+        raise UserError(f"--calib-method must be entropy or max, got {options.calib_method!r}")
+    if options.count < 1 or options.calib_batch < 1:
+        raise UserError("--num-calib and --calib-batch must be at least 1")
+    meta = read_meta(options.onnx)
+    model = load_onnx(options.onnx)
+    found = precision_of(model)
+    if meta.get("precision", "fp32") != "fp32" or found != "fp32":
+        raise UserError(f"{options.onnx} is already quantized ({meta.get('precision') if found == 'fp32' else found}); "
+                        "quantize the FP32 export instead")
+    output = options.output_path()
+    if output.resolve() == options.onnx.resolve():
+        raise UserError(f"--output {output} would overwrite the source model")
+
+    source = calibration_source(options, meta)
+    images = choose(list_images(source, options.calib_image_dir), options.count)
+    if len(images) < options.count:
+        log(f"[quantize] warning: {source} has only {len(images)} images; calibrating on all of them")
+    canvas = calibration_canvas(options, meta)
+    calib = load_or_build(images, preprocess=Preprocess.from_meta(meta), canvas=canvas, onnx_sha256=meta["sha256"],
+                          cache_dir=options.calib_cache, log=log)
+    excludes = options.excludes()
+    log(f"[quantize] {options.precision}: {len(images)} images from {source} at {canvas[0]}x{canvas[1]}, "
+        f"{len(excludes)} exclusion patterns")
+
+    t0 = time.perf_counter()
+    with atomic_path(output) as tmp:
+        if options.precision == "fp16":
+            _fp16(options.onnx, tmp, calib.tensors, excludes)
+        else:
+            reader = BatchReader(calib.tensors, batch=options.calib_batch, desc="calibrate (entropy)" if
+                                 options.calib_method == "entropy" else "calibrate (max)")
+            _int8(options.onnx, tmp, reader, options.calib_method, excludes)
+        quantized = load_onnx(tmp)
+        qdq = sum(n.op_type in QDQ_OPS for n in quantized.graph.node)
+        if options.precision == "int8" and qdq == 0:
+            raise UserError(f"ModelOpt inserted no Q/DQ nodes into {options.onnx}; check --exclude")
+    seconds = time.perf_counter() - t0
+    new_meta = {k: v for k, v in meta.items() if k not in ("format", "version", "onnx", "sha256", "verification")}
+    new_meta["precision"] = options.precision
+    new_meta["quantization"] = {
+        "tool": "modelopt.onnx.autocast" if options.precision == "fp16" else "modelopt.onnx.quantization",
+        "source_onnx": options.onnx.name, "source_sha256": meta["sha256"],
+        "calibration": {"method": options.calib_method if options.precision == "int8" else "autocast-range-check",
+                        "images": len(images), "source": str(source), "canvas": list(canvas),
+                        "cache": str(calib.path), "batch": options.calib_batch},
+        "excludes": excludes, "qdq_nodes": qdq, "seconds": round(seconds, 1),
+    }
+    new_meta.setdefault("versions", {})["modelopt"] = _modelopt_version()
+    write_meta(output, new_meta)
+    log(f"[quantize] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {qdq} Q/DQ nodes) and "
+        f"{meta_path(output).name} in {seconds:.1f} s")
+    return output, new_meta
+
+
+def _modelopt_version() -> str:
+    import modelopt
+
+    return str(modelopt.__version__)

@@ -1,0 +1,220 @@
+"""`siefpn-deploy bench`: latency and throughput of artifacts over batch sizes and input sizes.
+
+Per artifact and setting: p50/p90/p99 latency of the model alone (one preprocessed canvas through the
+backend) and end to end (raw images in, detections in image pixels out: preprocessing, the model,
+box mapping and mask pasting), throughput, peak host memory and, on a GPU, peak device memory. On a
+GPU, time is taken with CUDA events after warm-up, and a checkpoint is measured eager FP32 and under
+FP16 autocast. Also reported: the GAU attention's memory at 800x1333 and which SDPA kernel ran.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import CannotRunHere
+from ..timing import Latency, measure
+from .detector import Detector
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def cuda_timer(fn: Callable[[], object], *, warmup: int, iters: int) -> Latency:
+    """CUDA events around each call, after warm-up: device time without host-side clock noise."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        runs.append(start.elapsed_time(end) / 1e3)
+    return Latency(tuple(runs))
+
+
+@dataclass
+class Setting:
+    artifact: str
+    variant: str  # e.g. "onnxruntime fp32", "pytorch fp16-autocast"
+    batch: int
+    size: int
+    model: Latency
+    end_to_end: Latency
+    peak_rss_mib: float
+    peak_cuda_mib: float | None
+
+    def row(self) -> dict[str, Any]:
+        ms = lambda lat, q: 1e3 * lat.percentile(q)  # noqa: E731
+        return {
+            "artifact": self.artifact, "variant": self.variant, "batch": self.batch, "size": self.size,
+            "model_p50_ms": ms(self.model, 50), "model_p90_ms": ms(self.model, 90), "model_p99_ms": ms(self.model, 99),
+            "e2e_p50_ms": ms(self.end_to_end, 50), "e2e_p90_ms": ms(self.end_to_end, 90),
+            "e2e_p99_ms": ms(self.end_to_end, 99),
+            "model_images_per_s": self.batch / statistics.median(self.model.runs),
+            "e2e_images_per_s": self.batch / statistics.median(self.end_to_end.runs),
+            "peak_rss_mib": self.peak_rss_mib, "peak_cuda_mib": self.peak_cuda_mib,
+        }
+
+
+def synthetic_images(batch: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Deterministic synthetic-scene images (HWC uint8, size x size) so postprocessing sees real content."""
+    from ..data import synth
+
+    return [synth.render(np.random.default_rng([seed, i]), size, size)[0] for i in range(batch)]
+
+
+def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, size: int, warmup: int, iters: int,
+                   autocast: bool = False) -> Setting:
+    images = synthetic_images(batch, size)
+    detector = detector.at_size(size)  # the test resize set to fill size x size: what the model computes on
+    canvas = detector.prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255 for im in images])
+    on_gpu = isinstance(getattr(detector.backend, "device", None), torch.device) and detector.backend.device.type == "cuda"
+    on_gpu = on_gpu or detector.kind == "tensorrt"
+    context = torch.autocast("cuda", dtype=torch.float16) if autocast else _null()
+    timer = cuda_timer if on_gpu else measure
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode(), context:
+        model = timer(lambda: detector.run_canvas(canvas), warmup=warmup, iters=iters)
+        e2e = timer(lambda: detector.predict(images), warmup=warmup, iters=iters)
+    return Setting(label, variant, batch, size, model, e2e, peak_rss_mib(),
+                   torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Detector, bool]]:
+    """(variant name, detector, autocast) for one artifact; a checkpoint on a GPU also runs FP16 autocast."""
+    detector = Detector.from_path(path, device=device, config=config)
+    name = f"{detector.kind} {detector.precision}"
+    out = [(name, detector, False)]
+    if detector.kind == "pytorch" and detector.backend.device.type == "cuda":
+        out.append(("pytorch fp16-autocast", detector, True))
+    return out
+
+
+def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], warmup: int, iters: int, device: str,
+              config: str | None = None, log=print) -> dict[str, Any]:
+    rows, skipped = [], []
+    for path in artifacts:
+        try:
+            found = variants(path, device, config)
+        except CannotRunHere as e:
+            skipped.append({"artifact": str(path), "reason": str(e)})
+            log(f"[bench] {path}: not run: {e}")
+            continue
+        for variant, detector, autocast in found:
+            shapes = detector.meta["shapes"]
+            for size in sizes:
+                for batch in batches:
+                    fits = (shapes["batch"]["min"] <= batch <= shapes["batch"]["max"]
+                            and shapes["height"]["min"] <= size <= shapes["height"]["max"]
+                            and shapes["width"]["min"] <= size <= shapes["width"]["max"])
+                    if not fits:
+                        skipped.append({"artifact": str(path), "variant": variant, "batch": batch, "size": size,
+                                        "reason": "outside the artifact's exported shape range"})
+                        continue
+                    setting = bench_detector(detector, label=path.name, variant=variant, batch=batch, size=size,
+                                             warmup=warmup, iters=iters, autocast=autocast)
+                    rows.append(setting.row())
+                    r = rows[-1]
+                    log(f"[bench] {path.name} {variant} b{batch} {size}px: model p50 {r['model_p50_ms']:.1f} ms, "
+                        f"end-to-end p50 {r['e2e_p50_ms']:.1f} ms, {r['e2e_images_per_s']:.1f} img/s")
+    return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters}
+
+
+def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisibility: int = 32,
+               strides: tuple[int, ...] = (8, 16, 32)) -> list[dict[str, Any]]:
+    """Per GAU call (the coarser merged level it attends over) at `size` padded to the divisibility: the
+    attention matrix a naive implementation materialises, and the peak memory and kernel measured here
+    for GAU.non_local through F.scaled_dot_product_attention (batch 1, FP32)."""
+    from ..model.gau import GAU
+
+    h, w = (-(-v // divisibility) * divisibility for v in size)
+    gau = GAU(channels=channels).eval()
+    out = []
+    for stride in strides:
+        hh, ww = h // stride, w // stride
+        queries, keys = hh * ww, (hh // 2) * (ww // 2)
+        x = torch.randn(1, channels, hh, ww)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            with torch.inference_mode():
+                gau.non_local(x)
+        kernels = sorted({e.key for e in prof.key_averages() if "attention" in e.key or "flash" in e.key})
+        peak = max((e.cpu_memory_usage for e in prof.key_averages()), default=0)
+        out.append({"level_stride": stride, "grid": [hh, ww], "queries": queries, "keys": keys,
+                    "naive_attention_mib": queries * keys * 4 / 2**20, "largest_op_alloc_mib": peak / 2**20,
+                    "sdpa_kernels": kernels})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    head = ["artifact", "variant", "batch", "size", "model p50/p90/p99 ms", "end-to-end p50/p90/p99 ms",
+            "img/s (model)", "img/s (e2e)", "peak RSS MiB", "peak GPU MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join([
+            r["artifact"], r["variant"], str(r["batch"]), str(r["size"]),
+            f"{r['model_p50_ms']:.1f} / {r['model_p90_ms']:.1f} / {r['model_p99_ms']:.1f}",
+            f"{r['e2e_p50_ms']:.1f} / {r['e2e_p90_ms']:.1f} / {r['e2e_p99_ms']:.1f}",
+            f"{r['model_images_per_s']:.1f}", f"{r['e2e_images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
+            "-" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"]) + " |")
+    for s in report["skipped"]:
+        lines.append(f"\nnot run: {s['artifact']} {s.get('variant', '')} "
+                     f"{'b' + str(s['batch']) + ' ' + str(s['size']) + 'px ' if 'batch' in s else ''}- {s['reason']}")
+    gau = report.get("gau_memory")
+    if gau:
+        lines += ["", f"GAU attention at {gau['size'][0]}x{gau['size'][1]} (C={gau['channels']}, batch 1, FP32):", "",
+                  "| GAU input stride | grid | queries x keys | naive attention matrix MiB | largest op allocation MiB | SDPA kernel |",
+                  "|---|---|---|---|---|---|"]
+        for g in gau["levels"]:
+            lines.append(f"| {g['level_stride']} | {g['grid'][0]}x{g['grid'][1]} | {g['queries']} x {g['keys']} | "
+                         f"{g['naive_attention_mib']:.0f} | {g['largest_op_alloc_mib']:.0f} | "
+                         f"{', '.join(g['sdpa_kernels']) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """End-to-end p50 latency against batch, one line per artifact variant and size."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from ..fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
+    for r in report["rows"]:
+        series.setdefault((r["artifact"], r["variant"], r["size"]), []).append((r["batch"], r["e2e_p50_ms"]))
+    for (artifact, variant, size), points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{artifact} ({variant}) {size}px")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("end-to-end p50 latency (ms)")
+    ax.set_title("latency vs batch")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
