@@ -7,7 +7,6 @@ The example batch is 2 when the batch is dynamic: a batch-1 example specialises 
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from ..model.detectors import build_detector
 from .deploy import PostprocessSettings, build_deploy_model
 from .meta import meta_path, sha256_of, write_meta
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
+from .onnx_passes import name_nodes_by_module, type_loop_bodies
 from .verify import Verification, verify_onnx
 
 PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # weights above ~1.9 GB go to NAME.onnx.data
@@ -195,19 +195,6 @@ def check_output(output: Path) -> None:
         raise UserError(f"cannot write to {output.parent} (--output): {e.strerror or e}") from None
 
 
-def name_nodes_by_module(model: Any) -> None:
-    """node_Conv_12 -> /backbone/neck/gau/node_Conv_12, from the module path the exporter records on each
-    node. Readable in Netron and in TensorRT's parser errors, and what the quantize stage's
-    --exclude regexes match (e.g. the GAU attention: /backbone/neck/gau/)."""
-    for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-        if not scopes:
-            continue
-        # cumulative module paths, then the aten op: ['', 'backbone', 'backbone.neck', ..., 'add_12']
-        modules = [s for s in ast.literal_eval(scopes)[:-1] if s and not s.startswith("_")]
-        node.name = f"/{modules[-1].replace('.', '/')}/{node.name}" if modules else f"/{node.name}"
-
-
 def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ...]]:
     """torch.onnx's dynamo exporter -> ModelProto (optimised; slimmed with --simplify)."""
     shape = example_shape(options)
@@ -222,6 +209,7 @@ def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ..
         raise UserError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
     model = program.model_proto
     name_nodes_by_module(model)
+    type_loop_bodies(model)
     if options.simplify:
         import onnxslim
 

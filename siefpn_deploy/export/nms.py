@@ -136,6 +136,10 @@ def _greedy_kept(keys: FLOAT, boxes: FLOAT, groups: INT64, valid: BOOL, iou_thre
     kept = op.Not(valid) & valid
     steps = op.Constant(value_int=max_keep)
     for _ in range(steps):
+        # Everything the body reads is loop-carried, none of it captured from the outer graph: graph
+        # rewriters that sort nodes without looking into subgraphs (ModelOpt AutoCast's) keep it valid.
+        keys, lowest, threshold, position = op.Identity(keys), op.Identity(lowest), op.Identity(threshold), op.Identity(position)
+        lo, hi, areas, groups = op.Identity(lo), op.Identity(hi), op.Identity(areas), op.Identity(groups)
         # the best alive box: ArgMax takes the first maximum, so ties go to the lower index
         masked = op.Where(alive, keys, lowest)
         i = op.ArgMax(masked, axis=1, keepdims=1)  # [B,1]

@@ -117,6 +117,10 @@ class BatchReader(CalibrationDataReader):
         self.bar.update(self.batch)
         return {"images": np.ascontiguousarray(self.tensors[start : start + self.batch])}
 
+    def get_first(self) -> dict[str, np.ndarray]:  # ModelOpt's extension: peek without advancing
+        start = self.starts[0]
+        return {"images": np.ascontiguousarray(self.tensors[start : start + self.batch])}
+
     def rewind(self) -> None:
         if self.bar is not None:
             self.bar.close()

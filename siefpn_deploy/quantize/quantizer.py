@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -123,13 +124,18 @@ def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str]) ->
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     # AutoCast's reference run: nodes whose activations leave FP16's safe range stay in FP32
-    with tempfile.TemporaryDirectory(dir=target.parent) as workdir:
-        npz = Path(workdir) / "autocast_inputs.npz"
-        np.savez(npz, images=np.ascontiguousarray(calib))
-        with quiet_modelopt():
-            model = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
-                                               nodes_to_exclude=excludes, keep_io_types=True,
-                                               calibration_data=str(npz), providers=["cpu"])
+    npz = source.with_name("autocast_inputs.npz")
+    np.savez(npz, images=np.ascontiguousarray(calib))
+    with quiet_modelopt():
+        model = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16", nodes_to_exclude=excludes,
+                                           keep_io_types=True, calibration_data=str(npz), providers=["cpu"])
+    # AutoCast writes intermediate shapes with one shared "unk" dim for unrelated sizes, which ONNX Runtime
+    # takes as equal (and fails on); the shapes are only hints, so drop them and let runtimes infer
+    del model.graph.value_info[:]
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                del attr.g.value_info[:]
     onnx.save(model, str(target))
 
 
@@ -171,13 +177,17 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         f"{len(excludes)} exclusion patterns")
 
     t0 = time.perf_counter()
-    with atomic_path(output) as tmp:
+    # ModelOpt writes intermediate models beside its input: give it a private copy in a scratch folder
+    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch:
+        source = Path(scratch) / options.onnx.name
+        for path in (options.onnx, options.onnx.with_name(options.onnx.name + ".data")):
+            if path.is_file():
+                shutil.copyfile(path, Path(scratch) / path.name)
         if options.precision == "fp16":
-            _fp16(options.onnx, tmp, calib.tensors, excludes)
+            _fp16(source, tmp, calib.tensors, excludes)
         else:
-            reader = BatchReader(calib.tensors, batch=options.calib_batch, desc="calibrate (entropy)" if
-                                 options.calib_method == "entropy" else "calibrate (max)")
-            _int8(options.onnx, tmp, reader, options.calib_method, excludes)
+            reader = BatchReader(calib.tensors, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
+            _int8(source, tmp, reader, options.calib_method, excludes)
         quantized = load_onnx(tmp)
         qdq = sum(n.op_type in QDQ_OPS for n in quantized.graph.node)
         if options.precision == "int8" and qdq == 0:
