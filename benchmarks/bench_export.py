@@ -13,8 +13,6 @@ Prints a markdown table and writes it, with date and machine, to --report.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +27,7 @@ from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.export.exporter import load_trained_detector
 from siefpn_deploy.export.meta import read_meta
-from siefpn_deploy.fileio import atomic_write
+from siefpn_deploy.reporting import write_benchmark_report
 from siefpn_deploy.model.inference import detect_on_canvas
 from siefpn_deploy.timing import measure
 
@@ -94,17 +92,13 @@ def main() -> None:
 
     header = ["detector", "input", "batch", "export s", "ONNX MiB", "detections", "PyTorch eager ms",
               "ORT CPU ms", "ORT / PyTorch"]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-    today = datetime.date.today().isoformat()
-    report = (f"# Export benchmark ({today}, {platform.machine()}, {threads} threads, torch {torch.__version__}, "
-              f"onnxruntime {ort.__version__})\n\n"
-              f"Synthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations; "
-              f"ONNX with `--nms onnx`, dynamic batch and size; median of {args.iters} runs after {args.warmup} "
-              "warm-up runs, whole detector with postprocessing, same canvases for both runtimes.\n\n"
-              f"{table}\n\nCommand: `python benchmarks/bench_export.py {' '.join(sys.argv[1:])}`\n")
-    print("\n" + report)
-    atomic_write(args.report, lambda tmp: tmp.write_text(report))
+    write_benchmark_report(
+        args.report, title="Export benchmark", header=header, rows=rows,
+        description=f"Synthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations; "
+        f"ONNX with `--nms onnx`, dynamic batch and size; median of {args.iters} runs after {args.warmup} warm-up "
+        "runs, whole detector with postprocessing, same canvases for both runtimes.",
+        command=f"python benchmarks/bench_export.py {' '.join(sys.argv[1:])}".strip(),
+    )
 
 
 if __name__ == "__main__":

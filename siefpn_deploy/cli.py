@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError, one_line
 
@@ -181,7 +182,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 EPILOG_PARITY = """\
 examples:
   siefpn-deploy parity --config-file output/demo/config.yaml MODEL.WEIGHTS output/demo/model_final.pth \\
-      --artifacts export/demo.onnx export/demo.fp16.onnx export/demo.int8.onnx engines/demo_tensornms.int8.plan
+      --artifacts export/demo.onnx export/demo.fp16.onnx export/demo.int8.onnx engines/demo.int8.plan
   siefpn-deploy parity --config-file configs/retinanet_R50_1x.yaml --artifacts export/r50.int8.onnx \\
       --dataset datasets/coco/val2017 datasets/coco/annotations/instances_val2017.json --max-images 500 \\
       --budget int8=1.5 MODEL.WEIGHTS model_final.pth
@@ -277,9 +278,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         data_dir=Path(args.data), output_dir=Path(args.output), export_dir=Path(args.export_dir),
-        config_file=args.config_file,
+        engine_dir=Path(args.engine_dir), report_dir=Path(args.report), config_file=args.config_file,
         overrides=args.opts, regenerate=args.regenerate,
     )
+
+
+def _command(sub: Any, name: str, func: Any, *, epilog: str, help: str, description: str | None = None
+             ) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, epilog=epilog, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,10 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max-side", type=int, default=352, help="largest image side in pixels")
     synth.set_defaults(func=_cmd_synth)
 
-    train = sub.add_parser(
-        "train", help="train or evaluate a detector (same shape as detectron2's train_net.py)",
-        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    train = _command(sub, "train", _cmd_train, epilog=EPILOG_TRAIN,
+                     help="train or evaluate a detector (same shape as detectron2's train_net.py)")
     train.add_argument("--config-file", metavar="FILE", help="YAML config, or the name of a shipped preset")
     train.add_argument("--num-gpus", type=int, default=1, metavar="N",
                        help="processes to train with (DDP: NCCL on GPUs, gloo on the CPU); default 1")
@@ -316,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     train.set_defaults(func=_cmd_train)
 
-    export = sub.add_parser(
-        "export", help="export a trained detector to ONNX (+ meta.json), verified in ONNX Runtime",
-        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+    export = _command(
+        sub, "export", _cmd_export, epilog=EPILOG_EXPORT,
+        help="export a trained detector to ONNX (+ meta.json), verified in ONNX Runtime",
         description="Export a trained RetinaNet / Faster R-CNN / Mask R-CNN with its postprocessing to one "
         "plugin-free ONNX graph with fixed-size outputs, write NAME.meta.json beside it, and check it: "
         "onnx.checker, then ONNX Runtime against PyTorch on two sizes at batch 2.",
@@ -351,12 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test-split images the check runs (synthetic renders if the split is absent; default 4)")
     export.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides; MODEL.WEIGHTS path/to/model_final.pth is required")
-    export.set_defaults(func=_cmd_export)
 
-    quant = sub.add_parser(
-        "quantize", help="make an FP16 or a calibrated INT8 (Q/DQ) model from an exported ONNX (NVIDIA ModelOpt)",
-        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    quant = _command(sub, "quantize", _cmd_quantize, epilog=EPILOG_QUANTIZE,
+                     help="make an FP16 or a calibrated INT8 (Q/DQ) model from an exported ONNX (NVIDIA ModelOpt)")
     quant.add_argument("--onnx", required=True, metavar="PATH", help="the FP32 export (NAME.onnx, with NAME.meta.json)")
     quant.add_argument("--precision", required=True, choices=["fp16", "int8"])
     quant.add_argument("--output", metavar="PATH", help="default: NAME.fp16.onnx / NAME.int8.onnx beside the source")
@@ -375,12 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node names (regex, re.match) to keep in FP32; repeatable")
     quant.add_argument("--no-default-excludes", action="store_true",
                        help="quantize the GAU attention, score and decoding nodes too (not recommended)")
-    quant.set_defaults(func=_cmd_quantize)
 
-    build = sub.add_parser(
-        "build", help="build a TensorRT engine (10.x, 11.x or TensorRT-RTX) from an FP32/FP16/INT8 ONNX",
-        epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    build = _command(sub, "build", _cmd_build, epilog=EPILOG_BUILD,
+                     help="build a TensorRT engine (10.x, 11.x or TensorRT-RTX) from an FP32/FP16/INT8 ONNX")
     build.add_argument("--onnx", required=True, metavar="PATH", help="NAME[.fp16|.int8].onnx with its meta.json")
     build.add_argument("--engine", metavar="PATH", help="default: engines/NAME.plan (+ NAME.engine.json)")
     build.add_argument("--min-shape", metavar="B,3,H,W", help="default: the exported minimum")
@@ -393,12 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0..5, TensorRT's default 3; higher builds longer for faster engines")
     build.add_argument("--version-compatible", action="store_true",
                        help="an engine later TensorRT versions can run (with the lean runtime)")
-    build.set_defaults(func=_cmd_build)
 
-    parity = sub.add_parser(
-        "parity", help="COCO AP of every artifact beside PyTorch's, with budgets (exit 1 when one is broken)",
-        epilog=EPILOG_PARITY, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parity = _command(sub, "parity", _cmd_parity, epilog=EPILOG_PARITY,
+                      help="COCO AP of every artifact beside PyTorch's, with budgets (exit 1 when one is broken)")
     parity.add_argument("--config-file", required=True, metavar="FILE", help="the config the weights were trained with")
     parity.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
                         help=".onnx (ONNX Runtime) and .plan (TensorRT) artifacts to compare with PyTorch")
@@ -410,12 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--report", default="reports/parity", metavar="DIR", help="default reports/parity")
     parity.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides; MODEL.WEIGHTS path/to/model_final.pth is required")
-    parity.set_defaults(func=_cmd_parity)
 
-    infer = sub.add_parser(
-        "infer", help="run any artifact on images: boxes, labels and masks drawn to PNGs, COCO-style JSON",
-        epilog=EPILOG_INFER, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    infer = _command(sub, "infer", _cmd_infer, epilog=EPILOG_INFER,
+                     help="run any artifact on images: boxes, labels and masks drawn to PNGs, COCO-style JSON")
     infer.add_argument("--artifact", required=True, metavar="PATH", help=".onnx, .plan or a .pth checkpoint")
     infer.add_argument("--source", required=True, metavar="PATH", help="an image or a folder of images")
     infer.add_argument("--save-vis", metavar="DIR", help="write NAME.png with the detections drawn")
@@ -423,12 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     infer.add_argument("--batch", type=int, metavar="B", help="images per run (default: the artifact's largest batch)")
-    infer.set_defaults(func=_cmd_infer)
 
-    bench = sub.add_parser(
-        "bench", help="latency (p50/p90/p99), throughput and memory of artifacts over batch sizes and input sizes",
-        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    bench = _command(sub, "bench", _cmd_bench, epilog=EPILOG_BENCH,
+                     help="latency (p50/p90/p99), throughput and memory of artifacts over batch sizes and input sizes")
     bench.add_argument("--artifacts", nargs="+", required=True, metavar="PATH", help=".onnx, .plan or .pth")
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], metavar="B", help="default 1 4")
     bench.add_argument("--imgsz", type=int, nargs="+", default=[320], metavar="PX", help="default 320")
@@ -438,18 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     bench.add_argument("--gau-memory", action="store_true", help="also measure the GAU attention at 800x1333")
     bench.add_argument("--report", default="reports/bench", metavar="DIR", help="default reports/bench")
-    bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser(
         "demo", help="the end-to-end job on the embedded synthetic dataset",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Generate the synthetic dataset (once), train a small Dual SIE-FPN RetinaNet on the CPU, "
-        "evaluate it with COCO metrics, export it to ONNX, verify the ONNX in ONNX Runtime against PyTorch, and "
-        "print a summary.",
+        "evaluate it with COCO metrics, export it to ONNX (verified in ONNX Runtime against PyTorch), make FP16 "
+        "and INT8 models, build TensorRT engines where a builder is installed, check the COCO AP of every "
+        "artifact against PyTorch's, benchmark them, and print a summary. Exits 1 when parity fails.",
     )
     demo.add_argument("--data", default="datasets/synth", help="synthetic dataset folder (generated if missing)")
     demo.add_argument("--output", default="output/demo", help="training output folder")
-    demo.add_argument("--export-dir", default="export", help="where the ONNX model and its meta.json go")
+    demo.add_argument("--export-dir", default="export", help="where the ONNX models and their meta.json go")
+    demo.add_argument("--engine-dir", default="engines", help="where the TensorRT engines go")
+    demo.add_argument("--report", default="reports/demo", help="where the parity and benchmark reports go")
     demo.add_argument("--config-file", default="configs/synth_retinanet_R18.yaml", help="training preset")
     demo.add_argument("--regenerate", action="store_true", help="regenerate the dataset even if present")
     demo.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")

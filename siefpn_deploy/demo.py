@@ -1,26 +1,34 @@
 """`siefpn-deploy demo`: the end-to-end job on the embedded synthetic dataset.
 
-Stages so far: synthetic data -> train a small Dual SIE-FPN RetinaNet on the CPU -> COCO evaluation
--> ONNX export, verified in ONNX Runtime against PyTorch.
+synthetic data -> train a small Dual SIE-FPN RetinaNet on the CPU -> COCO evaluation -> ONNX export,
+verified in ONNX Runtime -> FP16 and INT8 (Q/DQ) models -> TensorRT engines (where a builder is
+installed) -> parity: the COCO AP of every artifact beside PyTorch's -> a latency benchmark.
+
+Every stage reuses what an earlier run left when its inputs are unchanged (a finished training run, an
+export of the same weights, quantized models and engines of the same export), so a rerun re-measures
+without redoing the slow parts.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from .config import load_config, resolve_config_file
+from .config import Config, load_config, resolve_config_file
 from .data import generate_synthetic
 from .data.synth import split_paths
 from .engine.checkpoint import last_checkpoint
 from .engine.trainer import train
+from .errors import UserError
 from .export.exporter import ExportOptions, default_size_range, export_onnx
 from .export.meta import read_meta, sha256_of
 from .export.verify import verification_images
-from .errors import UserError
 
 # The bar the demo is held to on the synthetic val split (COCOeval fractions).
 TARGET = {"AP": 0.30, "AP50": 0.60}
+CALIBRATION_IMAGES = 128  # of the train split; the quantize command's default is 512
+BENCH = {"batches": [1, 4], "warmup": 3, "iters": 10}
 
 
 def dataset_overrides(data_dir: Path) -> list[str]:
@@ -39,18 +47,76 @@ def ensure_synthetic(data_dir: Path, *, regenerate: bool = False) -> None:
         print(f"[demo] using the synthetic dataset in {data_dir}")
 
 
-def current_export(onnx_path: Path, weights: str) -> dict | None:
-    """The verification record of an existing export of exactly these weights, or None (export again)."""
+def current_meta(path: Path, key: tuple[str, ...], value: str) -> dict[str, Any] | None:
+    """The meta.json of an existing artifact whose meta[key...] equals value, else None (make it again)."""
     try:
-        meta = read_meta(onnx_path)
+        meta = read_meta(path)
     except UserError:
         return None
-    same = meta.get("source", {}).get("weights_sha256") == sha256_of(weights)
-    return meta["verification"] if same and meta.get("verification", {}).get("passed") else None
+    node: Any = meta
+    for k in key:
+        node = node.get(k, {}) if isinstance(node, dict) else {}
+    return meta if node == value else None
+
+
+def export_stage(cfg: Config, config_file: str, onnx_path: Path) -> dict[str, Any]:
+    """The tensor-NMS variant: one graph that ONNX Runtime runs and every TensorRT flavour builds."""
+    meta = current_meta(onnx_path, ("source", "weights_sha256"), sha256_of(cfg.MODEL.WEIGHTS))
+    if meta is not None and meta.get("verification", {}).get("passed"):
+        print(f"[demo] {onnx_path} is already the verified export of these weights")
+        return meta
+    print(f"[demo] exporting {cfg.MODEL.WEIGHTS} -> {onnx_path}")
+    size = default_size_range(cfg)
+    options = ExportOptions(output=onnx_path, height=size, width=size, divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+                            nms="tensor")
+    export_onnx(cfg, options, config_name=str(resolve_config_file(config_file)), verify_images=verification_images(cfg))
+    return read_meta(onnx_path)
+
+
+def quantize_stage(onnx_path: Path, source_sha: str, precision: str) -> Path:
+    from .quantize.quantizer import QuantizeOptions, quantize_model
+
+    options = QuantizeOptions(onnx=onnx_path, precision=precision, num_calib=CALIBRATION_IMAGES)
+    target = options.output_path()
+    if current_meta(target, ("quantization", "source_sha256"), source_sha) is not None:
+        print(f"[demo] {target} is already the {precision} model of this export")
+        return target
+    return quantize_model(options)[0]
+
+
+def build_stage(onnx_path: Path, engine_dir: Path) -> tuple[Path | None, str]:
+    """(engine, note); no engine and the reason where no TensorRT builder is installed."""
+    from .build.engine import BuildOptions, build_engine, read_engine_meta
+    from .build.tensorrt_builder import load_backend
+
+    try:
+        load_backend()
+    except UserError as e:
+        return None, f"not built: {e}"
+    options = BuildOptions(onnx=onnx_path, engine=engine_dir / (onnx_path.name.removesuffix(".onnx") + ".plan"),
+                           timing_cache=engine_dir / "timing.cache")
+    engine = options.engine_path()
+    try:
+        if read_engine_meta(engine)["onnx_sha256"] == read_meta(onnx_path)["sha256"]:
+            print(f"[demo] {engine} is already built from {onnx_path}")
+            return engine, "built earlier"
+    except UserError:
+        pass
+    _, sidecar = build_engine(options)
+    return engine, f"built in {sidecar['build']['seconds']:.1f} s"
 
 
 def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file: str, overrides: list[str],
-             regenerate: bool) -> int:
+             regenerate: bool, engine_dir: Path = Path("engines"), report_dir: Path = Path("reports/demo")) -> int:
+    from .data import CocoDetection
+    from .parity.check import DEFAULT_BUDGETS, run_parity
+    from .parity.report import markdown as parity_markdown
+    from .parity.report import write_report
+    from .runtime import Detector
+    from .runtime.bench import markdown as bench_markdown
+    from .runtime.bench import run_bench
+    from .fileio import atomic_write, write_json
+
     t0 = time.perf_counter()
     ensure_synthetic(data_dir, regenerate=regenerate)
     cfg = load_config(config_file, dataset_overrides(data_dir) + ["OUTPUT_DIR", str(output_dir)] + list(overrides))
@@ -61,33 +127,58 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
           f"for {cfg.SOLVER.MAX_ITER} iterations -> {output_dir}" + (" (resuming)" if resume else ""))
     metrics = train(cfg, config_name=str(resolve_config_file(config_file)), resume=resume)
     bbox = metrics["bbox"]
+    timings = {"train + eval": time.perf_counter() - t0}
 
     cfg.MODEL.WEIGHTS = str(output_dir / "model_final.pth")
     onnx_path = export_dir / f"{output_dir.name}.onnx"
-    verification = current_export(onnx_path, cfg.MODEL.WEIGHTS)
-    if verification is None:
-        print(f"[demo] exporting {cfg.MODEL.WEIGHTS} -> {onnx_path}")
-        size = default_size_range(cfg)
-        exported = export_onnx(
-            cfg, ExportOptions(output=onnx_path, height=size, width=size, divisibility=cfg.INPUT.SIZE_DIVISIBILITY),
-            config_name=str(resolve_config_file(config_file)), verify_images=verification_images(cfg),
-        )
-        verification = exported.meta["verification"]
-    else:
-        print(f"[demo] {onnx_path} is already the verified export of these weights")
+    t = time.perf_counter()
+    meta = export_stage(cfg, config_file, onnx_path)
+    timings["export + verify"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    models = [onnx_path] + [quantize_stage(onnx_path, meta["sha256"], p) for p in ("fp16", "int8")]
+    timings["quantize fp16 + int8"] = time.perf_counter() - t
+    t = time.perf_counter()
+    engines = [build_stage(m, engine_dir) for m in models]
+    timings["build engines"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS)
+    reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=saved)
+    artifacts = models + [e for e, _ in engines if e is not None]
+    parity = run_parity(reference, artifacts, dataset, budgets=dict(DEFAULT_BUDGETS), max_images=None)
+    written = write_report(parity, report_dir)
+    timings["parity"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    size = default_size_range(cfg).max
+    bench = run_bench([Path(cfg.MODEL.WEIGHTS), *artifacts], batches=BENCH["batches"], sizes=[size],
+                      warmup=BENCH["warmup"], iters=BENCH["iters"], device="auto", config=str(saved))
+    write_json(report_dir / "bench.json", bench)
+    atomic_write(report_dir / "bench.md", lambda tmp: tmp.write_text(bench_markdown(bench)))
+    timings["bench"] = time.perf_counter() - t
 
     minutes = (time.perf_counter() - t0) / 60
-    print("\n[demo] summary")
+    print("\n[demo] parity (every artifact beside PyTorch, on the synthetic val split)\n")
+    print(parity_markdown({**parity, "date": time.strftime("%Y-%m-%d %H:%M")}))
+    print(f"[demo] latency at {size}x{size} on this machine\n")
+    print(bench_markdown(bench))
+    print("[demo] summary")
     print("| stage | artifact | result | target |")
     print("|---|---|---|---|")
     met = all(bbox[k] >= v for k, v in TARGET.items())
     target = ", ".join(f"{k} >= {v:.2f}" for k, v in TARGET.items())
     print(f"| train + eval | {output_dir / 'model_final.pth'} | bbox AP {bbox['AP']:.3f}, AP50 {bbox['AP50']:.3f}, "
           f"AP75 {bbox['AP75']:.3f} | {target}: {'met' if met else 'NOT met'} |")
-    v = verification
+    v = meta["verification"]
     print(f"| export + verify (ONNX Runtime) | {onnx_path} | {v['matched']}/{v['reference']} detections matched, "
           f"max box error {v['max_box_abs']:.1e} px, max score error {v['max_score_abs']:.1e} | "
           f"all matched, box rel <= {v['tolerances']['box_rel']:g}, score <= {v['tolerances']['score_abs']:g}: "
           f"{'met' if v['passed'] else 'NOT met'} |")
-    print(f"[demo] done in {minutes:.1f} min; metrics in {output_dir / 'metrics.json'}")
-    return 0
+    for model, (engine, note) in zip(models, engines):
+        print(f"| quantize + build | {model} -> {engine or '-'} | {note} | strongly typed engine |")
+    print(f"| parity | {report_dir / 'parity.md'} | {'PASS' if parity['passed'] else 'FAIL'} | budgets "
+          f"{', '.join(f'{k} {v:g}' for k, v in DEFAULT_BUDGETS.items())} AP points |")
+    print("\n[demo] time per stage: " + ", ".join(f"{k} {s / 60:.1f} min" for k, s in timings.items()))
+    print(f"[demo] done in {minutes:.1f} min; reports: {', '.join(map(str, written))}, {report_dir / 'bench.md'}")
+    return 0 if parity["passed"] else 1

@@ -106,3 +106,29 @@ class Exported:
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory) -> Exported:
     return Exported(trained, tmp_path_factory.mktemp("exported"))
+
+
+class Quantized:
+    """FP16 and INT8 versions of the tensor-NMS exports, made once per session through the CLI:
+    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself)."""
+
+    def __init__(self, exported: Exported, root: Path) -> None:
+        self.exported, self.root = exported, root
+
+    def onnx(self, arch: str, precision: str) -> Path:
+        from siefpn_deploy.cli import main
+
+        source = self.exported.onnx(arch, "tensor")
+        if precision == "fp32":
+            return source
+        path = self.root / f"{arch}.{precision}.onnx"
+        if not path.is_file():
+            assert main(["quantize", "--onnx", str(source), "--precision", precision, "--output", str(path),
+                         "--num-calib", "8", "--calib-batch", "4", "--calib-size", "128", "160",
+                         "--calib-cache", str(self.root / "calib")]) == 0
+        return path
+
+
+@pytest.fixture(scope="session")
+def quantized(exported, tmp_path_factory) -> Quantized:
+    return Quantized(exported, tmp_path_factory.mktemp("quantized"))

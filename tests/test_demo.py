@@ -14,8 +14,9 @@ def test_demo_runs_end_to_end_and_prints_summary(tiny_synth, tmp_path, capsys):
     # the demo sets DATASETS.* and OUTPUT_DIR itself from --data/--output
     keep = [k for k in zip(opts[::2], opts[1::2]) if not k[0].startswith(("DATASETS.", "OUTPUT_DIR"))]
     flat = [x for kv in keep for x in kv]
-    export = tmp_path / "export"
-    args = ["demo", "--data", str(tiny_synth), "--output", str(out), "--export-dir", str(export), *flat]
+    export, engines, reports = tmp_path / "export", tmp_path / "engines", tmp_path / "reports"
+    args = ["demo", "--data", str(tiny_synth), "--output", str(out), "--export-dir", str(export),
+            "--engine-dir", str(engines), "--report", str(reports), *flat]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| train + eval |" in text and "bbox AP" in text
@@ -26,7 +27,15 @@ def test_demo_runs_end_to_end_and_prints_summary(tiny_synth, tmp_path, capsys):
     meta = json.loads((export / "demo.meta.json").read_text())
     assert meta["verification"]["passed"] and meta["verification"]["matched"] == meta["verification"]["reference"]
     assert meta["shapes"]["height"] == {"min": 64, "max": 160}  # up to INPUT.MAX_SIZE_TEST, padded to 32
+    # FP16 and INT8 models, engines where a builder is installed, a parity report and a benchmark
+    assert (export / "demo.fp16.onnx").is_file() and (export / "demo.int8.onnx").is_file()
+    parity = json.loads((reports / "parity.json").read_text())
+    assert [a["status"] for a in parity["artifacts"][:4]] == ["reference", "pass", "pass", "pass"]
+    assert "| parity |" in text and "PASS" in text and (reports / "bench.md").is_file()
+    if any(a["kind"] == "tensorrt" for a in parity["artifacts"]):
+        assert sorted(p.name for p in engines.glob("*.plan")) == ["demo.fp16.plan", "demo.int8.plan", "demo.plan"]
     # a rerun with the same config resumes the finished run instead of training again, and keeps the export
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "(resuming)" in text and "already the verified export of these weights" in text
+    assert "is already the int8 model of this export" in text

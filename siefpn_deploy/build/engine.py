@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..export.meta import read_meta
-from ..fileio import atomic_write, read_json, write_json
+from ..export.meta import read_meta, read_sidecar
+from ..fileio import atomic_write, write_json
 from .tensorrt_builder import Profile, build_serialized, load_backend, parse_onnx
 
 ENGINE_FORMAT = "siefpn-deploy/engine-meta"
@@ -76,11 +76,15 @@ def profile_for(meta: dict[str, Any], options: BuildOptions) -> Profile:
     return profile
 
 
-def _io(backend, network) -> list[dict[str, Any]]:
+DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+          "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+
+
+def _io(network) -> list[dict[str, Any]]:
     tensors = [(network.get_input(i), "input") for i in range(network.num_inputs)]
     tensors += [(network.get_output(i), "output") for i in range(network.num_outputs)]
-    return [{"name": t.name, "mode": mode, "dtype": str(t.dtype).rsplit(".", 1)[-1].lower(),
-             "shape": list(t.shape)} for t, mode in tensors]
+    dtype = lambda t: DTYPES.get(str(t.dtype).rsplit(".", 1)[-1], str(t.dtype))  # noqa: E731
+    return [{"name": t.name, "mode": mode, "dtype": dtype(t), "shape": list(t.shape)} for t, mode in tensors]
 
 
 def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, Any]]:
@@ -97,7 +101,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
                             timing_cache=options.timing_cache, optimization_level=options.optimization_level,
                             version_compatible=options.version_compatible, log=log)
     seconds = time.perf_counter() - t0
-    _, network, _ = parse_onnx(backend, options.onnx)
+    network = parse_onnx(backend, options.onnx, log).network
     atomic_write(engine, lambda tmp: tmp.write_bytes(data))
     sidecar = {
         "format": ENGINE_FORMAT, "version": 1, "engine": engine.name,
@@ -105,10 +109,11 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
         "onnx": options.onnx.name, "onnx_sha256": meta["sha256"], "precision": meta.get("precision", "fp32"),
         "tensorrt": {"flavour": backend.flavour, "version": backend.version, "strongly_typed": True,
                      "version_compatible": options.version_compatible},
-        "io": _io(backend, network), "profile": profile.as_dict(),
+        "io": _io(network), "profile": profile.as_dict(),
         "build": {"seconds": round(seconds, 1), "workspace_gib": options.workspace_gib,
                   "optimization_level": options.optimization_level,
-                  "timing_cache": str(options.timing_cache) if options.timing_cache else None},
+                  "timing_cache": str(options.timing_cache) if options.timing_cache and backend.has_timing_cache
+                  else None},
         "model": {k: v for k, v in meta.items() if k not in ("format", "version", "onnx", "sha256")},
     }
     write_json(engine_meta_path(engine), sidecar)
@@ -118,15 +123,5 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
 
 def read_engine_meta(engine: str | Path) -> dict[str, Any]:
     """The sidecar of `engine`; refused when missing, foreign or not this engine's (sha256)."""
-    engine = Path(engine)
-    if not engine.is_file():
-        raise UserError(f"engine not found: {engine}")
-    path = engine_meta_path(engine)
-    if not path.is_file():
-        raise UserError(f"{engine} has no {path.name} beside it; rebuild it with `siefpn-deploy build`")
-    meta = read_json(path, "engine.json")
-    if not isinstance(meta, dict) or meta.get("format") != ENGINE_FORMAT:
-        raise UserError(f"{path} is not a siefpn-deploy engine.json")
-    if hashlib.sha256(engine.read_bytes()).hexdigest() != meta.get("engine_sha256"):
-        raise UserError(f"{engine} does not match {path.name} (sha256 differs): rebuild it with `siefpn-deploy build`")
-    return meta
+    return read_sidecar(engine, engine_meta_path(engine), kind="engine", fmt=ENGINE_FORMAT, sha_key="engine_sha256",
+                        remedy="rebuild it with `siefpn-deploy build`", required=("io", "model", "tensorrt"))

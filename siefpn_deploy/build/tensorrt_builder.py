@@ -33,6 +33,10 @@ class Backend:
     def major(self) -> int:
         return int(self.version.split(".")[0])
 
+    @property
+    def has_timing_cache(self) -> bool:
+        return self.flavour == "tensorrt"  # TensorRT-RTX keeps the API, but its timing-cache calls are no-ops
+
 
 def load_backend() -> Backend:
     """Full TensorRT when installed, else TensorRT-RTX; a UserError that says how to install one."""
@@ -97,11 +101,43 @@ def _monitor(backend: Backend, log: Callable[[str], None]) -> Any | None:
     return Monitor()
 
 
-def parse_onnx(backend: Backend, path: str | Path) -> tuple[Any, Any, Any]:
-    """(builder, network, parser) with `path` parsed into a strongly typed network. Every parser error
-    is listed with its node name in one UserError."""
+def _logger(backend: Backend, log: Callable[[str], None]) -> Any:
+    """TensorRT's messages at WARNING and above, as `[TRT]` lines. With no usable CUDA driver (an
+    ahead-of-time TensorRT-RTX build on a CPU-only machine) TensorRT still tries to open a CUDA stream
+    for the timing cache and reports it as an error; the build is unaffected, so that one is a note."""
     trt = backend.trt
-    logger = trt.Logger(trt.Logger.ERROR)
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.noted = False
+
+        def log(self, severity: Any, msg: str) -> None:
+            if "CUDA driver version is insufficient" in msg or "cudaError 35" in msg:
+                if not self.noted:
+                    log("[build] note: no usable CUDA driver here; building ahead of time without one")
+                self.noted = True
+            elif severity <= trt.ILogger.Severity.WARNING:
+                log(f"[TRT] {msg}")
+
+    return Logger()
+
+
+@dataclass
+class Parsed:
+    """A strongly typed network parsed from ONNX, with the objects that must outlive it."""
+
+    builder: Any
+    network: Any
+    parser: Any
+    logger: Any  # TensorRT keeps a raw pointer to it
+
+
+def parse_onnx(backend: Backend, path: str | Path, log: Callable[[str], None] = print) -> Parsed:
+    """`path` parsed into a strongly typed network. Every parser error is listed with its node name in
+    one UserError."""
+    trt = backend.trt
+    logger = _logger(backend, log)
     builder = trt.Builder(logger)
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if flag is None else 1 << int(flag))
@@ -115,7 +151,7 @@ def parse_onnx(backend: Backend, path: str | Path) -> tuple[Any, Any, Any]:
             errors.append(f"node {e.node_name() or e.node()!s} ({e.node_operator() or '?'}): {e.desc()}")
         raise UserError(f"{backend.flavour} {backend.version} cannot parse {path}: {len(errors)} error(s): "
                         + " | ".join(errors or ["unknown parser error"]))
-    return builder, network, parser
+    return Parsed(builder, network, parser, logger)
 
 
 def build_serialized(
@@ -126,7 +162,8 @@ def build_serialized(
     """Parse and build; the serialized engine's bytes. The timing cache is read when present and
     written back after the build."""
     trt = backend.trt
-    builder, network, _parser = parse_onnx(backend, path)
+    parsed = parse_onnx(backend, path, log)
+    builder, network = parsed.builder, parsed.network
     config = builder.create_builder_config()
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     optimization = builder.create_optimization_profile()
@@ -142,7 +179,9 @@ def build_serialized(
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     cache = None
-    if timing_cache is not None:
+    if timing_cache is not None and not backend.has_timing_cache:
+        log(f"[build] {backend.flavour} has no timing cache (its timing-cache calls are no-ops); not using {timing_cache}")
+    elif timing_cache is not None:
         data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
         cache = config.create_timing_cache(data)
         config.set_timing_cache(cache, ignore_mismatch=False)

@@ -59,8 +59,7 @@ class Preprocess:
     def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
         """image [3,h,w] RGB 0..1 -> resized [3,h',w'] (torchvision's _resize_image_and_masks arithmetic)."""
         h, w = image.shape[-2:]
-        hw = torch.tensor([h, w], dtype=torch.float32)  # float32, as torchvision computes it: same output size
-        factor = torch.min(self.min_size / hw.min(), self.max_size / hw.max()).item()
+        factor = min(self.min_size / min(h, w), self.max_size / max(h, w))  # in Python floats, as torchvision
         if canvas is not None and (math.floor(h * factor) > canvas[0] or math.floor(w * factor) > canvas[1]):
             factor = min(canvas[0] / h, canvas[1] / w)
         return F.interpolate(image[None], size=None, scale_factor=factor, mode="bilinear",

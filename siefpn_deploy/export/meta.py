@@ -15,7 +15,7 @@ from ..fileio import read_json, write_json
 
 META_FORMAT = "siefpn-deploy/onnx-meta"
 META_VERSION = 1
-REQUIRED = ("format", "sha256", "inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
+REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
 
 
 def meta_path(onnx_path: str | Path) -> Path:
@@ -38,20 +38,28 @@ def write_meta(onnx_path: str | Path, meta: dict[str, Any]) -> Path:
     return write_json(meta_path(onnx_path), meta)
 
 
-def read_meta(onnx_path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise UserError(f"ONNX model not found: {onnx_path}")
-    path = meta_path(onnx_path)
-    if not path.is_file():
-        raise UserError(f"{onnx_path} has no {path.name} beside it; re-export it with `siefpn-deploy export`")
-    meta = read_json(path, "meta.json")
-    missing = [k for k in REQUIRED if k not in meta] if isinstance(meta, dict) else list(REQUIRED)
-    if missing or meta.get("format") != META_FORMAT:
-        raise UserError(f"{path} is not a siefpn-deploy meta.json (missing {', '.join(missing) or 'format'})")
-    if check_hash and sha256_of(onnx_path) != meta["sha256"]:
-        raise UserError(f"{onnx_path} does not match {path.name} (sha256 differs): the model changed after export")
+def read_sidecar(artifact: str | Path, sidecar: Path, *, kind: str, fmt: str, sha_key: str, remedy: str,
+                 required: tuple[str, ...] = (), check_hash: bool = True) -> dict[str, Any]:
+    """A JSON sidecar that must exist, be of format `fmt`, hold `required` and, when check_hash, carry
+    the artifact's sha256 under `sha_key`; else a one-line UserError naming both files."""
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise UserError(f"{kind} not found: {artifact}")
+    if not sidecar.is_file():
+        raise UserError(f"{artifact} has no {sidecar.name} beside it; {remedy}")
+    meta = read_json(sidecar, sidecar.name)
+    missing = [k for k in (*required, sha_key) if k not in meta] if isinstance(meta, dict) else list(required)
+    if missing or meta.get("format") != fmt:
+        raise UserError(f"{sidecar} is not a siefpn-deploy {sidecar.name.split('.', 1)[-1]} "
+                        f"(missing {', '.join(missing) or 'format'})")
+    if check_hash and sha256_of(artifact) != meta[sha_key]:
+        raise UserError(f"{artifact} does not match {sidecar.name} (sha256 differs): {remedy}")
     return meta
+
+
+def read_meta(onnx_path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
+    return read_sidecar(onnx_path, meta_path(onnx_path), kind="ONNX model", fmt=META_FORMAT, sha_key="sha256",
+                        remedy="re-export it with `siefpn-deploy export`", required=REQUIRED, check_hash=check_hash)
 
 
 def check_input_shape(meta: dict[str, Any], shape: tuple[int, ...], *, source: str) -> None:

@@ -29,9 +29,12 @@ class GAU(nn.Module):
 
     def non_local(self, m: torch.Tensor) -> torch.Tensor:
         b, c, h, w = m.shape
-        q = self.theta(m).flatten(2).transpose(1, 2)  # [B, HW, C/2]
-        k = self.pool(self.phi(m)).flatten(2).transpose(1, 2)  # [B, HW/4, C/2]
-        v = self.pool(self.g(m)).flatten(2).transpose(1, 2)  # [B, HW/4, C/2]
+        # contiguous: SDPA's fused kernels (CPU flash, CUDA flash/memory-efficient) need a unit-stride last
+        # dim; a transposed view falls back to the math path, which materialises the HW x HW/4 matrix
+        # (277 MiB at 800x1333, stride 8, vs 8 MiB)
+        q = self.theta(m).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C/2]
+        k = self.pool(self.phi(m)).flatten(2).transpose(1, 2).contiguous()  # [B, HW/4, C/2]
+        v = self.pool(self.g(m)).flatten(2).transpose(1, 2).contiguous()  # [B, HW/4, C/2]
         # softmax over phi positions of theta^T phi, no 1/sqrt(d): scale=1.0
         y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
         y = y.transpose(1, 2).reshape(b, -1, h, w)  # [B, C/2, H, W]

@@ -69,22 +69,28 @@ def same_model(reference: Detector, artifact: Detector) -> None:
 
 
 def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
-               max_images: int | None, log=print) -> dict[str, Any]:
-    log(f"[parity] reference: PyTorch {reference.path} on {min(max_images or len(dataset), len(dataset))} images "
-        f"of {dataset.annotation_file}")
-    ref_eval = evaluate_detector(reference, dataset, max_images=max_images, desc=f"pytorch {reference.path.name}")
-    post = reference.meta["postprocess"]
-    rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference",
-                           metrics=ref_eval.metrics)]
+               max_images: int | None, batch_size: int | None = None, log=print) -> dict[str, Any]:
+    """Every artifact and the reference on the same images in the same batches (so the same canvases):
+    the batch is `batch_size`, else the largest every runnable artifact takes, at most 8."""
+    count = min(max_images or len(dataset), len(dataset))
+    rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
+    runnable: list[tuple[Path, Detector]] = []
     for path in artifacts:
         try:
             detector = Detector.from_path(path)
             same_model(reference, detector)
+            runnable.append((path, detector))
         except CannotRunHere as e:
             log(f"[parity] {path}: not run: {e}")
             rows.append(ArtifactResult(path=str(path), kind=_kind(path), precision="?", status="not run", reason=str(e)))
-            continue
-        evaluation = evaluate_detector(detector, dataset, max_images=max_images,
+    batch = batch_size or min([8, reference.max_batch] + [d.max_batch for _, d in runnable])
+    log(f"[parity] reference: PyTorch {reference.path} on {count} images of {dataset.annotation_file}, batch {batch}")
+    ref_eval = evaluate_detector(reference, dataset, max_images=max_images, batch_size=batch,
+                                 desc=f"pytorch {reference.path.name}")
+    rows[0].metrics = ref_eval.metrics
+    post = reference.meta["postprocess"]
+    for path, detector in runnable:
+        evaluation = evaluate_detector(detector, dataset, max_images=max_images, batch_size=batch,
                                        desc=f"{detector.kind} {detector.precision} {path.name}")
         delta = {t: 100 * (evaluation.metrics[t]["AP"] - ref_eval.metrics[t]["AP"]) for t in ref_eval.metrics}
         budget = budgets.get(detector.precision, budgets["fp32"])
@@ -95,8 +101,10 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
                                    budget=budget, agreement=agreement.statistics()))
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
-    return {"reference": str(reference.path), "dataset": str(dataset.annotation_file),
-            "images": min(max_images or len(dataset), len(dataset)), "budgets": budgets, "match_iou": MATCH_IOU,
+    order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given
+    rows[1:] = sorted(rows[1:], key=lambda r: order[r.path])
+    return {"reference": str(reference.path), "dataset": str(dataset.annotation_file), "images": count,
+            "batch": batch, "budgets": budgets, "match_iou": MATCH_IOU,
             "classes": dict(zip(map(str, reference.category_ids), reference.class_names)),
             "artifacts": [vars(r) for r in rows], "environment": environment(),
             "passed": all(r.status in ("pass", "reference", "not run") for r in rows)}

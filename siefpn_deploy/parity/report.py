@@ -7,14 +7,15 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_path, atomic_write, write_json
+from ..fileio import atomic_write, write_json
+from ..reporting import markdown_table, pyplot, save_figure
 
 
 def markdown(report: dict[str, Any]) -> str:
     segm = any("segm" in a["metrics"] for a in report["artifacts"])
     head = ["artifact", "runtime", "precision", "bbox AP", "Δ bbox"] + (["segm AP", "Δ segm"] if segm else []) + [
         "budget", "matched (IoU≥0.9)", "box err max/median px", "score err max/median", "non-finite", "status"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for a in report["artifacts"]:
         if a["status"] == "not run":
             cells = [a["path"], a["kind"], a["precision"], "-", "-"] + (["-", "-"] if segm else []) + [
@@ -30,12 +31,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{g['box_abs_max']:.2g} / {g['box_abs_median']:.2g}" if g else "-",
                 f"{g['score_abs_max']:.2g} / {g['score_abs_median']:.2g}" if g else "-",
                 str(g["non_finite"]) if g else "-", a["status"]]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     env = report["environment"]
     return (f"# Parity report ({report['date']})\n\n"
             f"{report['images']} images of `{report['dataset']}`; reference `{report['reference']}` (PyTorch eager). "
             f"AP in points (0..100); Δ is the artifact minus PyTorch; the budget is the largest drop allowed.\n\n"
-            + "\n".join(lines)
+            + markdown_table(head, rows)
             + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {env['machine']}, device "
             f"{env['device']}, {env['cpu_threads']} CPU threads; torch {env['torch']}, onnxruntime "
             f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
@@ -43,12 +44,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> bool:
     """AP per artifact, and per-class bbox AP delta vs PyTorch; False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     ran = [a for a in report["artifacts"] if a["status"] != "not run"]
     names = [Path(a["path"]).name for a in ran]
@@ -72,10 +69,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     right.set_title("per-class AP delta")
     if len(ran) > 1:
         right.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -169,6 +169,9 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     images = choose(list_images(source, options.calib_image_dir), options.count)
     if len(images) < options.count:
         log(f"[quantize] warning: {source} has only {len(images)} images; calibrating on all of them")
+    if options.precision == "int8" and len(images) < options.calib_batch:
+        raise UserError(f"{len(images)} calibration images are fewer than the calibration batch {options.calib_batch}; "
+                        "add images or lower --calib-batch")
     canvas = calibration_canvas(options, meta)
     calib = load_or_build(images, preprocess=Preprocess.from_meta(meta), canvas=canvas, onnx_sha256=meta["sha256"],
                           cache_dir=options.calib_cache, log=log)
@@ -179,15 +182,15 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     t0 = time.perf_counter()
     # ModelOpt writes intermediate models beside its input: give it a private copy in a scratch folder
     with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch:
-        source = Path(scratch) / options.onnx.name
+        private = Path(scratch) / options.onnx.name
         for path in (options.onnx, options.onnx.with_name(options.onnx.name + ".data")):
             if path.is_file():
                 shutil.copyfile(path, Path(scratch) / path.name)
         if options.precision == "fp16":
-            _fp16(source, tmp, calib.tensors, excludes)
+            _fp16(private, tmp, calib.tensors, excludes)
         else:
             reader = BatchReader(calib.tensors, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
-            _int8(source, tmp, reader, options.calib_method, excludes)
+            _int8(private, tmp, reader, options.calib_method, excludes)
         quantized = load_onnx(tmp)
         qdq = sum(n.op_type in QDQ_OPS for n in quantized.graph.node)
         if options.precision == "int8" and qdq == 0:

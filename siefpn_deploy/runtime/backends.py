@@ -123,8 +123,8 @@ class TensorRTBackend:
         self.stream = torch.cuda.Stream()
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        torch_dtype = {"float": torch.float32, "float32": torch.float32, "int32": torch.int32,
-                       "half": torch.float16, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
+        torch_dtype = {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32,
+                       "int64": torch.int64, "bool": torch.bool}
         with torch.cuda.stream(self.stream):
             x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).cuda(non_blocking=True)
             self.context.set_input_shape("images", tuple(x.shape))

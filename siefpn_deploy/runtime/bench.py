@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import CannotRunHere
+from ..reporting import markdown_table, pyplot, save_figure
 from ..timing import Latency, measure
 from .detector import Detector
 
@@ -168,40 +169,31 @@ def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisib
 def markdown(report: dict[str, Any]) -> str:
     head = ["artifact", "variant", "batch", "size", "model p50/p90/p99 ms", "end-to-end p50/p90/p99 ms",
             "img/s (model)", "img/s (e2e)", "peak RSS MiB", "peak GPU MiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["rows"]:
-        lines.append("| " + " | ".join([
-            r["artifact"], r["variant"], str(r["batch"]), str(r["size"]),
-            f"{r['model_p50_ms']:.1f} / {r['model_p90_ms']:.1f} / {r['model_p99_ms']:.1f}",
-            f"{r['e2e_p50_ms']:.1f} / {r['e2e_p90_ms']:.1f} / {r['e2e_p99_ms']:.1f}",
-            f"{r['model_images_per_s']:.1f}", f"{r['e2e_images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
-            "-" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"]) + " |")
+    lines = [markdown_table(head, [[
+        r["artifact"], r["variant"], r["batch"], r["size"],
+        f"{r['model_p50_ms']:.1f} / {r['model_p90_ms']:.1f} / {r['model_p99_ms']:.1f}",
+        f"{r['e2e_p50_ms']:.1f} / {r['e2e_p90_ms']:.1f} / {r['e2e_p99_ms']:.1f}",
+        f"{r['model_images_per_s']:.1f}", f"{r['e2e_images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
+        "-" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"] for r in report["rows"]])]
     for s in report["skipped"]:
         lines.append(f"\nnot run: {s['artifact']} {s.get('variant', '')} "
                      f"{'b' + str(s['batch']) + ' ' + str(s['size']) + 'px ' if 'batch' in s else ''}- {s['reason']}")
     gau = report.get("gau_memory")
     if gau:
         lines += ["", f"GAU attention at {gau['size'][0]}x{gau['size'][1]} (C={gau['channels']}, batch 1, FP32):", "",
-                  "| GAU input stride | grid | queries x keys | naive attention matrix MiB | largest op allocation MiB | SDPA kernel |",
-                  "|---|---|---|---|---|---|"]
-        for g in gau["levels"]:
-            lines.append(f"| {g['level_stride']} | {g['grid'][0]}x{g['grid'][1]} | {g['queries']} x {g['keys']} | "
-                         f"{g['naive_attention_mib']:.0f} | {g['largest_op_alloc_mib']:.0f} | "
-                         f"{', '.join(g['sdpa_kernels']) or '-'} |")
+                  markdown_table(["GAU input stride", "grid", "queries x keys", "naive attention matrix MiB",
+                                  "largest op allocation MiB", "SDPA kernel"],
+                                 [[g["level_stride"], f"{g['grid'][0]}x{g['grid'][1]}", f"{g['queries']} x {g['keys']}",
+                                   f"{g['naive_attention_mib']:.0f}", f"{g['largest_op_alloc_mib']:.0f}",
+                                   ", ".join(g["sdpa_kernels"]) or "-"] for g in gau["levels"]])]
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict[str, Any], path: Path) -> bool:
     """End-to-end p50 latency against batch, one line per artifact variant and size."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    from ..fileio import atomic_path
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
     for r in report["rows"]:
@@ -213,8 +205,5 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("end-to-end p50 latency (ms)")
     ax.set_title("latency vs batch")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -1,0 +1,104 @@
+"""Quantize-and-build benchmark: per detector, FP32 vs FP16 vs INT8 -- quantize and build time, ONNX and
+engine sizes, ONNX Runtime CPU latency at each size, and COCO bbox AP on the synthetic val split.
+
+    python benchmarks/bench_quantize.py                              # 3 detectors, 320 and 640, 512 calib images
+    python benchmarks/bench_quantize.py --archs retinanet --num-calib 64
+
+Models: the synthetic presets, briefly trained once into --work/<arch> (shared with bench_export.py),
+exported with --nms tensor and dynamic sizes up to the largest --sizes. INT8 calibrates on
+--num-calib train images at --calib-size. Engines are built with whichever TensorRT is installed
+(TensorRT-RTX here, on the CPU); they cannot run without a GPU, so they have sizes and build times only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from siefpn_deploy.build.engine import BuildOptions, build_engine
+from siefpn_deploy.cli import main as cli
+from siefpn_deploy.config import load_config
+from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.demo import ensure_synthetic
+from siefpn_deploy.errors import UserError
+from siefpn_deploy.reporting import write_benchmark_report
+from siefpn_deploy.parity.evaluate import evaluate_detector
+from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
+from siefpn_deploy.runtime import Detector
+from siefpn_deploy.runtime.bench import synthetic_images
+from siefpn_deploy.timing import measure
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_export import trained_weights  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=["retinanet", "faster_rcnn", "mask_rcnn"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    p.add_argument("--num-calib", type=int, default=512)
+    p.add_argument("--calib-size", type=int, default=640)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--train-iters", type=int, default=60)
+    p.add_argument("--data", default="datasets/synth")
+    p.add_argument("--work", default="output/bench_export")
+    p.add_argument("--report", default="benchmarks/results/quantize_cpu.md")
+    args = p.parse_args()
+
+    data, work = Path(args.data), Path(args.work)
+    ensure_synthetic(data)
+    rows = []
+    for arch in args.archs:
+        run = trained_weights(arch, data, work, args.train_iters)
+        onnx_path = work / f"{arch}_tensornms.onnx"
+        if cli(["export", "--config-file", str(run / "config.yaml"), "--output", str(onnx_path), "--nms", "tensor",
+                "--dynamic-batch", "4", "--dynamic-size", "64", str(max(args.sizes)),
+                "MODEL.WEIGHTS", str(run / "model_final.pth")]) != 0:
+            sys.exit(f"exporting {arch} failed")
+        cfg = load_config(run / "config.yaml")
+        dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS)
+        models = {"fp32": (onnx_path, 0.0)}
+        for precision in ("fp16", "int8"):
+            t = time.perf_counter()
+            path, _ = quantize_model(QuantizeOptions(onnx=onnx_path, precision=precision, num_calib=args.num_calib,
+                                                     calib_size=(args.calib_size, args.calib_size),
+                                                     calib_cache=work / "calib"))
+            models[precision] = (path, time.perf_counter() - t)
+        for precision, (path, quantize_s) in models.items():
+            try:
+                t = time.perf_counter()
+                engine, _ = build_engine(BuildOptions(onnx=path, engine=work / "engines" / (path.stem + ".plan"),
+                                                      timing_cache=None))
+                build = (f"{time.perf_counter() - t:.1f}", f"{engine.stat().st_size / 2**20:.1f}")
+            except UserError as e:
+                build = ("-", f"not built: {e}")
+            detector = Detector.from_path(path, threads=torch.get_num_threads())
+            ap = evaluate_detector(detector, dataset, batch_size=4).metrics["bbox"]["AP"]
+            latencies = []
+            for size in args.sizes:
+                at = detector.at_size(size)
+                canvas = at.prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255
+                                     for im in synthetic_images(1, size)])
+                latencies.append(f"{measure(lambda: at.run_canvas(canvas), warmup=3, iters=args.iters).median_ms:.0f}")
+            rows.append([arch, precision, f"{quantize_s:.1f}" if quantize_s else "-", build[0],
+                         f"{path.stat().st_size / 2**20:.1f}", build[1], *latencies, f"{100 * ap:.2f}"])
+            print(" | ".join(rows[-1]), flush=True)
+
+    header = ["detector", "precision", "quantize s", "build s", "ONNX MiB", "engine MiB",
+              *[f"ORT CPU ms @{s} (b1)" for s in args.sizes], "bbox AP (val, points)"]
+    write_benchmark_report(
+        args.report, title="Quantize and build benchmark", header=header, rows=rows,
+        description=f"Synthetic presets trained {args.train_iters} iterations, exported with `--nms tensor`. INT8: "
+        f"{args.num_calib} train images at {args.calib_size}x{args.calib_size}, entropy calibration (the quantize "
+        "time includes preprocessing and caching them on a first run). Latency: median of "
+        f"{args.iters} runs of the model alone after 3 warm-up runs. AP: 200 val images at the config's test size.",
+        command=f"python benchmarks/bench_quantize.py {' '.join(sys.argv[1:])}".strip(),
+    )
+
+
+if __name__ == "__main__":
+    main()

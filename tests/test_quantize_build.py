@@ -1,0 +1,204 @@
+"""`siefpn-deploy quantize` (FP16 AutoCast, INT8 explicit Q/DQ) and `siefpn-deploy build` (strongly typed
+TensorRT; TensorRT-RTX builds on this CPU-only machine)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from siefpn_deploy.build.engine import engine_meta_path, read_engine_meta
+from siefpn_deploy.cli import main
+from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.errors import UserError
+from siefpn_deploy.export.meta import read_meta
+from siefpn_deploy.parity.evaluate import evaluate_detector
+from siefpn_deploy.quantize.precision import DEFAULT_EXCLUDES
+from siefpn_deploy.runtime import Detector
+
+ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
+
+
+def val_images(data: Path, n: int) -> list[torch.Tensor]:
+    images, annotations = split_paths(data, "val")
+    dataset = CocoDetection(image_dir=images, annotation_file=annotations)
+    return [dataset[i][0] for i in range(n)]
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp16_is_finite_and_keeps_attention_and_decoding_in_fp32(arch, quantized, tiny_synth):
+    path = quantized.onnx(arch, "fp16")
+    model = onnx.load(str(path))
+    types = tensor_types(model)
+    low = [n for n in model.graph.node if any(types.get(i) == onnx.TensorProto.FLOAT16 for i in n.input)]
+    assert len(low) > 20, "the backbone and heads should run in FP16"
+    kept = [n for n in model.graph.node if any(re.match(p, n.name) for p in DEFAULT_EXCLUDES.values())]
+    gau = [n for n in kept if n.name.startswith("/backbone/neck/gau/") and n.op_type in ("MatMul", "Softmax")]
+    assert len(gau) >= 4, "both GAU MatMuls and the softmax of every GAU call"  # 2 or 3 GAU calls
+    for node in kept:
+        assert all(types.get(i) != onnx.TensorProto.FLOAT16 for i in node.input if i), node.name
+    detector = Detector.from_path(path)
+    outputs = detector.run_canvas(detector.prepare(val_images(tiny_synth, 2)))
+    assert all(np.isfinite(v).all() for v in outputs.values())
+    meta = read_meta(path)
+    assert meta["precision"] == "fp16" and meta["quantization"]["excludes"] == list(DEFAULT_EXCLUDES.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_has_qdq_differs_from_fp32_and_records_its_calibration(arch, quantized, tiny_synth):
+    path = quantized.onnx(arch, "int8")
+    model = onnx.load(str(path))
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    assert qdq > 0
+    int8, fp32 = Detector.from_path(path), Detector.from_path(quantized.onnx(arch, "fp32"))
+    canvas = fp32.prepare(val_images(tiny_synth, 2))
+    a, b = int8.run_canvas(canvas), fp32.run_canvas(canvas)
+    assert not np.array_equal(a["scores"], b["scores"]), "INT8 outputs equal FP32's: nothing was quantized"
+    assert all(np.isfinite(v).all() for v in a.values())
+    q = read_meta(path)["quantization"]
+    assert q["calibration"]["method"] == "entropy" and q["calibration"]["images"] == 8 and q["qdq_nodes"] == qdq
+    assert "/train" in q["calibration"]["source"] and q["source_sha256"] == read_meta(quantized.onnx(arch, "fp32"))["sha256"]
+    # nothing the exclusions name got a Q/DQ pair on its inputs
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if re.match(DEFAULT_EXCLUDES["gau_attention"], node.name):
+            assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_accuracy_in_onnx_runtime_fp16_and_int8_within_budget(arch, quantized, tiny_synth):
+    images, annotations = split_paths(tiny_synth, "val")
+    dataset = CocoDetection(image_dir=images, annotation_file=annotations, with_masks=arch == "mask_rcnn")
+    ap = {p: 100 * evaluate_detector(Detector.from_path(quantized.onnx(arch, p)), dataset, batch_size=2)
+          .metrics["bbox"]["AP"] for p in ("fp32", "fp16", "int8")}
+    print(f"{arch} bbox AP (points) on the tiny val split: {ap}")
+    assert abs(ap["fp16"] - ap["fp32"]) <= 0.2
+    assert ap["fp32"] - ap["int8"] <= 1.5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_precision_builds_with_a_matching_sidecar(arch, quantized, tmp_path, capsys):
+    pytest.importorskip("tensorrt_rtx_bindings", reason="no TensorRT builder installed (pip install '.[tensorrt-rtx]')")
+    for precision in ("fp32", "fp16", "int8"):
+        source = quantized.onnx(arch, precision)
+        engine = tmp_path / f"{arch}.{precision}.plan"
+        assert main(["build", "--onnx", str(source), "--engine", str(engine), "--min-shape", "1,3,64,64",
+                     "--opt-shape", "1,3,128,128", "--max-shape", "2,3,128,160",
+                     "--timing-cache", str(tmp_path / "timing.cache")]) == 0
+        assert "[build] Building engine" in capsys.readouterr().out  # the progress monitor reported
+        meta = read_engine_meta(engine)
+        onnx_meta = read_meta(source)
+        assert meta["precision"] == precision and meta["onnx_sha256"] == onnx_meta["sha256"]
+        assert meta["profile"] == {"min": [1, 3, 64, 64], "opt": [1, 3, 128, 128], "max": [2, 3, 128, 160]}
+        assert meta["tensorrt"]["flavour"] in ("tensorrt", "tensorrt-rtx") and meta["tensorrt"]["strongly_typed"]
+        io = {t["name"]: t for t in meta["io"]}
+        assert [t["name"] for t in meta["io"] if t["mode"] == "output"] == [o["name"] for o in onnx_meta["outputs"]]
+        assert io["images"]["dtype"] == "float32" and io["images"]["shape"] == [-1, 3, -1, -1]
+        assert io["boxes"]["shape"] == [-1, 100, 4] and io["num_dets"]["dtype"] == "int32"
+        assert meta["model"]["classes"] == onnx_meta["classes"]
+        if meta["tensorrt"]["flavour"] == "tensorrt":
+            assert (tmp_path / "timing.cache").is_file() and meta["build"]["timing_cache"]
+        else:  # TensorRT-RTX's timing-cache calls are no-ops: none is written or claimed
+            assert not (tmp_path / "timing.cache").exists() and meta["build"]["timing_cache"] is None
+
+
+# ------------------------------------------------------------------ bad input: one line each
+
+
+def run(capsys, *args: str) -> str:
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_quantizing_a_quantized_model(quantized, capsys):
+    err = run(capsys, "quantize", "--onnx", str(quantized.onnx("retinanet", "int8")), "--precision", "fp16")
+    assert "already quantized (int8)" in err
+
+
+def test_calibration_folder_without_images_and_too_few_images(exported, tmp_path, capsys):
+    source = str(exported.onnx("retinanet", "tensor"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    assert "no images in" in run(capsys, "quantize", "--onnx", source, "--precision", "int8", "--calib-data",
+                                 str(empty), "--calib-cache", str(tmp_path / "c"))
+    three = tmp_path / "three"
+    three.mkdir()
+    for image in sorted(split_paths(exported.trained.data, "train")[0].iterdir())[:3]:
+        shutil.copy(image, three / image.name)
+    err = run(capsys, "quantize", "--onnx", source, "--precision", "int8", "--calib-data", str(three),
+              "--calib-batch", "4", "--calib-cache", str(tmp_path / "c"))
+    assert "3 calibration images are fewer than the calibration batch 4" in err
+    assert not list(Path(source).parent.glob("*.int8.onnx"))
+
+
+def test_calibrating_on_the_evaluation_split_is_refused(exported, capsys):
+    source = exported.onnx("retinanet", "tensor")
+    val = read_meta(source)["datasets"]["test_images"]
+    assert "is the evaluation split" in run(capsys, "quantize", "--onnx", str(source), "--precision", "int8",
+                                            "--calib-data", val)
+
+
+def test_a_corrupt_onnx(exported, tmp_path, capsys):
+    source = exported.onnx("retinanet", "tensor")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(source.read_bytes()[: 5000])
+    meta = json.loads(source.with_name(source.name[:-5] + ".meta.json").read_text())
+    assert "bad.onnx has no bad.meta.json" in run(capsys, "quantize", "--onnx", str(bad), "--precision", "fp16")
+    (tmp_path / "bad.meta.json").write_text(json.dumps(meta))  # a sidecar, but of other bytes
+    assert "does not match bad.meta.json" in run(capsys, "quantize", "--onnx", str(bad), "--precision", "fp16")
+    assert "does not match bad.meta.json" in run(capsys, "build", "--onnx", str(bad))
+    import hashlib
+
+    meta["sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()  # a matching sidecar, a truncated model
+    (tmp_path / "bad.meta.json").write_text(json.dumps(meta))
+    assert "cannot read ONNX model" in run(capsys, "quantize", "--onnx", str(bad), "--precision", "fp16")
+    pytest.importorskip("tensorrt_rtx_bindings", reason="no TensorRT builder installed")
+    err = run(capsys, "build", "--onnx", str(bad), "--engine", str(tmp_path / "bad.plan"))
+    assert "cannot parse" in err and not (tmp_path / "bad.plan").exists()
+
+
+def test_a_shape_outside_the_profile(exported, tmp_path, capsys):
+    source = str(exported.onnx("retinanet", "tensor"))
+    err = run(capsys, "build", "--onnx", source, "--max-shape", "8,3,256,256", "--engine", str(tmp_path / "x.plan"))
+    assert "--max-shape 8,3,256,256 is outside the exported range 1,3,64,64 .. 4,3,256,256 (batch)" in err
+    err = run(capsys, "build", "--onnx", source, "--opt-shape", "1,3,100,128", "--engine", str(tmp_path / "x.plan"))
+    assert "multiples of 32" in err
+    err = run(capsys, "build", "--onnx", source, "--min-shape", "2,3,128,128", "--opt-shape", "1,3,128,128",
+              "--engine", str(tmp_path / "x.plan"))
+    assert "min <= opt <= max" in err
+    assert "must be B,3,H,W" in run(capsys, "build", "--onnx", source, "--max-shape", "4,3,256")
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibration_cache_is_reused_and_keyed(exported, tmp_path, capsys):
+    from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
+
+    options = QuantizeOptions(onnx=exported.onnx("retinanet", "tensor"), precision="fp16", num_calib=4,
+                              calib_size=(96, 128), calib_cache=tmp_path / "calib", output=tmp_path / "a.onnx")
+    quantize_model(options)
+    assert "cached 4 preprocessed calibration images" in capsys.readouterr().out
+    quantize_model(options)
+    assert "reusing 4 cached calibration images" in capsys.readouterr().out
+    quantize_model(QuantizeOptions(**{**vars(options), "calib_size": (128, 128)}))  # other preprocessing
+    assert "cached 4 preprocessed" in capsys.readouterr().out
+    assert len(list((tmp_path / "calib").glob("*.npy"))) == 2
+    with pytest.raises(UserError, match="would overwrite the source"):
+        quantize_model(QuantizeOptions(**{**vars(options), "output": options.onnx}))
+    assert engine_meta_path("engines/x.int8.plan").name == "x.int8.engine.json"
