@@ -198,10 +198,12 @@ def test_bench_writes_json_markdown_and_plot(exported, tmp_path, capsys):
 
 
 def run(capsys, *args: str) -> str:
+    """The command fails with exit code 2 and one error line (progress-bar lines aside)."""
     assert main(list(args)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    return err
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not re.match(r"^[\w .()-]+: +\d+%\|", line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
 
 
 def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):

@@ -25,15 +25,14 @@ def evaluate_detector(detector: Detector, dataset: CocoDetection, *, max_images:
     step = min(batch_size or detector.max_batch, detector.max_batch)
     detections: dict[int, Detections] = {}
     results: list[dict[str, Any]] = []
-    bar = progress_bar(total=len(ids), desc=desc or f"{detector.kind} {detector.path.name}", unit="img")
-    for start in range(0, len(ids), step):
-        chunk = ids[start : start + step]
-        images = [dataset[index][0] for index in range(start, start + len(chunk))]
-        for image_id, dets in zip(chunk, detector.predict(images)):
-            detections[image_id] = dets
-            results += coco_results(image_id, dets.boxes, dets.scores, dets.category_ids, dets.masks)
-        bar.update(len(chunk))
-    bar.close()
+    with progress_bar(total=len(ids), desc=desc or f"{detector.kind} {detector.path.name}", unit="img") as bar:
+        for start in range(0, len(ids), step):
+            chunk = ids[start : start + step]
+            images = [dataset[index][0] for index in range(start, start + len(chunk))]
+            for image_id, dets in zip(chunk, detector.predict(images)):
+                detections[image_id] = dets
+                results += coco_results(image_id, dets.boxes, dets.scores, dets.category_ids, dets.masks)
+            bar.update(len(chunk))
     subset = CocoSubset(dataset, ids)
     metrics = {"bbox": coco_eval(subset, results, "bbox", verbose=verbose)}
     if detector.meta["outputs"][-1]["name"] == "masks":

@@ -27,21 +27,21 @@ def run_infer(detector: Detector, source: Path, *, save_vis: Path | None, save_j
     step = min(batch_size or detector.max_batch, detector.max_batch)
     records: list[dict] = []
     count = 0
-    bar = progress_bar(total=len(files), desc=f"infer {detector.path.name}", unit="img")
-    for start in range(0, len(files), step):
-        chunk = files[start : start + step]
-        images = [load_image(p) for p in chunk]  # a corrupt file is a one-line error naming it
-        for path, image, dets in zip(chunk, images, detector.predict(images)):
-            count += len(dets)
-            for r in coco_results(0, dets.boxes, dets.scores, dets.category_ids, dets.masks):
-                r.pop("image_id")
-                records.append({"file_name": str(path), **r})
-            if save_vis is not None:
-                target = save_vis / (path.relative_to(source).with_suffix(".png") if source.is_dir() else path.stem + ".png")
-                with atomic_path(target) as tmp:
-                    draw(image, dets).save(tmp, format="PNG")
-        bar.update(len(chunk))
-    bar.close()
+    # closed (ending its line) before any error propagates, so the error starts a line of its own
+    with progress_bar(total=len(files), desc=f"infer {detector.path.name}", unit="img") as bar:
+        for start in range(0, len(files), step):
+            chunk = files[start : start + step]
+            images = [load_image(p) for p in chunk]  # a corrupt file is a one-line error naming it
+            for path, image, dets in zip(chunk, images, detector.predict(images)):
+                count += len(dets)
+                for r in coco_results(0, dets.boxes, dets.scores, dets.category_ids, dets.masks):
+                    r.pop("image_id")
+                    records.append({"file_name": str(path), **r})
+                if save_vis is not None:
+                    name = path.relative_to(source).with_suffix(".png") if source.is_dir() else path.stem + ".png"
+                    with atomic_path(save_vis / name) as tmp:
+                        draw(image, dets).save(tmp, format="PNG")
+            bar.update(len(chunk))
     if save_json is not None:
         write_json(save_json, records)
     log(f"[infer] {count} detections in {len(files)} images"
