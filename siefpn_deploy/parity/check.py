@@ -82,7 +82,8 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
             runnable.append((path, detector))
         except CannotRunHere as e:
             log(f"[parity] {path}: not run: {e}")
-            rows.append(ArtifactResult(path=str(path), kind=_kind(path), precision="?", status="not run", reason=str(e)))
+            rows.append(ArtifactResult(path=str(path), kind=_kind(path), precision=_precision(path), status="not run",
+                                       reason=str(e)))
     batch = batch_size or min([8, reference.max_batch] + [d.max_batch for _, d in runnable])
     log(f"[parity] reference: PyTorch {reference.path} on {count} images of {dataset.annotation_file}, batch {batch}")
     ref_eval = evaluate_detector(reference, dataset, max_images=max_images, batch_size=batch,
@@ -108,6 +109,16 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
             "classes": dict(zip(map(str, reference.category_ids), reference.class_names)),
             "artifacts": [vars(r) for r in rows], "environment": environment(),
             "passed": all(r.status in ("pass", "reference", "not run") for r in rows)}
+
+
+def _precision(path: Path) -> str:
+    """What an artifact that cannot run here says of itself."""
+    from ..build.engine import read_engine_meta
+
+    try:
+        return read_engine_meta(path)["precision"] if path.suffix in (".plan", ".engine") else "?"
+    except UserError:
+        return "?"
 
 
 def _kind(path: Path) -> str:

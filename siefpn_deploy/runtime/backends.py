@@ -29,6 +29,10 @@ class TorchBackend:
         self.meta = meta
         self.device = device
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         from ..model.inference import detect_on_canvas
 
@@ -87,6 +91,10 @@ class OnnxRuntimeBackend:
             raise UserError(f"{path} has outputs {self.names}, but its meta.json says {expected}")
         self.providers = self.session.get_providers()
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] != "CPUExecutionProvider"
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.session.run(None, {"images": np.ascontiguousarray(images, np.float32)})))
 
@@ -95,6 +103,7 @@ class TensorRTBackend:
     """A serialized engine, run with TensorRT's runtime on torch CUDA tensors (no pycuda needed)."""
 
     kind = "tensorrt"
+    on_gpu = True
 
     def __init__(self, path: Path, engine_meta: dict[str, Any]) -> None:
         if not torch.cuda.is_available():

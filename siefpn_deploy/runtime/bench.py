@@ -9,6 +9,7 @@ FP16 autocast. Also reported: the GAU attention's memory at 800x1333 and which S
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 from dataclasses import dataclass
@@ -24,8 +25,20 @@ from ..timing import Latency, measure
 from .detector import Detector
 
 
+def reset_peak_rss() -> None:
+    """Linux: restart the process's peak-RSS counter (VmHWM), so each setting reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's so far
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def cuda_timer(fn: Callable[[], object], *, warmup: int, iters: int) -> Latency:
@@ -80,10 +93,12 @@ def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, 
     images = synthetic_images(batch, size)
     detector = detector.at_size(size)  # the test resize set to fill size x size: what the model computes on
     canvas = detector.prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255 for im in images])
-    on_gpu = isinstance(getattr(detector.backend, "device", None), torch.device) and detector.backend.device.type == "cuda"
-    on_gpu = on_gpu or detector.kind == "tensorrt"
-    context = torch.autocast("cuda", dtype=torch.float16) if autocast else _null()
+    # CUDA events for work queued on torch's CUDA stream (PyTorch on a GPU, TensorRT); ONNX Runtime's run()
+    # returns when its work is done, so the host clock times it, on any provider
+    on_gpu = detector.backend.on_gpu and detector.kind in ("pytorch", "tensorrt")
+    context = torch.autocast("cuda", dtype=torch.float16) if autocast else contextlib.nullcontext()
     timer = cuda_timer if on_gpu else measure
+    reset_peak_rss()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode(), context:
@@ -93,20 +108,12 @@ def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, 
                    torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Detector, bool]]:
     """(variant name, detector, autocast) for one artifact; a checkpoint on a GPU also runs FP16 autocast."""
     detector = Detector.from_path(path, device=device, config=config)
     name = f"{detector.kind} {detector.precision}"
     out = [(name, detector, False)]
-    if detector.kind == "pytorch" and detector.backend.device.type == "cuda":
+    if detector.kind == "pytorch" and detector.backend.on_gpu:
         out.append(("pytorch fp16-autocast", detector, True))
     return out
 
@@ -176,8 +183,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{r['model_images_per_s']:.1f}", f"{r['e2e_images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
         "-" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"] for r in report["rows"]])]
     for s in report["skipped"]:
-        lines.append(f"\nnot run: {s['artifact']} {s.get('variant', '')} "
-                     f"{'b' + str(s['batch']) + ' ' + str(s['size']) + 'px ' if 'batch' in s else ''}- {s['reason']}")
+        setting = f" ({s['variant']}, batch {s['batch']}, {s['size']}px)" if "batch" in s else ""
+        lines.append(f"\nnot run: {s['artifact']}{setting}: {s['reason']}")
     gau = report.get("gau_memory")
     if gau:
         lines += ["", f"GAU attention at {gau['size'][0]}x{gau['size'][1]} (C={gau['channels']}, batch 1, FP32):", "",
