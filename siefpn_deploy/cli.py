@@ -369,8 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--calib-image-dir", metavar="DIR", help="the images of --calib-data JSON "
                        "(default: COCO's layout, annotations/instances_X.json -> X/)")
     quant.add_argument("--num-calib", type=int, metavar="N",
-                       help="calibration images, spread over the set (default 512 for int8; 16 for fp16's range check, "
-                       "which holds all their activations in memory)")
+                       help="calibration images, spread over the set (default 512 for int8, 16 for fp16's range check)")
     quant.add_argument("--calib-method", choices=["entropy", "max"], default="entropy", help="INT8 ranges (default entropy)")
     quant.add_argument("--calib-batch", type=int, default=8, metavar="B", help="images per calibration step (default 8)")
     quant.add_argument("--calib-size", type=int, nargs=2, metavar=("H", "W"),

@@ -25,6 +25,7 @@ from ..export.meta import meta_path, read_meta, write_meta
 from ..fileio import atomic_path
 from .calibration import BatchReader, choose, list_images, load_or_build
 from .precision import DEFAULT_EXCLUDES
+from .range_check import DATA_MAX, exact, fp16_unsafe_nodes
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -116,16 +117,17 @@ def quiet_modelopt():
         logging.disable(previous)
 
 
-def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str]) -> None:
+def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str], log=print) -> list[str]:
+    """AutoCast with the range check streamed (range_check.py); returns the nodes that check kept in FP32."""
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    # AutoCast's reference run: nodes whose activations leave FP16's safe range stay in FP32
-    npz = source.with_name("autocast_inputs.npz")
-    np.savez(npz, images=np.ascontiguousarray(calib))
+    unsafe = fp16_unsafe_nodes(source, calib)
+    log(f"[quantize] fp16 range check: {len(unsafe)} nodes see |x| > {DATA_MAX:g} and stay FP32")
     with quiet_modelopt():
-        model = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16", nodes_to_exclude=excludes,
-                                           keep_io_types=True, calibration_data=str(npz), providers=["cpu"])
+        model = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
+                                           nodes_to_exclude=excludes + exact(unsafe), data_max=np.inf,
+                                           keep_io_types=True, providers=["cpu"])
     # AutoCast writes intermediate shapes with one shared "unk" dim for unrelated sizes, which ONNX Runtime
     # takes as equal (and fails on); the shapes are only hints, so drop them and let runtimes infer
     del model.graph.value_info[:]
@@ -134,6 +136,7 @@ def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str]) ->
             if attr.type == onnx.AttributeProto.GRAPH:
                 del attr.g.value_info[:]
     onnx.save(model, str(target))
+    return unsafe
 
 
 def _int8(source: Path, target: Path, reader: BatchReader, method: str, excludes: list[str]) -> None:
@@ -173,9 +176,6 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     calib = load_or_build(images, preprocess=Preprocess.from_meta(meta), canvas=canvas, onnx_sha256=meta["sha256"],
                           cache_dir=options.calib_cache, log=log)
     excludes = options.excludes()
-    if options.precision == "fp16" and len(images) > 32:
-        log(f"[quantize] warning: AutoCast's range check holds every activation of all {len(images)} images in "
-            "memory (about 0.25 GB per image at 384x384); 16 are enough")
     log(f"[quantize] {options.precision}: {len(images)} images from {source} at {canvas[0]}x{canvas[1]}, "
         f"{len(excludes)} exclusion patterns")
 
@@ -186,8 +186,9 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         for path in (options.onnx, options.onnx.with_name(options.onnx.name + ".data")):
             if path.is_file():
                 shutil.copyfile(path, Path(scratch) / path.name)
+        range_kept: list[str] = []
         if options.precision == "fp16":
-            _fp16(private, tmp, calib.tensors, excludes)
+            range_kept = _fp16(private, tmp, calib.tensors, excludes, log=log)
         else:
             reader = BatchReader(calib.tensors, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
             _int8(private, tmp, reader, options.calib_method, excludes)
@@ -205,6 +206,7 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
                         "images": len(images), "source": str(source), "canvas": list(canvas),
                         "cache": str(calib.path), "batch": options.calib_batch},
         "excludes": excludes, "qdq_nodes": qdq, "seconds": round(seconds, 1),
+        "fp16_range_kept": range_kept,
     }
     new_meta.setdefault("versions", {})["modelopt"] = _modelopt_version()
     write_meta(output, new_meta)
