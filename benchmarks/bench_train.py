@@ -32,9 +32,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def throughput(cfg, iters: int, warmup: int) -> dict:
+def throughput(trainer: Trainer, iters: int, warmup: int) -> dict:
     """Images/s of the real training step (data loading included), after `warmup` iterations."""
-    trainer = Trainer(cfg, config_name="bench")
     model, data = trainer.model.train(), iter(trainer.loader())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -106,7 +105,7 @@ def main() -> int:
              "| neck | train images/s | peak host RSS MiB (whole process so far) |", "|---|---|---|"]
     for neck in ["fpn", "dual_sie_fpn"]:
         cfg = load_config(args.config_file, dataset_overrides(data) + ["MODEL.NECK", neck, "DATALOADER.NUM_WORKERS", "0"])
-        t = throughput(cfg, args.iters, args.warmup)
+        t = throughput(Trainer(cfg, config_name="bench"), args.iters, args.warmup)
         lines.append(f"| {neck} | {t['images_per_s']:.2f} | {t['peak_rss_mib']:.0f} |")
         print(lines[-1], flush=True)
     if not args.skip_ab:

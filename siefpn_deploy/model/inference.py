@@ -8,6 +8,8 @@ canvas unresized. This runs the detector's own modules and its own postprocessin
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
@@ -16,17 +18,19 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 
 @torch.no_grad()
-def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool = True) -> list[dict[str, Tensor]]:
+def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool = True,
+                     backbone: Callable[[Tensor], dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
     """canvas [B,3,H,W] RGB in 0..1 (H, W multiples of the size divisibility) -> per-image detections
     in canvas pixels: boxes [N,4], scores [N], labels [N] (1-based), and for Mask R-CNN masks [N,1,H,W]
-    pasted on the canvas (or the head's [N,1,28,28] probabilities with paste_masks=False)."""
+    pasted on the canvas (or the head's [N,1,28,28] probabilities with paste_masks=False).
+    `backbone` replaces the call of detector.backbone (e.g. a CUDA-graph replay of it)."""
     if detector.training:
         raise ValueError("detect_on_canvas needs the detector in eval mode")
     transform = detector.transform
     x = torch.stack([transform.normalize(im) for im in canvas])
     hw = (int(canvas.shape[2]), int(canvas.shape[3]))
     images = ImageList(x, [hw] * len(x))
-    features = detector.backbone(images.tensors)
+    features = (backbone or detector.backbone)(images.tensors)
     if isinstance(detector, RetinaNet):
         feats = list(features.values())
         head = detector.head(feats)

@@ -10,6 +10,7 @@ detections into that same layout, so everything downstream is shared.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +21,46 @@ from ..errors import CannotRunHere, UserError
 
 
 class TorchBackend:
-    """A checkpoint + its config, eager PyTorch (CPU or CUDA)."""
+    """A checkpoint + its config, eager PyTorch (CPU or CUDA).
+
+    On CUDA it can also run under FP16 autocast (`autocast_dtype=torch.float16`) and replay the backbone
+    and neck as CUDA graphs (`cuda_graphs=True`, one capture per input shape; see cuda_graphs.py)."""
 
     kind = "pytorch"
 
-    def __init__(self, detector: torch.nn.Module, meta: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, detector: torch.nn.Module, meta: dict[str, Any], device: torch.device, *,
+                 autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False) -> None:
+        if (autocast_dtype is not None or cuda_graphs) and device.type != "cuda":
+            raise UserError("FP16 autocast and CUDA graphs need a CUDA device; use --device cuda on a GPU machine")
         self.detector = detector.to(device).eval()
         self.meta = meta
         self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.backbone = None
+        if cuda_graphs:
+            from .cuda_graphs import GraphedBackbone
+
+            self.backbone = GraphedBackbone(self.detector.backbone, autocast_dtype=autocast_dtype)
 
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def variant(self) -> str:
+        """e.g. "fp32", "fp16-autocast", "fp16-autocast+cuda-graphs"."""
+        name = "fp32" if self.autocast_dtype is None else f"{str(self.autocast_dtype).removeprefix('torch.')}-autocast"
+        name = name.replace("float16", "fp16").replace("bfloat16", "bf16")
+        return name + ("+cuda-graphs" if self.backbone is not None else "")
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         from ..model.inference import detect_on_canvas
 
         batch = torch.from_numpy(images).to(self.device) / self.meta["preprocess"]["input_scale"]
-        dets = detect_on_canvas(self.detector, batch, paste_masks=False)
+        autocast = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            dets = detect_on_canvas(self.detector, batch, paste_masks=False, backbone=self.backbone)
         k = self.meta["postprocess"]["max_det"]
         b = len(dets)
         out = {"num_dets": np.zeros(b, np.int32), "boxes": np.zeros((b, k, 4), np.float32),

@@ -22,6 +22,7 @@ import torch
 from ..errors import CannotRunHere
 from ..reporting import markdown_table, pyplot, save_figure
 from ..timing import Latency, measure
+from .backends import TorchBackend
 from .detector import Detector
 
 
@@ -88,33 +89,37 @@ def synthetic_images(batch: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return [synth.render(np.random.default_rng([seed, i]), size, size)[0] for i in range(batch)]
 
 
-def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, size: int, warmup: int, iters: int,
-                   autocast: bool = False) -> Setting:
+def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, size: int, warmup: int,
+                   iters: int) -> Setting:
     images = synthetic_images(batch, size)
     detector = detector.at_size(size)  # the test resize set to fill size x size: what the model computes on
     canvas = detector.prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255 for im in images])
     # CUDA events for work queued on torch's CUDA stream (PyTorch on a GPU, TensorRT); ONNX Runtime's run()
     # returns when its work is done, so the host clock times it, on any provider
     on_gpu = detector.backend.on_gpu and detector.kind in ("pytorch", "tensorrt")
-    context = torch.autocast("cuda", dtype=torch.float16) if autocast else contextlib.nullcontext()
     timer = cuda_timer if on_gpu else measure
     reset_peak_rss()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode(), context:
+    with torch.inference_mode():
         model = timer(lambda: detector.run_canvas(canvas), warmup=warmup, iters=iters)
         e2e = timer(lambda: detector.predict(images), warmup=warmup, iters=iters)
     return Setting(label, variant, batch, size, model, e2e, peak_rss_mib(),
                    torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None)
 
 
-def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Detector, bool]]:
-    """(variant name, detector, autocast) for one artifact; a checkpoint on a GPU also runs FP16 autocast."""
+def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Detector]]:
+    """(variant name, detector) for one artifact. A checkpoint on a GPU is also run under FP16 autocast,
+    eagerly and with its backbone and neck replayed as CUDA graphs: the PyTorch baselines a deployed
+    engine has to beat."""
     detector = Detector.from_path(path, device=device, config=config)
-    name = f"{detector.kind} {detector.precision}"
-    out = [(name, detector, False)]
-    if detector.kind == "pytorch" and detector.backend.on_gpu:
-        out.append(("pytorch fp16-autocast", detector, True))
+    out = [(f"{detector.kind} {detector.precision}", detector)]
+    if isinstance(detector.backend, TorchBackend) and detector.backend.on_gpu:
+        base = detector.backend
+        for graphs in (False, True):
+            backend = TorchBackend(base.detector, base.meta, base.device, autocast_dtype=torch.float16,
+                                   cuda_graphs=graphs)
+            out.append((f"pytorch {backend.variant}", Detector(backend, detector.meta, detector.path)))
     return out
 
 
@@ -128,7 +133,7 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
             skipped.append({"artifact": str(path), "reason": str(e)})
             log(f"[bench] {path}: not run: {e}")
             continue
-        for variant, detector, autocast in found:
+        for variant, detector in found:
             shapes = detector.meta["shapes"]
             for size in sizes:
                 for batch in batches:
@@ -140,7 +145,7 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
                                         "reason": "outside the artifact's exported shape range"})
                         continue
                     setting = bench_detector(detector, label=path.name, variant=variant, batch=batch, size=size,
-                                             warmup=warmup, iters=iters, autocast=autocast)
+                                             warmup=warmup, iters=iters)
                     rows.append(setting.row())
                     r = rows[-1]
                     log(f"[bench] {path.name} {variant} b{batch} {size}px: model p50 {r['model_p50_ms']:.1f} ms, "
@@ -149,28 +154,60 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
 
 
 def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisibility: int = 32,
-               strides: tuple[int, ...] = (8, 16, 32)) -> list[dict[str, Any]]:
+               strides: tuple[int, ...] = (8, 16, 32), device: str = "cpu") -> list[dict[str, Any]]:
     """Per GAU call (the coarser merged level it attends over) at `size` padded to the divisibility: the
-    attention matrix a naive implementation materialises, and the peak memory and kernel measured here
-    for GAU.non_local through F.scaled_dot_product_attention (batch 1, FP32)."""
+    attention matrix a naive implementation materialises, and what GAU.non_local through
+    F.scaled_dot_product_attention (batch 1) takes here: on the CPU the largest single allocation (FP32),
+    on CUDA the peak device memory above its input, in FP32 and under FP16 autocast; and which
+    attention kernel ran."""
     from ..model.gau import GAU
 
     h, w = (-(-v // divisibility) * divisibility for v in size)
-    gau = GAU(channels=channels).eval()
+    on_gpu = device == "cuda"
+    gau = GAU(channels=channels).to(device).eval()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    dtypes = [torch.float32, torch.float16] if on_gpu else [torch.float32]
     out = []
     for stride in strides:
         hh, ww = h // stride, w // stride
-        queries, keys = hh * ww, (hh // 2) * (ww // 2)
-        x = torch.randn(1, channels, hh, ww)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-            with torch.inference_mode():
-                gau.non_local(x)
-        kernels = sorted({e.key for e in prof.key_averages() if "attention" in e.key or "flash" in e.key})
-        peak = max((e.cpu_memory_usage for e in prof.key_averages()), default=0)
-        out.append({"level_stride": stride, "grid": [hh, ww], "queries": queries, "keys": keys,
-                    "naive_attention_mib": queries * keys * 4 / 2**20, "largest_op_alloc_mib": peak / 2**20,
-                    "sdpa_kernels": kernels})
+        x = torch.randn(1, channels, hh, ww, device=device)
+        for dtype in dtypes:
+            autocast = torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32) if on_gpu \
+                else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                gau.non_local(x)  # warm-up: kernel selection and workspace outside the measurement
+                if on_gpu:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                with torch.profiler.profile(activities=activities, profile_memory=not on_gpu) as prof:
+                    gau.non_local(x)
+                    if on_gpu:
+                        torch.cuda.synchronize()
+            names = {e.key for e in prof.key_averages()}
+            kernels = sorted(n for n in names if any(t in n.lower() for t in ("attention", "flash", "fmha", "attn"))
+                             and n != "aten::scaled_dot_product_attention")  # the dispatcher, not a kernel
+            peak = ((torch.cuda.max_memory_allocated() - base) if on_gpu
+                    else max((e.cpu_memory_usage for e in prof.key_averages()), default=0))
+            item = hh * ww * (hh // 2) * (ww // 2)
+            out.append({"level_stride": stride, "grid": [hh, ww], "queries": hh * ww, "keys": (hh // 2) * (ww // 2),
+                        "device": device, "dtype": str(dtype).removeprefix("torch."),
+                        "naive_attention_mib": item * (4 if dtype == torch.float32 else 2) / 2**20,
+                        "peak_mib": peak / 2**20, "sdpa_kernels": kernels})
     return out
+
+
+def gau_markdown(gau: dict[str, Any]) -> str:
+    """gau = {"size": [H, W], "channels": C, "levels": gau_memory(...)} -> a titled markdown table."""
+    on_gpu = any(g["device"] == "cuda" for g in gau["levels"])
+    measured = "peak GPU memory above the input MiB" if on_gpu else "largest op allocation MiB"
+    table = markdown_table(
+        ["GAU input stride", "grid", "queries x keys", "dtype", "naive attention matrix MiB", measured,
+         "attention kernel"],
+        [[g["level_stride"], f"{g['grid'][0]}x{g['grid'][1]}", f"{g['queries']} x {g['keys']}", g["dtype"],
+          f"{g['naive_attention_mib']:.0f}", f"{g['peak_mib']:.1f}", ", ".join(g["sdpa_kernels"]) or "-"]
+         for g in gau["levels"]])
+    return f"GAU attention at {gau['size'][0]}x{gau['size'][1]} (C={gau['channels']}, batch 1):\n\n{table}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -185,14 +222,8 @@ def markdown(report: dict[str, Any]) -> str:
     for s in report["skipped"]:
         setting = f" ({s['variant']}, batch {s['batch']}, {s['size']}px)" if "batch" in s else ""
         lines.append(f"\nnot run: {s['artifact']}{setting}: {s['reason']}")
-    gau = report.get("gau_memory")
-    if gau:
-        lines += ["", f"GAU attention at {gau['size'][0]}x{gau['size'][1]} (C={gau['channels']}, batch 1, FP32):", "",
-                  markdown_table(["GAU input stride", "grid", "queries x keys", "naive attention matrix MiB",
-                                  "largest op allocation MiB", "SDPA kernel"],
-                                 [[g["level_stride"], f"{g['grid'][0]}x{g['grid'][1]}", f"{g['queries']} x {g['keys']}",
-                                   f"{g['naive_attention_mib']:.0f}", f"{g['largest_op_alloc_mib']:.0f}",
-                                   ", ".join(g["sdpa_kernels"]) or "-"] for g in gau["levels"]])]
+    if report.get("gau_memory"):
+        lines += ["", gau_markdown(report["gau_memory"])]
     return "\n".join(lines) + "\n"
 
 
