@@ -42,17 +42,23 @@ def trained_weights(arch: str, data: Path, work: Path, iters: int) -> Path:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def detector_arguments(description: str, report: str) -> argparse.ArgumentParser:
+    """The options every per-detector benchmark takes (bench_export.py, bench_quantize.py)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", nargs="+", default=["retinanet", "faster_rcnn", "mask_rcnn"])
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--iters", type=int, default=20, help="timed runs per setting (median reported)")
     p.add_argument("--train-iters", type=int, default=60, help="brief training, for realistic candidate counts")
     p.add_argument("--data", default="datasets/synth")
     p.add_argument("--work", default="output/bench_export")
-    p.add_argument("--report", default="benchmarks/results/export_cpu.md")
+    p.add_argument("--report", default=report)
+    return p
+
+
+def main() -> None:
+    p = detector_arguments(__doc__, "benchmarks/results/export_cpu.md")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--warmup", type=int, default=3)
     args = p.parse_args()
 
     data, work = Path(args.data), Path(args.work)

@@ -12,7 +12,6 @@ exported with --nms tensor and dynamic sizes up to the largest --sizes. INT8 cal
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,21 +32,14 @@ from siefpn_deploy.runtime.bench import synthetic_images
 from siefpn_deploy.timing import measure
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_export import trained_weights  # noqa: E402
+from bench_export import detector_arguments, trained_weights  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", nargs="+", default=["retinanet", "faster_rcnn", "mask_rcnn"])
-    p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    p = detector_arguments(__doc__, "benchmarks/results/quantize_cpu.md")
     p.add_argument("--num-calib", type=int, default=512)
     p.add_argument("--calib-size", type=int, default=640)
     p.add_argument("--calib-batch", type=int, default=4)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--train-iters", type=int, default=60)
-    p.add_argument("--data", default="datasets/synth")
-    p.add_argument("--work", default="output/bench_export")
-    p.add_argument("--report", default="benchmarks/results/quantize_cpu.md")
     args = p.parse_args()
 
     data, work = Path(args.data), Path(args.work)

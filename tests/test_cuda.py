@@ -61,8 +61,9 @@ def test_cuda_fp32_fp16_and_graphs_agree_with_the_cpu(arch, trained):
     assert fraction >= 0.98 and worst <= 1e-3
 
     base = gpu.backend
-    eager16 = Detector(TorchBackend(base.detector, base.meta, base.device, autocast_dtype=torch.float16),
-                       gpu.meta, gpu.path)
+    eager16 = Detector.from_checkpoint(trained.weights(arch), config=None, device="cuda",
+                                       autocast_dtype=torch.float16)
+    assert eager16.backend.variant == "fp16-autocast"
     graphed = TorchBackend(base.detector, base.meta, base.device, autocast_dtype=torch.float16, cuda_graphs=True)
     graphed16 = Detector(graphed, gpu.meta, gpu.path)
     assert graphed.variant == "fp16-autocast+cuda-graphs"

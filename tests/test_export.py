@@ -20,7 +20,7 @@ from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.errors import UserError
-from siefpn_deploy.export import verify
+from siefpn_deploy.export import exporter, verify
 from siefpn_deploy.export.exporter import load_trained_detector
 from siefpn_deploy.export.meta import check_input_shape, read_meta
 from siefpn_deploy.model.inference import detect_on_canvas
@@ -162,6 +162,23 @@ def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_fil
     assert err.startswith("error: verification of") and len(err.strip().splitlines()) == 1
     assert out.read_bytes() == before and read_meta(out)["sha256"] == meta["sha256"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["retina.meta.json", "retina.onnx"]  # no temp files
+
+
+def test_weights_over_the_protobuf_limit_go_to_external_data(trained, tiny_synth, tmp_path, monkeypatch):
+    """A model whose weights exceed protobuf's 2 GB is written as NAME.onnx + NAME.onnx.data, verified in the
+    staging folder and moved into place together. The tiny model stands in, with the limit lowered."""
+    monkeypatch.setattr(exporter, "PROTOBUF_LIMIT", 1 << 20)
+    out = tmp_path / "ext" / "retina.onnx"
+    assert main(["export", "--config-file", str(trained.config("retinanet")), "--output", str(out),
+                 "--dynamic-batch", "2", "--dynamic-size", "64", "256",
+                 "MODEL.WEIGHTS", str(trained.weights("retinanet"))]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["retina.meta.json", "retina.onnx", "retina.onnx.data"]
+    graph = onnx.load(str(out), load_external_data=False).graph
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    assert out.stat().st_size < (1 << 20) < out.with_name("retina.onnx.data").stat().st_size
+    meta = read_meta(out)
+    assert meta["export"]["external_data"] is True and meta["verification"]["matched"] > 0
+    assert assert_ort_matches_pytorch(out, trained, "retinanet", tiny_synth) > 0
 
 
 # ---------------------------------------------------------------- bad input: one line each, nothing written

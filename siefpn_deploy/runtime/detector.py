@@ -121,7 +121,10 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, weights: Path, *, config: str | Path | None, device: str = "auto",
-                        overrides: Sequence[str] = ()) -> "Detector":
+                        overrides: Sequence[str] = (), autocast_dtype: torch.dtype | None = None,
+                        cuda_graphs: bool = False) -> "Detector":
+        """PyTorch eager; on CUDA optionally under autocast (e.g. torch.float16) and with the backbone and
+        neck replayed as CUDA graphs (see runtime/cuda_graphs.py)."""
         from ..config import load_config
         from ..engine.checkpoint import load_checkpoint
         from ..export.exporter import ExportOptions, default_size_range, load_trained_detector, model_meta
@@ -142,7 +145,8 @@ class Detector:
         torch_device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
         if device == "cuda" and torch_device.type != "cuda":
             raise UserError("--device cuda: there is no CUDA device here")
-        return cls(TorchBackend(detector, meta, torch_device), meta, weights)
+        backend = TorchBackend(detector, meta, torch_device, autocast_dtype=autocast_dtype, cuda_graphs=cuda_graphs)
+        return cls(backend, meta, weights)
 
     def at_size(self, min_size: int, max_size: int | None = None) -> "Detector":
         """The same artifact with the test resize set to (min_size, max_size): e.g. at_size(640) fills a 640
