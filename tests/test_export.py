@@ -175,7 +175,7 @@ def test_weights_over_the_protobuf_limit_go_to_external_data(trained, tiny_synth
     assert sorted(p.name for p in out.parent.iterdir()) == ["retina.meta.json", "retina.onnx", "retina.onnx.data"]
     graph = onnx.load(str(out), load_external_data=False).graph
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
-    assert out.stat().st_size < (1 << 20) < out.with_name("retina.onnx.data").stat().st_size
+    assert out.stat().st_size * 5 < out.with_name("retina.onnx.data").stat().st_size  # the weights moved out
     meta = read_meta(out)
     assert meta["export"]["external_data"] is True and meta["verification"]["matched"] > 0
     assert assert_ort_matches_pytorch(out, trained, "retinanet", tiny_synth) > 0
