@@ -244,7 +244,8 @@ examples:
 
 Inputs are deterministic synthetic scenes, resized to fill SIZE x SIZE. "model" times one preprocessed
 batch through the artifact; "end-to-end" adds preprocessing, box mapping and mask pasting. On a GPU
-the timer is CUDA events and a checkpoint also runs under FP16 autocast.
+the timer is CUDA events, and a checkpoint also runs under FP16 autocast, eagerly and with its backbone
+and neck replayed as CUDA graphs (the PyTorch baselines an engine has to beat).
 """
 
 

@@ -3,8 +3,9 @@
 Per artifact and setting: p50/p90/p99 latency of the model alone (one preprocessed canvas through the
 backend) and end to end (raw images in, detections in image pixels out: preprocessing, the model,
 box mapping and mask pasting), throughput, peak host memory and, on a GPU, peak device memory. On a
-GPU, time is taken with CUDA events after warm-up, and a checkpoint is measured eager FP32 and under
-FP16 autocast. Also reported: the GAU attention's memory at 800x1333 and which SDPA kernel ran.
+GPU, time is taken with CUDA events after warm-up, and a checkpoint is measured eager FP32, under FP16
+autocast, and under FP16 autocast with its backbone and neck replayed as CUDA graphs. Also reported: the
+GAU attention's memory at 800x1333 and which SDPA kernel ran.
 """
 
 from __future__ import annotations
