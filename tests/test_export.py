@@ -122,11 +122,12 @@ def tensorrt_backend():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tensorrt_builds_the_tensor_nms_graph_with_a_dynamic_profile(arch, exported):
-    from siefpn_deploy.build.tensorrt_builder import Profile, build_serialized
+    from siefpn_deploy.build.tensorrt_builder import Profile, build_serialized, parse_onnx
 
     backend = tensorrt_backend()
     profile = Profile(min=(1, 3, 64, 64), opt=(2, 3, 128, 160), max=(4, 3, 256, 256))
-    engine = build_serialized(backend, exported.onnx(arch, "tensor"), profile=profile, log=lambda _: None)
+    parsed = parse_onnx(backend, exported.onnx(arch, "tensor"), log=lambda _: None)
+    engine = build_serialized(backend, parsed, profile=profile, log=lambda _: None)
     assert len(engine) > 1_000_000  # the weights alone are ~45 MB
 
 

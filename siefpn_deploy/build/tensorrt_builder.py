@@ -127,6 +127,7 @@ def _logger(backend: Backend, log: Callable[[str], None]) -> Any:
 class Parsed:
     """A strongly typed network parsed from ONNX, with the objects that must outlive it."""
 
+    path: Path
     builder: Any
     network: Any
     parser: Any
@@ -151,19 +152,18 @@ def parse_onnx(backend: Backend, path: str | Path, log: Callable[[str], None] = 
             errors.append(f"node {e.node_name() or e.node()!s} ({e.node_operator() or '?'}): {e.desc()}")
         raise UserError(f"{backend.flavour} {backend.version} cannot parse {path}: {len(errors)} error(s): "
                         + " | ".join(errors or ["unknown parser error"]))
-    return Parsed(builder, network, parser, logger)
+    return Parsed(Path(path), builder, network, parser, logger)
 
 
 def build_serialized(
-    backend: Backend, path: str | Path, *, profile: Profile, workspace_gib: float | None = None,
+    backend: Backend, parsed: Parsed, *, profile: Profile, workspace_gib: float | None = None,
     timing_cache: str | Path | None = None, optimization_level: int | None = None,
     version_compatible: bool = False, log: Callable[[str], None] = print,
 ) -> bytes:
-    """Parse and build; the serialized engine's bytes. The timing cache is read when present and
+    """Build a parsed network; the serialized engine's bytes. The timing cache is read when present and
     written back after the build."""
     trt = backend.trt
-    parsed = parse_onnx(backend, path, log)
-    builder, network = parsed.builder, parsed.network
+    path, builder, network = parsed.path, parsed.builder, parsed.network
     config = builder.create_builder_config()
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     optimization = builder.create_optimization_profile()
