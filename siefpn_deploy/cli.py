@@ -327,7 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS on DATASETS.TEST_*")
     train.add_argument("--list-presets", action="store_true", help="list the shipped config presets and exit")
     train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
-    train.set_defaults(func=_cmd_train)
 
     export = _command(
         sub, "export", _cmd_export, epilog=EPILOG_EXPORT,
