@@ -64,8 +64,7 @@ def main() -> int:
         atomic_write(args.report, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
     if "gau" in args.sections:
-        gau = gau_memory(device="cuda")
-        emit("## " + gau_markdown({"size": [800, 1333], "channels": 256, "levels": gau}), "")
+        emit("## " + gau_markdown(gau_memory(device="cuda")), "")
 
     rows, checkpoints = [], {}
     common = dataset_overrides(data) + ["DATALOADER.NUM_WORKERS", str(args.workers)]

@@ -262,8 +262,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
                        iters=args.iters, device=args.device, config=args.config_file)
     if args.gau_memory:
-        report["gau_memory"] = {"size": [800, 1333], "channels": 256,
-                                "levels": gau_memory(device="cuda" if gpu else "cpu")}
+        report["gau_memory"] = gau_memory(device="cuda" if gpu else "cpu")
     report["machine"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
                          "threads": torch.get_num_threads(), "device": args.device, "torch": torch.__version__,
                          "gpu": torch.cuda.get_device_name() if gpu else None}

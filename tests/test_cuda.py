@@ -43,7 +43,7 @@ def test_fp16_and_cuda_graphs_need_a_gpu(trained):
 
 
 def test_gau_memory_probe_names_the_attention_kernel_on_cpu():
-    levels = gau_memory(channels=32, size=(256, 256), device="cpu")
+    levels = gau_memory(channels=32, size=(256, 256), device="cpu")["levels"]
     assert [lv["level_stride"] for lv in levels] == [8, 16, 32]
     assert levels[0]["grid"] == [32, 32] and levels[0]["queries"] == 1024 and levels[0]["keys"] == 256
     assert all(lv["sdpa_kernels"] and lv["peak_mib"] > 0 for lv in levels)
@@ -88,7 +88,7 @@ def test_bench_on_cuda_times_every_pytorch_variant(trained):
 
 @needs_cuda
 def test_gau_memory_on_cuda_stays_below_the_attention_matrix():
-    levels = gau_memory(channels=256, size=(800, 1333), device="cuda")
+    levels = gau_memory(channels=256, size=(800, 1333), device="cuda")["levels"]
     finest = [lv for lv in levels if lv["level_stride"] == 8]
     assert {lv["dtype"] for lv in finest} == {"float32", "float16"}
     for lv in finest:

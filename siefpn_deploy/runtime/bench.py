@@ -155,9 +155,10 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
 
 
 def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisibility: int = 32,
-               strides: tuple[int, ...] = (8, 16, 32), device: str = "cpu") -> list[dict[str, Any]]:
-    """Per GAU call (the coarser merged level it attends over) at `size` padded to the divisibility: the
-    attention matrix a naive implementation materialises, and what GAU.non_local through
+               strides: tuple[int, ...] = (8, 16, 32), device: str = "cpu") -> dict[str, Any]:
+    """{"size", "channels", "levels"}: a level per GAU call (the coarser merged level it attends over) at
+    `size` padded to the divisibility, with the attention matrix a naive implementation materialises, and
+    what GAU.non_local through
     F.scaled_dot_product_attention (batch 1) takes here: on the CPU the largest single allocation (FP32),
     on CUDA the peak device memory above its input, in FP32 and under FP16 autocast; and which
     attention kernel ran."""
@@ -195,11 +196,11 @@ def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisib
                         "device": device, "dtype": str(dtype).removeprefix("torch."),
                         "naive_attention_mib": item * (4 if dtype == torch.float32 else 2) / 2**20,
                         "peak_mib": peak / 2**20, "sdpa_kernels": kernels})
-    return out
+    return {"size": list(size), "channels": channels, "levels": out}
 
 
 def gau_markdown(gau: dict[str, Any]) -> str:
-    """gau = {"size": [H, W], "channels": C, "levels": gau_memory(...)} -> a titled markdown table."""
+    """gau_memory(...)'s report -> a titled markdown table."""
     on_gpu = any(g["device"] == "cuda" for g in gau["levels"])
     measured = "peak GPU memory above the input MiB" if on_gpu else "largest op allocation MiB"
     table = markdown_table(
