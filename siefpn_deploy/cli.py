@@ -250,31 +250,17 @@ and neck replayed as CUDA graphs (the PyTorch baselines an engine has to beat).
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import datetime
-    import platform
-
     import torch
 
-    from .fileio import atomic_write, write_json
-    from .runtime.bench import gau_memory, markdown, plot, run_bench
+    from .runtime.bench import gau_memory, markdown, run_bench, write_report
 
-    gpu = args.device != "cpu" and torch.cuda.is_available()
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
                        iters=args.iters, device=args.device, config=args.config_file)
     if args.gau_memory:
-        report["gau_memory"] = gau_memory(device="cuda" if gpu else "cpu")
-    report["machine"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
-                         "threads": torch.get_num_threads(), "device": args.device, "torch": torch.__version__,
-                         "gpu": torch.cuda.get_device_name() if gpu else None}
-    out = Path(args.report)
-    write_json(out / "bench.json", report)
-    table = markdown(report)
-    m = report["machine"]
-    where = f"{m['machine']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "")
-    atomic_write(out / "bench.md", lambda tmp: tmp.write_text(f"# Benchmark ({m['date']}, {where})\n\n{table}"))
-    plotted = plot(report, out / "bench.png")
-    print(table)
-    print(f"[bench] wrote {out / 'bench.json'}, {out / 'bench.md'}" + (f", {out / 'bench.png'}" if plotted else ""))
+        report["gau_memory"] = gau_memory(device="cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    written = write_report(report, Path(args.report))
+    print(markdown(report))
+    print(f"[bench] wrote {', '.join(map(str, written))}")
     return 0
 
 

@@ -117,7 +117,7 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     from .runtime import Detector
     from .runtime.bench import markdown as bench_markdown
     from .runtime.bench import run_bench
-    from .fileio import atomic_write, write_json
+    from .runtime.bench import write_report as write_bench_report
 
     t0 = time.perf_counter()
     ensure_synthetic(data_dir, regenerate=regenerate)
@@ -156,8 +156,7 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     size = default_size_range(cfg).max
     bench = run_bench([Path(cfg.MODEL.WEIGHTS), *artifacts], batches=BENCH["batches"], sizes=[size],
                       warmup=BENCH["warmup"], iters=BENCH["iters"], device="auto", config=str(saved))
-    write_json(report_dir / "bench.json", bench)
-    atomic_write(report_dir / "bench.md", lambda tmp: tmp.write_text(bench_markdown(bench)))
+    written += write_bench_report(bench, report_dir)
     timings["bench"] = time.perf_counter() - t
 
     minutes = (time.perf_counter() - t0) / 60
@@ -182,5 +181,5 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     print(f"| parity | {report_dir / 'parity.md'} | {'PASS' if parity['passed'] else 'FAIL'} | budgets "
           f"{', '.join(f'{k} {v:g}' for k, v in DEFAULT_BUDGETS.items())} AP points |")
     print("\n[demo] time per stage: " + ", ".join(f"{k} {s / 60:.1f} min" for k, s in timings.items()))
-    print(f"[demo] done in {minutes:.1f} min; reports: {', '.join(map(str, written))}, {report_dir / 'bench.md'}")
+    print(f"[demo] done in {minutes:.1f} min; reports: {', '.join(map(str, written))}")
     return 0 if parity["passed"] else 1

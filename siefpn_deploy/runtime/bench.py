@@ -151,7 +151,31 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
                     r = rows[-1]
                     log(f"[bench] {path.name} {variant} b{batch} {size}px: model p50 {r['model_p50_ms']:.1f} ms, "
                         f"end-to-end p50 {r['e2e_p50_ms']:.1f} ms, {r['e2e_images_per_s']:.1f} img/s")
-    return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters}
+    return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters, "machine": machine(device)}
+
+
+def machine(device: str) -> dict[str, Any]:
+    import datetime
+    import platform
+
+    gpu = device != "cpu" and torch.cuda.is_available()
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
+            "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if gpu else None}
+
+
+def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
+    """bench.json, bench.md (titled with the date and machine) and, with matplotlib, bench.png."""
+    from ..fileio import atomic_write, write_json
+
+    m = report["machine"]
+    where = f"{m['machine']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "")
+    written = [write_json(folder / "bench.json", report),
+               atomic_write(folder / "bench.md", lambda tmp: tmp.write_text(
+                   f"# Benchmark ({m['date']}, {where})\n\n{markdown(report)}"))]
+    if plot(report, folder / "bench.png"):
+        written.append(folder / "bench.png")
+    return written
 
 
 def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisibility: int = 32,
