@@ -91,14 +91,19 @@ def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[i
     return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), reused=False)
 
 
+def check_batch(count: int, batch: int) -> None:
+    """Calibration runs whole batches: fewer images than one batch is a one-line error."""
+    if count < batch:
+        raise UserError(f"{count} calibration images are fewer than the calibration batch {batch}; "
+                        "add images or lower --calib-batch")
+
+
 class BatchReader(CalibrationDataReader):
     """An onnxruntime CalibrationDataReader over the cached tensors: {"images": [b,3,H,W]} per call,
     with a progress bar per calibration pass."""
 
     def __init__(self, tensors: np.ndarray, *, batch: int, desc: str = "calibrate") -> None:
-        if len(tensors) < batch:
-            raise UserError(f"{len(tensors)} calibration images are fewer than the calibration batch {batch}; "
-                            "add images or lower --calib-batch")
+        check_batch(len(tensors), batch)
         super().__init__()
         self.tensors, self.batch, self.desc = tensors, batch, desc
         self.starts = list(range(0, len(tensors) - batch + 1, batch))  # whole batches only

@@ -23,7 +23,7 @@ from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..export.meta import meta_path, read_meta, write_meta
 from ..fileio import atomic_path
-from .calibration import BatchReader, choose, list_images, load_or_build
+from .calibration import BatchReader, check_batch, choose, list_images, load_or_build
 from .precision import DEFAULT_EXCLUDES
 from .range_check import DATA_MAX, exact, fp16_unsafe_nodes
 
@@ -171,9 +171,8 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     images = choose(list_images(source, options.calib_image_dir), options.count)
     if len(images) < options.count:
         log(f"[quantize] warning: {source} has only {len(images)} images; calibrating on all of them")
-    if options.precision == "int8" and len(images) < options.calib_batch:
-        raise UserError(f"{len(images)} calibration images are fewer than the calibration batch {options.calib_batch}; "
-                        "add images or lower --calib-batch")
+    if options.precision == "int8":
+        check_batch(len(images), options.calib_batch)  # before the images are preprocessed and cached
     canvas = calibration_canvas(options, meta)
     calib = load_or_build(images, preprocess=Preprocess.from_meta(meta), canvas=canvas, onnx_sha256=meta["sha256"],
                           cache_dir=options.calib_cache, log=log)
