@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..export.meta import read_meta, read_sidecar
+from ..export.meta import outside_range, read_meta, read_sidecar
 from ..fileio import atomic_write, write_json
 from .tensorrt_builder import Profile, build_serialized, load_backend, parse_onnx
 
@@ -64,8 +64,7 @@ def profile_for(meta: dict[str, Any], options: BuildOptions) -> Profile:
     profile = Profile(min=options.min_shape or lo, opt=options.opt_shape or opt_default, max=options.max_shape or hi)
     div = s["divisibility"]
     for flag, shape in (("--min-shape", profile.min), ("--opt-shape", profile.opt), ("--max-shape", profile.max)):
-        outside = [name for name, v, a, b in zip(("batch", "channels", "height", "width"), shape, lo, hi)
-                   if not a <= v <= b]
+        outside = (["channels"] if shape[1] != 3 else []) + [name for name, *_ in outside_range(meta, shape)]
         if outside:
             raise UserError(f"{flag} {','.join(map(str, shape))} is outside the exported range "
                             f"{','.join(map(str, lo))} .. {','.join(map(str, hi))} ({', '.join(outside)})")

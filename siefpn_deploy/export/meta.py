@@ -62,15 +62,21 @@ def read_meta(onnx_path: str | Path, *, check_hash: bool = True) -> dict[str, An
                         remedy="re-export it with `siefpn-deploy export`", required=REQUIRED, check_hash=check_hash)
 
 
+def outside_range(meta: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, int, int, int]]:
+    """(dimension, value, min, max) for each of the batch, height and width of [B,3,H,W] that lies
+    outside the exported ranges."""
+    shapes = meta["shapes"]
+    return [(name, value, shapes[name]["min"], shapes[name]["max"])
+            for name, value in zip(("batch", "height", "width"), (shape[0], shape[2], shape[3]))
+            if not shapes[name]["min"] <= value <= shapes[name]["max"]]
+
+
 def check_input_shape(meta: dict[str, Any], shape: tuple[int, ...], *, source: str) -> None:
     """A one-line UserError when an input shape [B,3,H,W] is outside the exported ranges."""
-    shapes = meta["shapes"]
     if len(shape) != 4 or shape[1] != 3:
         raise UserError(f"{source}: input must be [B,3,H,W], got {list(shape)}")
-    for name, value in zip(("batch", "height", "width"), (shape[0], shape[2], shape[3])):
-        lo, hi = shapes[name]["min"], shapes[name]["max"]
-        if not lo <= value <= hi:
-            raise UserError(f"{source}: {name} {value} is outside the exported range [{lo}, {hi}]")
-    div = shapes["divisibility"]
+    for name, value, lo, hi in outside_range(meta, shape)[:1]:
+        raise UserError(f"{source}: {name} {value} is outside the exported range [{lo}, {hi}]")
+    div = meta["shapes"]["divisibility"]
     if shape[2] % div or shape[3] % div:
         raise UserError(f"{source}: height and width must be multiples of {div}, got {shape[2]}x{shape[3]}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CannotRunHere
+from ..export.meta import outside_range
 from ..reporting import markdown_table, pyplot, save_figure
 from ..timing import Latency, measure
 from .backends import TorchBackend
@@ -135,13 +136,9 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
             log(f"[bench] {path}: not run: {e}")
             continue
         for variant, detector in found:
-            shapes = detector.meta["shapes"]
             for size in sizes:
                 for batch in batches:
-                    fits = (shapes["batch"]["min"] <= batch <= shapes["batch"]["max"]
-                            and shapes["height"]["min"] <= size <= shapes["height"]["max"]
-                            and shapes["width"]["min"] <= size <= shapes["width"]["max"])
-                    if not fits:
+                    if outside_range(detector.meta, (batch, 3, size, size)):
                         skipped.append({"artifact": str(path), "variant": variant, "batch": batch, "size": size,
                                         "reason": "outside the artifact's exported shape range"})
                         continue
