@@ -28,7 +28,7 @@ from siefpn_deploy.reporting import write_benchmark_report
 from siefpn_deploy.parity.evaluate import evaluate_detector
 from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
 from siefpn_deploy.runtime import Detector
-from siefpn_deploy.runtime.bench import synthetic_images
+from siefpn_deploy.runtime.bench import synthetic_batch
 from siefpn_deploy.timing import measure
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -75,9 +75,7 @@ def main() -> None:
             ap = evaluate_detector(detector, dataset, batch_size=4).metrics["bbox"]["AP"]
             latencies = []
             for size in args.sizes:
-                at = detector.at_size(size)
-                canvas = at.prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255
-                                     for im in synthetic_images(1, size)])
+                at, _, canvas = synthetic_batch(detector, 1, size)
                 latencies.append(f"{measure(lambda: at.run_canvas(canvas), warmup=3, iters=args.iters).median_ms:.0f}")
             rows.append([arch, precision, f"{quantize_s:.1f}" if quantize_s else "-", build[0],
                          f"{path.stat().st_size / 2**20:.1f}", build[1], *latencies, f"{100 * ap:.2f}"])

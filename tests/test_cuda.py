@@ -12,15 +12,13 @@ from siefpn_deploy.errors import UserError
 from siefpn_deploy.export.compare import match_detections
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.backends import TorchBackend
-from siefpn_deploy.runtime.bench import gau_memory, run_bench, synthetic_images
+from siefpn_deploy.runtime.bench import gau_memory, run_bench, synthetic_batch
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (this machine has none)")
 
 
 def canvas_for(detector: Detector, size: int, batch: int = 2):
-    images = synthetic_images(batch, size)
-    return detector.at_size(size).prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255
-                                           for im in images])
+    return synthetic_batch(detector, batch, size)[2]
 
 
 def matched(a: dict, b: dict) -> tuple[float, float]:

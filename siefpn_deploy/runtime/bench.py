@@ -20,12 +20,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..data.preprocess import Canvas
 from ..errors import CannotRunHere
 from ..export.meta import outside_range
 from ..reporting import markdown_table, pyplot, save_figure
 from ..timing import Latency, measure
 from .backends import TorchBackend
-from .detector import Detector
+from .detector import Detector, to_tensor
 
 
 def reset_peak_rss() -> None:
@@ -91,11 +92,16 @@ def synthetic_images(batch: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return [synth.render(np.random.default_rng([seed, i]), size, size)[0] for i in range(batch)]
 
 
+def synthetic_batch(detector: Detector, batch: int, size: int) -> tuple[Detector, list[np.ndarray], Canvas]:
+    """(the detector with its test resize set to fill size x size, `batch` synthetic scenes, their canvas)."""
+    images = synthetic_images(batch, size)
+    detector = detector.at_size(size)
+    return detector, images, detector.prepare([to_tensor(im, "RGB") for im in images])
+
+
 def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, size: int, warmup: int,
                    iters: int) -> Setting:
-    images = synthetic_images(batch, size)
-    detector = detector.at_size(size)  # the test resize set to fill size x size: what the model computes on
-    canvas = detector.prepare([torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255 for im in images])
+    detector, images, canvas = synthetic_batch(detector, batch, size)  # what the model computes on: size x size
     # CUDA events for work queued on torch's CUDA stream (PyTorch on a GPU, TensorRT); ONNX Runtime's run()
     # returns when its work is done, so the host clock times it, on any provider
     on_gpu = detector.backend.on_gpu and detector.kind in ("pytorch", "tensorrt")
