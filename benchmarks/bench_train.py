@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -26,10 +25,7 @@ from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.engine.trainer import Trainer, build_test_dataset, train
 from siefpn_deploy.fileio import atomic_write
 from siefpn_deploy.model import build_detector
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+from siefpn_deploy.runtime.bench import peak_rss_mib  # the process's peak so far (never reset here)
 
 
 def throughput(trainer: Trainer, iters: int, warmup: int) -> dict:
