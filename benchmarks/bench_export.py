@@ -19,17 +19,17 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from siefpn_deploy.export.meta import read_meta
 
 from siefpn_deploy.cli import main as cli
-from siefpn_deploy.config import load_config
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.reporting import write_benchmark_report
+from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.export.exporter import load_trained_detector
-from siefpn_deploy.export.meta import read_meta
-from siefpn_deploy.reporting import write_benchmark_report
 from siefpn_deploy.model.inference import detect_on_canvas
-from siefpn_deploy.timing import measure
 
 
 def trained_weights(arch: str, data: Path, work: Path, iters: int) -> Path:

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import throughput  # noqa: E402
-
-from siefpn_deploy.config import load_config  # noqa: E402
-from siefpn_deploy.demo import dataset_overrides, ensure_synthetic  # noqa: E402
 from siefpn_deploy.engine.trainer import Trainer, train  # noqa: E402
-from siefpn_deploy.fileio import atomic_write  # noqa: E402
-from siefpn_deploy.reporting import markdown_table  # noqa: E402
+
+from siefpn_deploy.core.config import load_config  # noqa: E402
+from siefpn_deploy.core.fileio import atomic_write  # noqa: E402
+from siefpn_deploy.core.reporting import markdown_table  # noqa: E402
+from siefpn_deploy.demo import dataset_overrides, ensure_synthetic  # noqa: E402
 from siefpn_deploy.runtime.bench import gau_markdown, gau_memory, markdown, run_bench  # noqa: E402
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]

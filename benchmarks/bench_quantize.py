@@ -17,19 +17,19 @@ import time
 from pathlib import Path
 
 import torch
-
 from siefpn_deploy.build.engine import BuildOptions, build_engine
+from siefpn_deploy.parity.evaluate import evaluate_detector
+
 from siefpn_deploy.cli import main as cli
-from siefpn_deploy.config import load_config
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.core.reporting import write_benchmark_report
+from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.demo import ensure_synthetic
-from siefpn_deploy.errors import UserError
-from siefpn_deploy.reporting import write_benchmark_report
-from siefpn_deploy.parity.evaluate import evaluate_detector
 from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import synthetic_batch
-from siefpn_deploy.timing import measure
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_export import detector_arguments, trained_weights  # noqa: E402

@@ -18,14 +18,16 @@ import time
 from pathlib import Path
 
 import torch
+from siefpn_deploy.engine.trainer import Trainer, build_test_dataset, train
 from torch.utils.flop_counter import FlopCounterMode
 
-from siefpn_deploy.config import load_config
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.fileio import atomic_write
 from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
-from siefpn_deploy.engine.trainer import Trainer, build_test_dataset, train
-from siefpn_deploy.fileio import atomic_write
 from siefpn_deploy.model import build_detector
-from siefpn_deploy.runtime.bench import peak_rss_mib  # the process's peak so far (never reset here)
+from siefpn_deploy.runtime.bench import (
+    peak_rss_mib,  # the process's peak so far (never reset here)
+)
 
 
 def throughput(trainer: Trainer, iters: int, warmup: int) -> dict:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, one_line
+from .core.errors import UserError, one_line
 
 EPILOG_TRAIN = """\
 examples:
@@ -34,9 +34,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import PRESET_DIR, load_config, resolve_config_file
-    from .engine.launch import launch
-    from .engine.trainer import evaluate_only
+    from .core.config import PRESET_DIR, load_config, resolve_config_file
+    from .train.launch import launch
+    from .train.trainer import evaluate_only
 
     if args.list_presets:
         for p in sorted(PRESET_DIR.glob("*.yaml")):
@@ -55,7 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_entry(cfg, name: str, resume: bool, *, rank: int, world_size: int) -> None:
-    from .engine.trainer import train
+    from .train.trainer import train
 
     train(cfg, config_name=name, resume=resume, rank=rank, world_size=world_size)
 
@@ -96,8 +96,14 @@ def _size_range(args: argparse.Namespace, default: tuple[int, int]) -> tuple[tup
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .config import load_config, resolve_config_file
-    from .export.exporter import ExportOptions, ShapeRange, default_output, default_size_range, export_onnx
+    from .core.config import load_config, resolve_config_file
+    from .export.exporter import (
+        ExportOptions,
+        ShapeRange,
+        default_output,
+        default_size_range,
+        export_onnx,
+    )
     from .export.verify import verification_images
 
     overrides = list(args.opts)
@@ -166,7 +172,7 @@ flavour and version, precision, source ONNX sha256 and the model's meta.json.
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .build.engine import BuildOptions, build_engine, parse_shape
+    from .tensorrt.plan import BuildOptions, build_engine, parse_shape
 
     shape = lambda text, flag: parse_shape(text, flag) if text else None  # noqa: E731
     build_engine(BuildOptions(
@@ -196,7 +202,7 @@ parity.json, parity.md and parity.png; exits 1 when a budget is broken (a CI or 
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .core.config import load_config
     from .data import CocoDetection
     from .parity.check import parse_budgets, run_parity
     from .parity.report import markdown, write_report

@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, resolve_config_file
+from .core.config import Config, load_config, resolve_config_file
+from .core.errors import UserError
+from .core.sidecar import read_meta, sha256_of
 from .data import generate_synthetic
 from .data.synth import split_paths
-from .engine.checkpoint import last_checkpoint
-from .engine.trainer import train
-from .errors import UserError
 from .export.exporter import ExportOptions, default_size_range, export_onnx
-from .export.meta import read_meta, sha256_of
 from .export.verify import verification_images
+from .model.checkpoint import last_checkpoint
+from .train.trainer import train
 
 # The bar the demo is held to on the synthetic val split (COCOeval fractions).
 TARGET = {"AP": 0.30, "AP50": 0.60}
@@ -88,8 +88,8 @@ def quantize_stage(onnx_path: Path, source_sha: str, precision: str) -> Path:
 
 def build_stage(onnx_path: Path, engine_dir: Path) -> tuple[Path | None, str]:
     """(engine, note); no engine and the reason where no TensorRT builder is installed."""
-    from .build.engine import BuildOptions, build_engine, read_engine_meta
-    from .build.tensorrt_builder import load_backend
+    from .tensorrt.builder import load_backend
+    from .tensorrt.plan import BuildOptions, build_engine, read_engine_meta
 
     try:
         load_backend()

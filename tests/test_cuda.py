@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from siefpn_deploy.errors import UserError
 from siefpn_deploy.export.compare import match_detections
+
+from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.backends import TorchBackend
 from siefpn_deploy.runtime.bench import gau_memory, run_bench, synthetic_batch

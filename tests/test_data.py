@@ -11,10 +11,15 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from siefpn_deploy.data import CocoDetection, build_train_transforms, collate, generate_synthetic
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.data import (
+    CocoDetection,
+    build_train_transforms,
+    collate,
+    generate_synthetic,
+)
 from siefpn_deploy.data.synth import mask_to_polygons, render
 from siefpn_deploy.data.transforms import RandomHorizontalFlip, ResizeShortestEdge
-from siefpn_deploy.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TINY = dict(num_train=8, num_val=4, min_side=96, max_side=160, progress=False)

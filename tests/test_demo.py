@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import tiny_overrides
+
 from siefpn_deploy.cli import main
 
 

@@ -13,16 +13,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from siefpn_deploy.export.meta import check_input_shape, read_meta
 
 from siefpn_deploy.cli import main
-from siefpn_deploy.config import load_config
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.data.synth import split_paths
-from siefpn_deploy.errors import UserError
 from siefpn_deploy.export import exporter, verify
 from siefpn_deploy.export.exporter import load_trained_detector
-from siefpn_deploy.export.meta import check_input_shape, read_meta
 from siefpn_deploy.model.inference import detect_on_canvas
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
@@ -122,7 +122,11 @@ def tensorrt_backend():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tensorrt_builds_the_tensor_nms_graph_with_a_dynamic_profile(arch, exported):
-    from siefpn_deploy.build.tensorrt_builder import Profile, build_serialized, parse_onnx
+    from siefpn_deploy.build.tensorrt_builder import (
+        Profile,
+        build_serialized,
+        parse_onnx,
+    )
 
     backend = tensorrt_backend()
     profile = Profile(min=(1, 3, 64, 64), opt=(2, 3, 128, 160), max=(4, 3, 256, 256))

@@ -6,9 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siefpn_deploy.config import load_config
-from siefpn_deploy.model import FPN, GAU, LFE, MIC, DualSIEFPN, LastLevelMaxPool, LastLevelP6P7, ShapeSpec
-from siefpn_deploy.model import build_backbone, build_detector
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.model import (
+    FPN,
+    GAU,
+    LFE,
+    MIC,
+    DualSIEFPN,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+    ShapeSpec,
+    build_backbone,
+    build_detector,
+)
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
 BACKBONES = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}  # c2 channels
@@ -194,7 +204,7 @@ def test_plain_fpn_is_selectable_and_smaller():
 
 
 def test_imagenet_weights_offline_is_one_clear_error(tmp_path, monkeypatch):
-    from siefpn_deploy.errors import UserError
+    from siefpn_deploy.core.errors import UserError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: nothing to load, nothing downloaded
     cfg = small_cfg("retinanet")

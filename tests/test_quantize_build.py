@@ -12,14 +12,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from siefpn_deploy.build.engine import engine_meta_path, read_engine_meta
-from siefpn_deploy.cli import main
-from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.data.synth import split_paths
-from siefpn_deploy.errors import UserError
 from siefpn_deploy.export.meta import read_meta
 from siefpn_deploy.parity.evaluate import evaluate_detector
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.quantize.precision import DEFAULT_EXCLUDES
 from siefpn_deploy.runtime import Detector
 

@@ -14,16 +14,16 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
+from siefpn_deploy.export.compare import match_detections
+from siefpn_deploy.export.meta import read_meta, write_meta
+from siefpn_deploy.parity.evaluate import evaluate_detector
 
 from siefpn_deploy.cli import main
-from siefpn_deploy.config import load_config
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.fileio import write_json
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
-from siefpn_deploy.export.compare import match_detections
 from siefpn_deploy.export.exporter import load_trained_detector
-from siefpn_deploy.export.meta import read_meta, write_meta
-from siefpn_deploy.fileio import write_json
-from siefpn_deploy.parity.evaluate import evaluate_detector
 from siefpn_deploy.runtime import Detector
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]

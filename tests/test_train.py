@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from pycocotools.cocoeval import COCOeval
-
 from conftest import tiny_overrides
-from siefpn_deploy.cli import main
-from siefpn_deploy.config import SolverConfig, load_config
-from siefpn_deploy.data import CocoDetection
+from pycocotools.cocoeval import COCOeval
 from siefpn_deploy.engine.checkpoint import last_checkpoint, load_checkpoint
 from siefpn_deploy.engine.trainer import TrainingSampler, lr_factor
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.core.config import SolverConfig, load_config
+from siefpn_deploy.data import CocoDetection
 
 PRESET = "configs/synth_retinanet_R18.yaml"
 

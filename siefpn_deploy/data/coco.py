@@ -14,8 +14,8 @@ import torch
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 
-from ..errors import UserError, one_line
-from ..fileio import read_json
+from ..core.errors import UserError, one_line
+from ..core.fileio import read_json
 
 
 def load_coco(annotation_file: str | Path) -> COCO:

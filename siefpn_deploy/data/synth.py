@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import UserError
-from ..fileio import atomic_path, write_json
-from ..progress import progress_bar
+from ..core.errors import UserError
+from ..core.fileio import atomic_path, write_json
+from ..core.progress import progress_bar
 
 # non-contiguous ids, like COCO's, so the loader's id -> label mapping is always exercised
 CATEGORIES: list[tuple[int, str]] = [

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
-from ..engine.checkpoint import load_checkpoint, load_model_weights
-from ..errors import UserError
+from ..core.config import Config
+from ..core.errors import UserError
+from ..core.sidecar import meta_path, sha256_of, write_meta
+from ..model.checkpoint import load_checkpoint, load_model_weights
 from ..model.detectors import build_detector
 from .deploy import PostprocessSettings, build_deploy_model
-from .meta import meta_path, sha256_of, write_meta
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
 from .onnx_passes import name_nodes_by_module, type_loop_bodies
 from .verify import Verification, verify_onnx

@@ -13,7 +13,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 
-from .decode import clip_boxes, decode, gather_rows, grid_anchors, not_small, select_detections, topk_valid
+from .decode import (
+    clip_boxes,
+    decode,
+    gather_rows,
+    grid_anchors,
+    not_small,
+    select_detections,
+    topk_valid,
+)
 from .nms import BatchedNMS
 from .roi_align import MultiScaleRoIAlign
 

@@ -6,7 +6,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 
-from .decode import clip_boxes, decode, gather_rows, grid_anchors, select_detections, topk_valid
+from .decode import (
+    clip_boxes,
+    decode,
+    gather_rows,
+    grid_anchors,
+    select_detections,
+    topk_valid,
+)
 from .nms import BatchedNMS
 
 

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
+from ..core.config import Config
+from ..core.errors import UserError
+from ..core.sidecar import check_input_shape
 from ..data import CocoDetection, synth
 from ..data.preprocess import Preprocess
-from ..errors import UserError
+from ..evaluation.agreement import Agreement
 from ..model.inference import detect_on_canvas
-from .compare import Agreement
-from .meta import check_input_shape
 
 BOX_RTOL = 1e-3  # |box error| <= BOX_RTOL * max(|coordinate|, 1 px)
 SCORE_ATOL = 1e-4

@@ -5,7 +5,14 @@ from .detectors import build_backbone, build_detector
 from .gau import GAU
 from .lfe import LFE
 from .mic import MIC
-from .neck import FPN, DualSIEFPN, LastLevelMaxPool, LastLevelP6P7, PyramidNeck, ShapeSpec
+from .neck import (
+    FPN,
+    DualSIEFPN,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+    PyramidNeck,
+    ShapeSpec,
+)
 
 __all__ = [
     "BackboneWithNeck", "DualSIEFPN", "FPN", "GAU", "LFE", "LastLevelMaxPool", "LastLevelP6P7", "MIC",

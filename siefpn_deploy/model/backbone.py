@@ -11,8 +11,8 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..errors import UserError
-from ..fileio import load_torch_file
+from ..core.errors import UserError
+from ..core.fileio import load_torch_file
 from .neck import PyramidNeck, ShapeSpec
 
 RESNETS = {

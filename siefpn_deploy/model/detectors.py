@@ -12,7 +12,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..config import Config
+from ..core.config import Config
 from .backbone import BackboneWithNeck, build_resnet_body
 from .neck import FPN, DualSIEFPN, LastLevelMaxPool, LastLevelP6P7
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import CannotRunHere, UserError
 from ..data import CocoDetection
-from ..errors import CannotRunHere, UserError
-from ..export.compare import Agreement
+from ..evaluation.agreement import Agreement
+from ..evaluation.loop import Evaluation, evaluate_detector
 from ..runtime import Detector
-from .evaluate import Evaluation, evaluate_detector
 
 DEFAULT_BUDGETS = {"fp32": 0.1, "fp16": 0.2, "int8": 1.0}  # AP points (0..100) an artifact may lose
 MATCH_IOU = 0.9
@@ -113,7 +113,7 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
 
 def _precision(path: Path) -> str:
     """What an artifact that cannot run here says of itself."""
-    from ..build.engine import read_engine_meta
+    from ..tensorrt.plan import read_engine_meta
 
     try:
         return read_engine_meta(path)["precision"] if path.suffix in (".plan", ".engine") else "?"
@@ -138,7 +138,7 @@ def environment() -> dict[str, Any]:
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "cpu_threads": torch.get_num_threads(), "numpy": np.__version__}
     try:
-        from ..build.tensorrt_builder import load_backend
+        from ..tensorrt.builder import load_backend
 
         backend = load_backend()
         env["tensorrt"] = f"{backend.flavour} {backend.version}"

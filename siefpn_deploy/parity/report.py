@@ -7,8 +7,8 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write, write_json
-from ..reporting import markdown_table, pyplot, save_figure
+from ..core.fileio import atomic_write, write_json
+from ..core.reporting import markdown_table, pyplot, save_figure
 
 
 def markdown(report: dict[str, Any]) -> str:

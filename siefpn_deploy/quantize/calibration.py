@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
 
+from ..core.errors import UserError
+from ..core.fileio import atomic_path, read_json, write_json
+from ..core.progress import progress_bar
 from ..data.coco import find_images, load_coco, load_image
 from ..data.preprocess import Preprocess
-from ..errors import UserError
-from ..fileio import atomic_path, read_json, write_json
-from ..progress import progress_bar
+
 
 def images_of_annotations(annotation_file: Path, image_dir: Path | None) -> list[Path]:
     """Images listed in a COCO instances file; their folder is `image_dir`, else COCO's layout:

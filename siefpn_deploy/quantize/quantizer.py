@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import UserError
+from ..core.fileio import atomic_path
+from ..core.sidecar import meta_path, read_meta, write_meta
 from ..data.preprocess import Preprocess
-from ..errors import UserError
-from ..export.meta import meta_path, read_meta, write_meta
-from ..fileio import atomic_path
 from .calibration import BatchReader, check_batch, choose, list_images, load_or_build
 from .precision import DEFAULT_EXCLUDES
 from .range_check import DATA_MAX, exact, fp16_unsafe_nodes

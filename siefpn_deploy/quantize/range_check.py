@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
 # AutoCast's default: |x| above 512 stays FP32 (FP16 holds 65504, but products and sums of such
 # values overflow, and its resolution at 512 is already 0.5)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CannotRunHere, UserError
+from ..core.errors import CannotRunHere, UserError
 
 
 class TorchBackend:
@@ -38,7 +38,7 @@ class TorchBackend:
         self.autocast_dtype = autocast_dtype
         self.backbone = None
         if cuda_graphs:
-            from .cuda_graphs import GraphedBackbone
+            from ..model.cuda_graphs import GraphedBackbone
 
             self.backbone = GraphedBackbone(self.detector.backbone, autocast_dtype=autocast_dtype)
 
@@ -132,7 +132,7 @@ class TensorRTBackend:
         if not torch.cuda.is_available():
             raise CannotRunHere(f"cannot run the TensorRT engine {path} here: no CUDA device (this machine has no "
                                 "GPU); run the .onnx with ONNX Runtime instead")
-        from ..build.tensorrt_builder import load_backend
+        from ..tensorrt.builder import load_backend
 
         try:
             backend = load_backend()

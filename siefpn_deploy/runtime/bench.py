@@ -20,11 +20,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..core.errors import CannotRunHere
+from ..core.reporting import markdown_table, pyplot, save_figure
+from ..core.sidecar import outside_range
+from ..core.timing import Latency, measure
 from ..data.preprocess import Canvas
-from ..errors import CannotRunHere
-from ..export.meta import outside_range
-from ..reporting import markdown_table, pyplot, save_figure
-from ..timing import Latency, measure
 from .backends import TorchBackend
 from .detector import Detector, to_tensor
 
@@ -169,7 +169,7 @@ def machine(device: str) -> dict[str, Any]:
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
     """bench.json, bench.md (titled with the date and machine) and, with matplotlib, bench.png."""
-    from ..fileio import atomic_write, write_json
+    from ..core.fileio import atomic_write, write_json
 
     m = report["machine"]
     where = f"{m['machine']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.errors import UserError
 from ..data.coco import load_image
 from ..data.preprocess import Canvas, Preprocess
-from ..errors import UserError
 from .backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 
 MASK_THRESHOLD = 0.5
@@ -104,14 +104,14 @@ class Detector:
                   threads: int | None = None) -> "Detector":
         """`.onnx` (ONNX Runtime), `.plan`/`.engine` (TensorRT), or `.pth` (PyTorch; `config` or the
         config stored in the checkpoint). device: auto, cpu or cuda."""
-        from ..export.meta import read_meta
+        from ..core.sidecar import read_meta
 
         path = Path(path)
         if path.suffix == ".onnx":
             meta = read_meta(path)
             return cls(OnnxRuntimeBackend(path, meta, device=device, threads=threads), meta, path)
         if path.suffix in (".plan", ".engine"):
-            from ..build.engine import read_engine_meta
+            from ..tensorrt.plan import read_engine_meta
 
             engine_meta = read_engine_meta(path)
             return cls(TensorRTBackend(path, engine_meta), engine_meta["model"], path)
@@ -125,9 +125,14 @@ class Detector:
                         cuda_graphs: bool = False) -> "Detector":
         """PyTorch eager; on CUDA optionally under autocast (e.g. torch.float16) and with the backbone and
         neck replayed as CUDA graphs (see runtime/cuda_graphs.py)."""
-        from ..config import load_config
-        from ..engine.checkpoint import load_checkpoint
-        from ..export.exporter import ExportOptions, default_size_range, load_trained_detector, model_meta
+        from ..core.config import load_config
+        from ..export.exporter import (
+            ExportOptions,
+            default_size_range,
+            load_trained_detector,
+            model_meta,
+        )
+        from ..model.checkpoint import load_checkpoint
 
         if config is None:
             stored = load_checkpoint(weights).get("config")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.errors import UserError
+from ..core.fileio import atomic_path, write_json
+from ..core.progress import progress_bar
 from ..data.coco import find_images, load_image
-from ..engine.evaluate import coco_results
-from ..errors import UserError
-from ..fileio import atomic_path, write_json
-from ..progress import progress_bar
+from ..evaluation.coco import coco_results
 from .detector import Detector
 from .visualize import draw
 

@@ -13,9 +13,9 @@ import torch
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
+from ..core.fileio import write_json
+from ..core.progress import progress_bar
 from ..data import CocoDetection, collate
-from ..fileio import write_json
-from ..progress import progress_bar
 
 METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 

@@ -10,8 +10,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..fileio import read_json, write_json
+from .errors import UserError
+from .fileio import read_json, write_json
 
 META_FORMAT = "siefpn-deploy/onnx-meta"
 META_VERSION = 1

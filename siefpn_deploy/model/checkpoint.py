@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..fileio import atomic_path, load_torch_file
+from ..core.errors import UserError
+from ..core.fileio import atomic_path, load_torch_file
 
 LAST = "last_checkpoint"
 

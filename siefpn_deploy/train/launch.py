@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def _free_port() -> int:

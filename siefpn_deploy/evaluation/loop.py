@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.progress import progress_bar
 from ..data import CocoDetection
-from ..engine.evaluate import coco_eval, coco_results
-from ..progress import progress_bar
 from ..runtime import Detections, Detector
+from .coco import coco_eval, coco_results
 
 
 @dataclass

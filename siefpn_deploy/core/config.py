@@ -16,7 +16,7 @@ import yaml
 
 from .errors import UserError
 
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).parent.parent / "configs"
 
 
 def _choice(default: str, *choices: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 INSTALL_HINT = (
     "pip install 'siefpn-deploy[tensorrt-rtx]' (TensorRT-RTX: builds engines ahead of time, also on a CPU-only "
@@ -193,7 +193,7 @@ def build_serialized(
         raise UserError(f"{backend.flavour} {backend.version} failed to build an engine from {path} "
                         f"(profile {profile.as_dict()}); rerun with a wider --max-shape or see the log above")
     if cache is not None:
-        from ..fileio import atomic_write
+        from ..core.fileio import atomic_write
 
         atomic_write(timing_cache, lambda tmp: tmp.write_bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))

@@ -13,14 +13,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import Config, SolverConfig
+from ..core.config import Config, SolverConfig
+from ..core.errors import UserError
+from ..core.fileio import atomic_write
+from ..core.progress import progress_bar
 from ..data import CocoDetection, build_train_transforms, collate
-from ..errors import UserError
-from ..fileio import atomic_write
+from ..evaluation.coco import evaluate
 from ..model import build_detector
-from ..progress import progress_bar
-from .checkpoint import last_checkpoint, load_checkpoint, load_model_weights, save_checkpoint, unwrap
-from .evaluate import evaluate
+from ..model.checkpoint import (
+    last_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+    unwrap,
+)
 from .launch import device_for
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..export.meta import outside_range, read_meta, read_sidecar
-from ..fileio import atomic_write, write_json
-from .tensorrt_builder import Profile, build_serialized, load_backend, parse_onnx
+from ..core.errors import UserError
+from ..core.fileio import atomic_write, write_json
+from ..core.sidecar import outside_range, read_meta, read_sidecar
+from .builder import Profile, build_serialized, load_backend, parse_onnx
 
 ENGINE_FORMAT = "siefpn-deploy/engine-meta"
 

@@ -1,0 +1,1 @@
+"""COCO results, COCOeval, the one evaluation loop and detection agreement, shared by training and parity."""

@@ -1,0 +1,1 @@
+"""Stage 1: the training loop, DDP launch and the train command's evaluation."""
