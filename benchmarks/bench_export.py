@@ -19,11 +19,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from siefpn_deploy.export.meta import read_meta
 
 from siefpn_deploy.cli import main as cli
 from siefpn_deploy.core.config import load_config
-from siefpn_deploy.core.reporting import write_benchmark_report
+from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
+from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
@@ -99,8 +99,8 @@ def main() -> None:
     header = ["detector", "input", "batch", "export s", "ONNX MiB", "detections", "PyTorch eager ms",
               "ORT CPU ms", "ORT / PyTorch"]
     write_benchmark_report(
-        args.report, title="Export benchmark", header=header, rows=rows,
-        description=f"Synthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations; "
+        args.report, title="Export benchmark", data={"header": header, "rows": rows},
+        body=markdown_table(header, rows) + "\n\n" + f"Synthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations; "
         f"ONNX with `--nms onnx`, dynamic batch and size; median of {args.iters} runs after {args.warmup} warm-up "
         "runs, whole detector with postprocessing, same canvases for both runtimes.",
         command=f"python benchmarks/bench_export.py {' '.join(sys.argv[1:])}".strip(),

@@ -15,22 +15,18 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import throughput  # noqa: E402
-from siefpn_deploy.engine.trainer import Trainer, train  # noqa: E402
-
-from siefpn_deploy.core.config import load_config  # noqa: E402
-from siefpn_deploy.core.fileio import atomic_write  # noqa: E402
-from siefpn_deploy.core.reporting import markdown_table  # noqa: E402
-from siefpn_deploy.demo import dataset_overrides, ensure_synthetic  # noqa: E402
-from siefpn_deploy.runtime.bench import gau_markdown, gau_memory, markdown, run_bench  # noqa: E402
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.reporting import machine, machine_line, markdown_table, write_report
+from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
+from siefpn_deploy.runtime.bench import gau_markdown, gau_memory, markdown, run_bench
+from siefpn_deploy.train.throughput import throughput
+from siefpn_deploy.train.trainer import Trainer, train
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
 
@@ -55,13 +51,13 @@ def main() -> int:
     started = time.perf_counter()
     data, work = Path(args.data), Path(args.work)
     ensure_synthetic(data)
-    gpu = torch.cuda.get_device_name()
-    lines = [f"# GPU benchmark ({datetime.date.today()}, {gpu}, torch {torch.__version__})", ""]
+    lines = [f"# GPU benchmark ({machine_line(machine())})", ""]
+    report = Path(args.report)
 
-    def emit(*new: str) -> None:
+    def emit(*new: str) -> None:  # each section is written as soon as it is measured
         lines.extend(new)
         print("\n".join(new), flush=True)
-        atomic_write(args.report, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+        write_report(report.parent, report.stem, data={"markdown": lines}, markdown="\n".join(lines) + "\n")
 
     if "gau" in args.sections:
         emit("## " + gau_markdown(gau_memory(device="cuda")), "")
@@ -77,7 +73,7 @@ def main() -> int:
         out = work / Path(preset).stem
         cfg = load_config(preset, common + extra + ["OUTPUT_DIR", str(out)])
         trainer = Trainer(cfg, config_name=preset)
-        t = throughput(trainer, args.iters, args.warmup)
+        t = throughput(trainer, iters=args.iters, warmup=args.warmup)
         trainer.save(args.iters + args.warmup, "model_final.pth")
         checkpoints[preset] = out / "model_final.pth"
         rows.append([Path(preset).stem, cfg.SOLVER.IMS_PER_BATCH, f"{cfg.INPUT.MIN_SIZE_TRAIN}, max {cfg.INPUT.MAX_SIZE_TRAIN}",

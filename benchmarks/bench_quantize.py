@@ -17,19 +17,19 @@ import time
 from pathlib import Path
 
 import torch
-from siefpn_deploy.build.engine import BuildOptions, build_engine
-from siefpn_deploy.parity.evaluate import evaluate_detector
 
 from siefpn_deploy.cli import main as cli
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.errors import UserError
-from siefpn_deploy.core.reporting import write_benchmark_report
+from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.demo import ensure_synthetic
+from siefpn_deploy.evaluation.loop import evaluate_detector
 from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import synthetic_batch
+from siefpn_deploy.tensorrt.plan import BuildOptions, build_engine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_export import detector_arguments, trained_weights  # noqa: E402
@@ -84,8 +84,8 @@ def main() -> None:
     header = ["detector", "precision", "quantize s", "build s", "ONNX MiB", "engine MiB",
               *[f"ORT CPU ms @{s} (b1)" for s in args.sizes], "bbox AP (val, points)"]
     write_benchmark_report(
-        args.report, title="Quantize and build benchmark", header=header, rows=rows,
-        description=f"Synthetic presets trained {args.train_iters} iterations, exported with `--nms tensor`. INT8: "
+        args.report, title="Quantize and build benchmark", data={"header": header, "rows": rows},
+        body=markdown_table(header, rows) + "\n\n" + f"Synthetic presets trained {args.train_iters} iterations, exported with `--nms tensor`. INT8: "
         f"{args.num_calib} train images at {args.calib_size}x{args.calib_size}, entropy calibration in batches of "
         f"{args.calib_batch} (the quantize time includes preprocessing and caching them on a first run); FP16: "
         "AutoCast with a 16-image range check. Latency: median of "

@@ -10,50 +10,20 @@ Prints markdown tables and writes them (with date and machine) to --report.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from siefpn_deploy.engine.trainer import Trainer, build_test_dataset, train
 from torch.utils.flop_counter import FlopCounterMode
 
 from siefpn_deploy.core.config import load_config
-from siefpn_deploy.core.fileio import atomic_write
+from siefpn_deploy.core.reporting import write_benchmark_report
 from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.model import build_detector
-from siefpn_deploy.runtime.bench import (
-    peak_rss_mib,  # the process's peak so far (never reset here)
-)
-
-
-def throughput(trainer: Trainer, iters: int, warmup: int) -> dict:
-    """Images/s of the real training step (data loading included), after `warmup` iterations."""
-    model, data = trainer.model.train(), iter(trainer.loader())
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    t0, seen = 0.0, 0
-    for i in range(warmup + iters):
-        if i == warmup:
-            t0, seen = time.perf_counter(), 0
-        images, targets = next(data)
-        images = [im.to(trainer.device) for im in images]
-        targets = [{k: v.to(trainer.device) for k, v in t.items()} for t in targets]
-        loss = sum(model(images, targets).values())
-        trainer.optimizer.zero_grad()
-        loss.backward()
-        trainer.optimizer.step()
-        seen += len(images)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    out = {"images_per_s": seen / elapsed, "peak_rss_mib": peak_rss_mib()}
-    if torch.cuda.is_available():
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+from siefpn_deploy.train.throughput import throughput
+from siefpn_deploy.train.trainer import Trainer, build_test_dataset, train
 
 
 def profile(cfg, num_classes: int, size: tuple[int, int], runs: int) -> dict:
@@ -95,15 +65,11 @@ def main() -> int:
     ensure_synthetic(data)
     base = load_config(args.config_file, dataset_overrides(data))
     size = (base.INPUT.MIN_SIZE_TEST, base.INPUT.MIN_SIZE_TEST * 4 // 3 // 32 * 32)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        machine += f", {torch.cuda.get_device_name()}"
-    lines = [f"# Training benchmark ({datetime.date.today()}, {machine})", "",
-             f"Preset `{args.config_file}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes {base.INPUT.MIN_SIZE_TRAIN}.", "",
+    lines = [f"Preset `{args.config_file}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes {base.INPUT.MIN_SIZE_TRAIN}.", "",
              "| neck | train images/s | peak host RSS MiB (whole process so far) |", "|---|---|---|"]
     for neck in ["fpn", "dual_sie_fpn"]:
         cfg = load_config(args.config_file, dataset_overrides(data) + ["MODEL.NECK", neck, "DATALOADER.NUM_WORKERS", "0"])
-        t = throughput(Trainer(cfg, config_name="bench"), args.iters, args.warmup)
+        t = throughput(Trainer(cfg, config_name="bench"), iters=args.iters, warmup=args.warmup)
         lines.append(f"| {neck} | {t['images_per_s']:.2f} | {t['peak_rss_mib']:.0f} |")
         print(lines[-1], flush=True)
     if not args.skip_ab:
@@ -121,10 +87,8 @@ def main() -> int:
             lines.append(f"| {neck} | {metrics['AP']:.3f} | {metrics['AP50']:.3f} | {metrics['APs']:.3f} | "
                          f"{prof['params_m']:.2f} | {prof['neck_params_m']:.2f} | {prof['gflops']:.1f} | {prof['latency_ms']:.0f} |")
             print(lines[-1], flush=True)
-    lines += ["", f"Command: `python {' '.join(sys.argv)}`"]
-    report = "\n".join(lines) + "\n"
-    print("\n" + report)
-    atomic_write(args.report, lambda tmp: tmp.write_text(report))
+    write_benchmark_report(args.report, title="Training benchmark", body="\n".join(lines),
+                           command=f"python {' '.join(sys.argv)}")
     return 0
 
 

@@ -68,16 +68,10 @@ examples:
   siefpn-deploy export --config-file configs/retinanet_R50_1x.yaml --batch 1 --imgsz 800 1344 \\
       --output export/retinanet_R50_800x1344.onnx MODEL.WEIGHTS model_final.pth      # one static shape
 
-the graph:
-  images    float32 [B,3,H,W]  RGB, 0..255 (or 0..1 with --input-range 1); H, W multiples of 32;
-                               normalisation is inside the graph
-  num_dets  int32   [B]        detections per image; rows after it are padding
-  boxes     float32 [B,K,4]    xyxy in input pixels, ordered by score
-  scores    float32 [B,K]
-  labels    int32   [B,K]      1-based class index (meta.json maps it to names and COCO ids); -1 pads
-  masks     float32 [B,K,28,28] Mask R-CNN only: the box's mask probabilities, pasted by the runtime
+the graph (siefpn_deploy/core/contract.py):
+{graph}
 
-It has no plugins and no data-dependent shapes: RoIAlign is GridSample, NMS is either the
+It has no plugins and no data-dependent shapes: RoIAlign is a Gather and a batched MatMul, NMS is either the
 standard NonMaxSuppression op (--nms onnx: ONNX Runtime, TensorRT 10/11) or an exact greedy NMS
 in plain tensor ops (--nms tensor: also TensorRT-RTX, which has no NMS layer).
 NAME.meta.json beside the ONNX holds everything a runtime needs (see `export/README.md`).
@@ -97,14 +91,10 @@ def _size_range(args: argparse.Namespace, default: tuple[int, int]) -> tuple[tup
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .core.config import load_config, resolve_config_file
-    from .export.exporter import (
-        ExportOptions,
-        ShapeRange,
-        default_output,
-        default_size_range,
-        export_onnx,
-    )
+    from .core.contract import ShapeRange
+    from .export.exporter import ExportOptions, default_output_name, export_onnx
     from .export.verify import verification_images
+    from .model.meta import default_size_range
 
     overrides = list(args.opts)
     for key, value in (("MODEL.DETECTIONS_PER_IMAGE", args.max_det), ("MODEL.SCORE_THRESH_TEST", args.score_thresh),
@@ -116,7 +106,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     (h_lo, h_hi), (w_lo, w_hi) = _size_range(args, (default.min, default.max))
     batch = (args.batch, args.batch) if args.batch is not None else (1, args.dynamic_batch)
     options = ExportOptions(
-        output=Path(args.output or default_output(args.config_file, args.nms)),
+        output=Path(args.output or Path("export") / default_output_name(args.config_file, args.nms)),
         batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
         nms=args.nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
         simplify=args.simplify,
@@ -151,7 +141,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         calib_data=Path(args.calib_data) if args.calib_data else None,
         calib_image_dir=Path(args.calib_image_dir) if args.calib_image_dir else None, num_calib=args.num_calib,
         calib_method=args.calib_method, calib_batch=args.calib_batch,
-        calib_size=tuple(args.calib_size) if args.calib_size else None, calib_cache=Path(args.calib_cache),
+        calib_size=tuple(args.calib_size) if args.calib_size else None,
+        calib_cache=Path(args.calib_cache) if args.calib_cache else None,
         exclude=args.exclude, default_excludes=not args.no_default_excludes,
     ))
     return 0
@@ -172,11 +163,12 @@ flavour and version, precision, source ONNX sha256 and the model's meta.json.
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .tensorrt.plan import BuildOptions, build_engine, parse_shape
+    from .tensorrt.plan import BuildOptions, build_engine, engine_name, parse_shape
 
     shape = lambda text, flag: parse_shape(text, flag) if text else None  # noqa: E731
+    onnx = Path(args.onnx)
     build_engine(BuildOptions(
-        onnx=Path(args.onnx), engine=Path(args.engine) if args.engine else None,
+        onnx=onnx, engine=Path(args.engine) if args.engine else Path("engines") / engine_name(onnx),
         min_shape=shape(args.min_shape, "--min-shape"), opt_shape=shape(args.opt_shape, "--opt-shape"),
         max_shape=shape(args.max_shape, "--max-shape"), workspace_gib=args.workspace,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
@@ -205,7 +197,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     from .core.config import load_config
     from .data import CocoDetection
     from .parity.check import parse_budgets, run_parity
-    from .parity.report import markdown, write_report
+    from .parity.report import markdown, write_parity_report
     from .runtime import Detector
 
     budgets = parse_budgets(args.budget)
@@ -218,8 +210,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
         raise UserError(f"{annotations} lists no images")
     reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=args.config_file, overrides=args.opts)
     report = run_parity(reference, [Path(a) for a in args.artifacts], dataset, budgets=budgets,
-                        max_images=args.max_images)
-    written = write_report(report, Path(args.report))
+                        max_images=args.max_images, batch_size=args.batch or cfg.TEST.IMS_PER_BATCH)
+    written = write_parity_report(report, Path(args.report))
     print(markdown({**report, "date": "now"}))
     print(f"[parity] wrote {', '.join(map(str, written))}")
     return 0 if report["passed"] else 1
@@ -228,7 +220,11 @@ def _cmd_parity(args: argparse.Namespace) -> int:
 EPILOG_INFER = """\
 examples:
   siefpn-deploy infer --artifact export/demo.onnx --source datasets/synth/val --save-vis out/vis --save-json out/dets.json
+  siefpn-deploy infer --artifact export/demo.onnx --source datasets/synth/val --save-json out/results.json \
+      --annotations datasets/synth/annotations/instances_val.json          # COCO results, ready for COCOeval
   siefpn-deploy infer --artifact output/demo/model_final.pth --source photo.jpg --save-vis out/
+
+Labels are 1..C as in siefpn_deploy/core/contract.py; the JSON carries each label's COCO category_id.
 """
 
 
@@ -238,7 +234,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file)
     run_infer(detector, Path(args.source), save_vis=Path(args.save_vis) if args.save_vis else None,
-              save_json=Path(args.save_json) if args.save_json else None, batch_size=args.batch)
+              save_json=Path(args.save_json) if args.save_json else None,
+              annotations=Path(args.annotations) if args.annotations else None, batch_size=args.batch)
     return 0
 
 
@@ -258,13 +255,13 @@ and neck replayed as CUDA graphs (the PyTorch baselines an engine has to beat).
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .runtime.bench import gau_memory, markdown, run_bench, write_report
+    from .runtime.bench import gau_memory, markdown, run_bench, write_bench_report
 
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
                        iters=args.iters, device=args.device, config=args.config_file)
     if args.gau_memory:
         report["gau_memory"] = gau_memory(device="cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    written = write_report(report, Path(args.report))
+    written = write_bench_report(report, Path(args.report))
     print(markdown(report))
     print(f"[bench] wrote {', '.join(map(str, written))}")
     return 0
@@ -275,7 +272,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         data_dir=Path(args.data), output_dir=Path(args.output), export_dir=Path(args.export_dir),
-        engine_dir=Path(args.engine_dir), report_dir=Path(args.report), config_file=args.config_file,
+        engine_dir=Path(args.engine_dir), calib_dir=Path(args.calib_dir), report_dir=Path(args.report),
+        config_file=args.config_file,
         overrides=args.opts, regenerate=args.regenerate,
     )
 
@@ -289,6 +287,11 @@ def _command(sub: Any, name: str, func: Any, *, epilog: str, help: str, descript
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the option dataclasses own the defaults; --help shows them, and paths default under the work folders
+    from .core.contract import describe_graph
+    from .export.options import ExportOptions
+    from .quantize.options import QuantizeOptions
+
     parser = argparse.ArgumentParser(
         prog="siefpn-deploy",
         description="Train, evaluate and deploy Dual SIE-FPN detectors (RetinaNet, Faster R-CNN, Mask R-CNN).",
@@ -320,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
 
     export = _command(
-        sub, "export", _cmd_export, epilog=EPILOG_EXPORT,
+        sub, "export", _cmd_export, epilog=EPILOG_EXPORT.format(graph=describe_graph()),
         help="export a trained detector to ONNX (+ meta.json), verified in ONNX Runtime",
         description="Export a trained RetinaNet / Faster R-CNN / Mask R-CNN with its postprocessing to one "
         "plugin-free ONNX graph with fixed-size outputs, write NAME.meta.json beside it, and check it: "
@@ -331,23 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "export/<config name>_tensornms.onnx with --nms tensor)")
     batch = export.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, metavar="B", help="a static batch size")
-    batch.add_argument("--dynamic-batch", type=int, default=8, metavar="MAX", help="a dynamic batch 1..MAX (default 8)")
+    batch.add_argument("--dynamic-batch", type=int, default=ExportOptions.batch.max, metavar="MAX",
+                       help=f"a dynamic batch 1..MAX (default {ExportOptions.batch.max})")
     size = export.add_mutually_exclusive_group()
     size.add_argument("--imgsz", type=int, nargs="+", metavar="PX",
                       help="a static input size: H [W] (multiples of 32; one value means square)")
     size.add_argument("--dynamic-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                       help="dynamic H and W in MIN..MAX (multiples of 32; default 64..INPUT.MAX_SIZE_TEST padded to 32)")
-    export.add_argument("--nms", choices=["onnx", "tensor"], default="onnx",
+    export.add_argument("--nms", choices=["onnx", "tensor"], default=ExportOptions.nms,
                         help="onnx: the NonMaxSuppression op (ONNX Runtime, TensorRT 10/11); tensor: exact greedy NMS "
                         "in plain ops (also TensorRT-RTX). Both equal torchvision's batched_nms (default onnx)")
     export.add_argument("--max-det", type=int, metavar="K", help="K, detections per image (default MODEL.DETECTIONS_PER_IMAGE)")
     export.add_argument("--score-thresh", type=float, metavar="S", help="default MODEL.SCORE_THRESH_TEST")
     export.add_argument("--iou-thresh", type=float, metavar="T", help="NMS IoU threshold (default MODEL.NMS_THRESH_TEST)")
-    export.add_argument("--input-range", type=int, choices=[255, 1], default=255,
+    export.add_argument("--input-range", type=int, choices=[255, 1], default=int(ExportOptions.input_scale),
                         help="pixel range the graph takes, 0..255 or 0..1 (default 255)")
     export.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 18 or newer (default: the exporter's)")
-    export.add_argument("--box-candidates", type=int, default=1000, metavar="N",
-                        help="R-CNN box head: best per-class candidates entering NMS, <= 3840 (default 1000)")
+    export.add_argument("--box-candidates", type=int, default=ExportOptions.box_candidates, metavar="N",
+                        help="R-CNN box head: best per-class candidates entering NMS, <= 3840 "
+                        f"(default {ExportOptions.box_candidates})")
     export.add_argument("--simplify", action="store_true", help="also run onnxslim on the graph")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
     export.add_argument("--verify-images", type=int, default=4, metavar="N",
@@ -366,11 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: COCO's layout, annotations/instances_X.json -> X/)")
     quant.add_argument("--num-calib", type=int, metavar="N",
                        help="calibration images, spread over the set (default 512 for int8, 16 for fp16's range check)")
-    quant.add_argument("--calib-method", choices=["entropy", "max"], default="entropy", help="INT8 ranges (default entropy)")
-    quant.add_argument("--calib-batch", type=int, default=8, metavar="B", help="images per calibration step (default 8)")
+    quant.add_argument("--calib-method", choices=["entropy", "max"], default=QuantizeOptions.calib_method,
+                       help=f"INT8 ranges (default {QuantizeOptions.calib_method})")
+    quant.add_argument("--calib-batch", type=int, default=QuantizeOptions.calib_batch, metavar="B",
+                       help=f"images per calibration step (default {QuantizeOptions.calib_batch})")
     quant.add_argument("--calib-size", type=int, nargs=2, metavar=("H", "W"),
                        help="calibration canvas (default: the largest exported size)")
-    quant.add_argument("--calib-cache", default="calib", metavar="DIR", help="cache of preprocessed images (default calib/)")
+    quant.add_argument("--calib-cache", default="calib", metavar="DIR",
+                       help="cache of preprocessed images (default calib/; '' keeps none)")
     quant.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                        help="node names (regex, re.match) to keep in FP32; repeatable")
     quant.add_argument("--no-default-excludes", action="store_true",
@@ -401,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--budget", nargs="+", default=[], metavar="PREC=AP",
                         help="largest AP drop in points per precision, e.g. fp16=0.2 int8=1.0")
     parity.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
+    parity.add_argument("--batch", type=int, metavar="B",
+                        help="images per canvas, the same for every artifact (default TEST.IMS_PER_BATCH, 1, as the "
+                        "train command's evaluation, so its PyTorch AP is the one training printed)")
     parity.add_argument("--report", default="reports/parity", metavar="DIR", help="default reports/parity")
     parity.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides; MODEL.WEIGHTS path/to/model_final.pth is required")
@@ -410,7 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--artifact", required=True, metavar="PATH", help=".onnx, .plan or a .pth checkpoint")
     infer.add_argument("--source", required=True, metavar="PATH", help="an image or a folder of images")
     infer.add_argument("--save-vis", metavar="DIR", help="write NAME.png with the detections drawn")
-    infer.add_argument("--save-json", metavar="FILE", help="write the detections as COCO-style JSON")
+    infer.add_argument("--save-json", metavar="FILE",
+                       help="write the detections as JSON: COCO results with --annotations, else keyed by file_name")
+    infer.add_argument("--annotations", metavar="JSON",
+                       help="COCO instances file listing the --source images: --save-json then writes COCO results "
+                       "(image_id, category_id, bbox, score, RLE segmentation) that COCO.loadRes takes")
     infer.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     infer.add_argument("--batch", type=int, metavar="B", help="images per run (default: the artifact's largest batch)")
@@ -439,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="output/demo", help="training output folder")
     demo.add_argument("--export-dir", default="export", help="where the ONNX models and their meta.json go")
     demo.add_argument("--engine-dir", default="engines", help="where the TensorRT engines go")
+    demo.add_argument("--calib-dir", default="calib", help="where the preprocessed calibration images are cached")
     demo.add_argument("--report", default="reports/demo", help="where the parity and benchmark reports go")
     demo.add_argument("--config-file", default="configs/synth_retinanet_R18.yaml", help="training preset")
     demo.add_argument("--regenerate", action="store_true", help="regenerate the dataset even if present")

@@ -20,9 +20,10 @@ from .core.errors import UserError
 from .core.sidecar import read_meta, sha256_of
 from .data import generate_synthetic
 from .data.synth import split_paths
-from .export.exporter import ExportOptions, default_size_range, export_onnx
+from .export.exporter import ExportOptions, export_onnx
 from .export.verify import verification_images
 from .model.checkpoint import last_checkpoint
+from .model.meta import default_size_range
 from .train.trainer import train
 
 # The bar the demo is held to on the synthetic val split (COCOeval fractions).
@@ -73,11 +74,11 @@ def export_stage(cfg: Config, config_file: str, onnx_path: Path) -> dict[str, An
     return read_meta(onnx_path)
 
 
-def quantize_stage(onnx_path: Path, source_sha: str, precision: str) -> Path:
+def quantize_stage(onnx_path: Path, source_sha: str, precision: str, calib_dir: Path) -> Path:
     from .quantize.quantizer import QuantizeOptions, quantize_model
 
-    # FP16's range check keeps every activation of every image in memory: it keeps its default 16 images
-    options = QuantizeOptions(onnx=onnx_path, precision=precision,
+    # FP16's range check keeps its default 16 images
+    options = QuantizeOptions(onnx=onnx_path, precision=precision, calib_cache=calib_dir,
                               num_calib=CALIBRATION_IMAGES if precision == "int8" else None)
     target = options.output_path()
     if current_meta(target, ("quantization", "source_sha256"), source_sha) is not None:
@@ -89,15 +90,15 @@ def quantize_stage(onnx_path: Path, source_sha: str, precision: str) -> Path:
 def build_stage(onnx_path: Path, engine_dir: Path) -> tuple[Path | None, str]:
     """(engine, note); no engine and the reason where no TensorRT builder is installed."""
     from .tensorrt.builder import load_backend
-    from .tensorrt.plan import BuildOptions, build_engine, read_engine_meta
+    from .tensorrt.plan import BuildOptions, build_engine, engine_name, read_engine_meta
 
     try:
         load_backend()
     except UserError as e:
         return None, f"not built: {e}"
-    options = BuildOptions(onnx=onnx_path, engine=engine_dir / (onnx_path.name.removesuffix(".onnx") + ".plan"),
+    options = BuildOptions(onnx=onnx_path, engine=engine_dir / engine_name(onnx_path),
                            timing_cache=engine_dir / "timing.cache")
-    engine = options.engine_path()
+    engine = options.engine
     try:
         if read_engine_meta(engine)["onnx_sha256"] == read_meta(onnx_path)["sha256"]:
             print(f"[demo] {engine} is already built from {onnx_path}")
@@ -109,15 +110,14 @@ def build_stage(onnx_path: Path, engine_dir: Path) -> tuple[Path | None, str]:
 
 
 def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file: str, overrides: list[str],
-             regenerate: bool, engine_dir: Path = Path("engines"), report_dir: Path = Path("reports/demo")) -> int:
+             regenerate: bool, engine_dir: Path, calib_dir: Path, report_dir: Path) -> int:
     from .data import CocoDetection
     from .parity.check import DEFAULT_BUDGETS, run_parity
     from .parity.report import markdown as parity_markdown
-    from .parity.report import write_report
+    from .parity.report import write_parity_report
     from .runtime import Detector
     from .runtime.bench import markdown as bench_markdown
-    from .runtime.bench import run_bench
-    from .runtime.bench import write_report as write_bench_report
+    from .runtime.bench import run_bench, write_bench_report
 
     t0 = time.perf_counter()
     ensure_synthetic(data_dir, regenerate=regenerate)
@@ -138,7 +138,7 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     timings["export + verify"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    models = [onnx_path] + [quantize_stage(onnx_path, meta["sha256"], p) for p in ("fp16", "int8")]
+    models = [onnx_path] + [quantize_stage(onnx_path, meta["sha256"], p, calib_dir) for p in ("fp16", "int8")]
     timings["quantize fp16 + int8"] = time.perf_counter() - t
     t = time.perf_counter()
     engines = [build_stage(m, engine_dir) for m in models]
@@ -148,8 +148,9 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS)
     reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=saved)
     artifacts = models + [e for e, _ in engines if e is not None]
-    parity = run_parity(reference, artifacts, dataset, budgets=dict(DEFAULT_BUDGETS), max_images=None)
-    written = write_report(parity, report_dir)
+    parity = run_parity(reference, artifacts, dataset, budgets=dict(DEFAULT_BUDGETS), max_images=None,
+                        batch_size=cfg.TEST.IMS_PER_BATCH)
+    written = write_parity_report(parity, report_dir)
     timings["parity"] = time.perf_counter() - t
 
     t = time.perf_counter()

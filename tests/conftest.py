@@ -132,3 +132,76 @@ class Quantized:
 @pytest.fixture(scope="session")
 def quantized(exported, tmp_path_factory) -> Quantized:
     return Quantized(exported, tmp_path_factory.mktemp("quantized"))
+
+
+class Detecting:
+    """A RetinaNet that really detects, for accuracy gates: trained 600 iterations on the 16 tiny training
+    images at their test size without flips, and scored on them (its DATASETS.TEST is the train split):
+    memorised, so its FP32 AP (12 points when written) stands well above the INT8 budget and a broken INT8
+    model has room to fall through it. Its INT8 version is calibrated on the
+    val images, which it is never scored on. `detecting.onnx(precision)`, `.config`, `.weights`."""
+
+    ITERATIONS = 600
+
+    def __init__(self, data: Path, root: Path) -> None:
+        self.data, self.root = data, root
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    @property
+    def weights(self) -> Path:
+        return self.run_dir / "model_final.pth"
+
+    @property
+    def run_dir(self) -> Path:
+        from siefpn_deploy.cli import main
+
+        out = self.root / "retinanet"
+        if not (out / "model_final.pth").is_file():
+            train_images, train_json = split_paths(self.data, "train")
+            opts = tiny_overrides(self.data, out, SOLVER__MAX_ITER=self.ITERATIONS, SOLVER__OPTIMIZER="AdamW",
+                                  SOLVER__BASE_LR=0.002, SOLVER__LR_SCHEDULER="cosine", SOLVER__CHECKPOINT_PERIOD=10000,
+                                  LOG_PERIOD=50, INPUT__FLIP_PROB=0.0, INPUT__MIN_SIZE_TRAIN="[128]",
+                                  DATASETS__TEST_IMAGES=train_images, DATASETS__TEST_ANNOTATIONS=train_json)
+            assert main(["train", "--config-file", "configs/synth_retinanet_R18.yaml", *opts]) == 0
+        return out
+
+    def onnx(self, precision: str) -> Path:
+        from siefpn_deploy.cli import main
+
+        source = self.root / "retinanet.onnx"
+        if not source.is_file():
+            assert main(["export", "--config-file", str(self.config), "--output", str(source), "--dynamic-batch", "2",
+                         "MODEL.WEIGHTS", str(self.weights)]) == 0
+        if precision == "fp32":
+            return source
+        path = self.root / f"retinanet.{precision}.onnx"
+        if not path.is_file():
+            assert main(["quantize", "--onnx", str(source), "--precision", precision, "--output", str(path),
+                         "--calib-data", str(split_paths(self.data, "val")[0]), "--num-calib", "6",
+                         "--calib-batch", "2", "--calib-cache", ""]) == 0
+        return path
+
+
+@pytest.fixture(scope="session")
+def detecting(tiny_synth, tmp_path_factory) -> Detecting:
+    return Detecting(tiny_synth, tmp_path_factory.mktemp("detecting"))
+
+
+WORK_FOLDERS = ("export", "calib", "engines", "reports", "output", "datasets")
+
+
+def _work_files(root: Path) -> set[Path]:
+    return {p for folder in WORK_FOLDERS for p in (root / folder).rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Tests write to temporary folders only: nothing new may appear in the checkout's work folders."""
+    root = Path(__file__).resolve().parent.parent
+    before = _work_files(root)
+    yield
+    added = sorted(str(p.relative_to(root)) for p in _work_files(root) - before)
+    assert not added, f"tests wrote into the checkout: {added[:5]}"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from siefpn_deploy.export.compare import match_detections
 
 from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.evaluation.agreement import match_detections
+from siefpn_deploy.model.inference import EagerBackend
 from siefpn_deploy.runtime import Detector
-from siefpn_deploy.runtime.backends import TorchBackend
 from siefpn_deploy.runtime.bench import gau_memory, run_bench, synthetic_batch
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (this machine has none)")
@@ -37,7 +37,7 @@ def matched(a: dict, b: dict) -> tuple[float, float]:
 def test_fp16_and_cuda_graphs_need_a_gpu(trained):
     cpu = Detector.from_path(trained.weights("retinanet"), device="cpu")
     with pytest.raises(UserError, match="CUDA device"):
-        TorchBackend(cpu.backend.detector, cpu.meta, torch.device("cpu"), cuda_graphs=True)
+        EagerBackend(cpu.backend.detector, cpu.contract, torch.device("cpu"), cuda_graphs=True)
 
 
 def test_gau_memory_probe_names_the_attention_kernel_on_cpu():
@@ -62,7 +62,7 @@ def test_cuda_fp32_fp16_and_graphs_agree_with_the_cpu(arch, trained):
     eager16 = Detector.from_checkpoint(trained.weights(arch), config=None, device="cuda",
                                        autocast_dtype=torch.float16)
     assert eager16.backend.variant == "fp16-autocast"
-    graphed = TorchBackend(base.detector, base.meta, base.device, autocast_dtype=torch.float16, cuda_graphs=True)
+    graphed = EagerBackend(base.detector, base.contract, base.device, autocast_dtype=torch.float16, cuda_graphs=True)
     graphed16 = Detector(graphed, gpu.meta, gpu.path)
     assert graphed.variant == "fp16-autocast+cuda-graphs"
     fp16 = eager16.run_canvas(canvas)

@@ -304,41 +304,43 @@ def _sample(h: int = 30, w: int = 40) -> tuple[torch.Tensor, dict]:
 
 def test_flip_maps_boxes_and_masks_consistently():
     image, target = _sample()
-    out_image, out = RandomHorizontalFlip(prob=1.0)(image, target)
+    out_image, out = RandomHorizontalFlip(prob=1.0)(image, target, torch.Generator())
     assert torch.equal(out_image, image.flip(-1))
     assert out["boxes"].tolist() == [[29, 2, 39, 7], [0, 10, 15, 30]]
     for m, b in zip(out["masks"], out["boxes"]):
         assert bbox_of(m) == [int(v) for v in b.tolist()]
-    same_image, same = RandomHorizontalFlip(prob=0.0)(image, target)
+    same_image, same = RandomHorizontalFlip(prob=0.0)(image, target, torch.Generator())
     assert same_image is image and torch.equal(same["boxes"], target["boxes"])
 
 
 def test_resize_shortest_edge_and_max_size():
     image, target = _sample()
-    out_image, out = ResizeShortestEdge(short_edge_lengths=[60], max_size=1000)(image, target)
+    out_image, out = ResizeShortestEdge(short_edge_lengths=[60], max_size=1000)(image, target, torch.Generator())
     assert out_image.shape == (3, 60, 80)
     assert torch.allclose(out["boxes"], target["boxes"] * 2)
     assert out["masks"].shape == (2, 60, 80) and out["masks"].dtype == torch.uint8
     assert bbox_of(out["masks"][0]) == [2, 4, 22, 14]
     # the long edge would reach 120 > 100: scale to the max size instead
-    out_image, out = ResizeShortestEdge(short_edge_lengths=[90], max_size=100)(image, target)
+    out_image, out = ResizeShortestEdge(short_edge_lengths=[90], max_size=100)(image, target, torch.Generator())
     assert out_image.shape == (3, 75, 100)
     assert torch.allclose(out["boxes"], target["boxes"] * 2.5)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
              "masks": torch.zeros(0, 30, 40, dtype=torch.uint8)}
-    _, out = ResizeShortestEdge(short_edge_lengths=[60], max_size=1000)(image, empty)
+    _, out = ResizeShortestEdge(short_edge_lengths=[60], max_size=1000)(image, empty, torch.Generator())
     assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 60, 80)
 
 
-def test_train_transforms_follow_torch_seed():
+def test_train_transforms_follow_their_generator_not_the_global_rng():
     tf = build_train_transforms(min_sizes=[20, 40, 60], max_size=90, flip_prob=0.5)
     image, target = _sample()
     shapes = set()
     for seed in range(12):
         torch.manual_seed(seed)
-        a = tf(image, target)
-        torch.manual_seed(seed)
-        b = tf(image, target)
+        a = tf(image, target, torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed + 100)  # the global RNG plays no part
+        global_before = torch.get_rng_state()
+        b = tf(image, target, torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.get_rng_state(), global_before)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
         assert max(a[0].shape[1:]) <= 90
         shapes.add(tuple(a[0].shape))

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end_and_prints_summary(tiny_synth, tmp_path, capsys):
     flat = [x for kv in keep for x in kv]
     export, engines, reports = tmp_path / "export", tmp_path / "engines", tmp_path / "reports"
     args = ["demo", "--data", str(tiny_synth), "--output", str(out), "--export-dir", str(export),
-            "--engine-dir", str(engines), "--report", str(reports), *flat]
+            "--engine-dir", str(engines), "--calib-dir", str(tmp_path / "calib"), "--report", str(reports), *flat]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| train + eval |" in text and "bbox AP" in text
@@ -32,6 +32,10 @@ def test_demo_runs_end_to_end_and_prints_summary(tiny_synth, tmp_path, capsys):
     assert (export / "demo.fp16.onnx").is_file() and (export / "demo.int8.onnx").is_file()
     parity = json.loads((reports / "parity.json").read_text())
     assert [a["status"] for a in parity["artifacts"][:4]] == ["reference", "pass", "pass", "pass"]
+    # one checkpoint, one PyTorch AP: training's evaluation and parity's reference row agree exactly
+    trained = json.loads((out / "metrics.json").read_text())["bbox"]
+    assert parity["artifacts"][0]["metrics"]["bbox"]["AP"] == trained["AP"]
+    assert parity["artifacts"][0]["metrics"]["bbox"]["AR100"] == trained["AR100"] > 0
     assert "| parity |" in text and "PASS" in text and (reports / "bench.md").is_file()
     if any(a["kind"] == "tensorrt" for a in parity["artifacts"]):
         assert sorted(p.name for p in engines.glob("*.plan")) == ["demo.fp16.plan", "demo.int8.plan", "demo.plan"]

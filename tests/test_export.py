@@ -13,11 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from siefpn_deploy.export.meta import check_input_shape, read_meta
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.core.sidecar import check_input_shape, read_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.data.synth import split_paths
@@ -112,7 +112,7 @@ def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, expo
 
 
 def tensorrt_backend():
-    from siefpn_deploy.build.tensorrt_builder import load_backend
+    from siefpn_deploy.tensorrt.builder import load_backend
 
     try:
         return load_backend()
@@ -122,7 +122,7 @@ def tensorrt_backend():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tensorrt_builds_the_tensor_nms_graph_with_a_dynamic_profile(arch, exported):
-    from siefpn_deploy.build.tensorrt_builder import (
+    from siefpn_deploy.tensorrt.builder import (
         Profile,
         build_serialized,
         parse_onnx,
@@ -137,7 +137,7 @@ def test_tensorrt_builds_the_tensor_nms_graph_with_a_dynamic_profile(arch, expor
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tensorrt_parses_the_onnx_nms_graph(arch, exported):
-    from siefpn_deploy.build.tensorrt_builder import parse_onnx
+    from siefpn_deploy.tensorrt.builder import parse_onnx
 
     backend = tensorrt_backend()
     network = parse_onnx(backend, exported.onnx(arch, "onnx")).network

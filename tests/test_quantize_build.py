@@ -12,16 +12,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from siefpn_deploy.build.engine import engine_meta_path, read_engine_meta
-from siefpn_deploy.export.meta import read_meta
-from siefpn_deploy.parity.evaluate import evaluate_detector
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.quantize.precision import DEFAULT_EXCLUDES
 from siefpn_deploy.runtime import Detector
+from siefpn_deploy.tensorrt.plan import engine_meta_path, read_engine_meta
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
 
@@ -29,7 +28,7 @@ ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
 def val_images(data: Path, n: int) -> list[torch.Tensor]:
     images, annotations = split_paths(data, "val")
     dataset = CocoDetection(image_dir=images, annotation_file=annotations)
-    return [dataset[i][0] for i in range(n)]
+    return [dataset.image(i) for i in range(n)]
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -79,15 +78,36 @@ def test_int8_has_qdq_differs_from_fp32_and_records_its_calibration(arch, quanti
             assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_accuracy_in_onnx_runtime_fp16_and_int8_within_budget(arch, quantized, tiny_synth):
-    images, annotations = split_paths(tiny_synth, "val")
-    dataset = CocoDetection(image_dir=images, annotation_file=annotations, with_masks=arch == "mask_rcnn")
-    ap = {p: 100 * evaluate_detector(Detector.from_path(quantized.onnx(arch, p)), dataset, batch_size=2)
-          .metrics["bbox"]["AP"] for p in ("fp32", "fp16", "int8")}
-    print(f"{arch} bbox AP (points) on the tiny val split: {ap}")
-    assert abs(ap["fp16"] - ap["fp32"]) <= 0.2
-    assert ap["fp32"] - ap["int8"] <= 1.5
+FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has room to fail it
+
+
+def broken_int8(source: Path, target: Path) -> None:
+    """The calibrated INT8 model with every quantization scale x100: most activations and weights round to 0."""
+    model = onnx.load(str(source))
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor in model.graph.initializer:
+        if tensor.name in scales:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 100, tensor.name))
+    assert scales
+    onnx.save(model, str(target))
+    write_meta(target, {k: v for k, v in read_meta(source).items() if k not in ("format", "onnx", "sha256")})
+
+
+def test_budget_gates_pass_fp16_and_calibrated_int8_and_fail_a_broken_int8(detecting, tmp_path, capsys):
+    fp32, fp16, int8 = (detecting.onnx(p) for p in ("fp32", "fp16", "int8"))
+    broken = tmp_path / "broken.int8.onnx"
+    broken_int8(int8, broken)
+    code = main(["parity", "--config-file", str(detecting.config), "--artifacts", str(fp32), str(fp16), str(int8),
+                 str(broken), "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
+    print(capsys.readouterr().out)
+    report = json.loads((tmp_path / "r" / "parity.json").read_text())
+    reference, *rows = report["artifacts"]
+    assert 100 * reference["metrics"]["bbox"]["AP"] >= FP32_AP_FLOOR, "the gate needs a model that detects"
+    assert [(r["precision"], r["status"]) for r in rows] == [("fp32", "pass"), ("fp16", "pass"), ("int8", "pass"),
+                                                             ("int8", "fail")]
+    assert rows[0]["delta"]["bbox"] == pytest.approx(0, abs=0.1) and rows[1]["delta"]["bbox"] >= -0.2
+    assert -1.0 <= rows[2]["delta"]["bbox"] and rows[3]["delta"]["bbox"] < -1.0
+    assert code == 1 and not report["passed"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -202,3 +222,7 @@ def test_calibration_cache_is_reused_and_keyed(exported, tmp_path, capsys):
     with pytest.raises(UserError, match="would overwrite the source"):
         quantize_model(QuantizeOptions(**{**vars(options), "output": options.onnx}))
     assert engine_meta_path("engines/x.int8.plan").name == "x.int8.engine.json"
+    # without a cache folder the preprocessed images live in a temporary folder for the call only
+    quantize_model(QuantizeOptions(**{**vars(options), "calib_cache": None, "output": tmp_path / "b.onnx"}))
+    assert "cached 4 preprocessed" in capsys.readouterr().out and read_meta(tmp_path / "b.onnx")["quantization"][
+        "calibration"]["cache"] is None

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_overrides
-from pycocotools.cocoeval import COCOeval
-from siefpn_deploy.engine.checkpoint import last_checkpoint, load_checkpoint
-from siefpn_deploy.engine.trainer import TrainingSampler, lr_factor
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.config import SolverConfig, load_config
+from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.model.checkpoint import last_checkpoint, load_checkpoint
+from siefpn_deploy.parity.check import parse_budgets, run_parity
+from siefpn_deploy.runtime import Detector
+from siefpn_deploy.train.trainer import TrainingBatches, lr_factor
 
 PRESET = "configs/synth_retinanet_R18.yaml"
 
@@ -37,14 +39,42 @@ def test_lr_schedule_warmup_and_steps():
     assert lr_factor(s, 50) == pytest.approx(0.5)
 
 
-def test_sampler_resumes_where_it_stopped():
-    full = TrainingSampler(10, seed=3, rank=1, world_size=2)
-    resumed = TrainingSampler(10, seed=3, rank=1, world_size=2, start=7)
-    a, b = iter(full), iter(resumed)
-    stream = [next(a) for _ in range(20)]
-    assert [next(b) for _ in range(13)] == stream[7:]
-    other = iter(TrainingSampler(10, seed=3, rank=0, world_size=2))
-    assert sorted(stream[:5] + [next(other) for _ in range(5)]) == list(range(10))  # ranks split each epoch
+def test_training_batches_resume_where_they_stopped():
+    groups = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1]
+    full = iter(TrainingBatches(groups, batch_size=2, seed=3, rank=1, world_size=2))
+    stream = [next(full) for _ in range(12)]
+    resumed = iter(TrainingBatches(groups, batch_size=2, seed=3, rank=1, world_size=2, start=7))
+    assert [next(resumed) for _ in range(5)] == stream[7:]  # the same indices and augmentation seeds
+    assert all(len({groups[i] for i, _ in batch}) == 1 for batch in stream)  # landscape with landscape
+    assert {groups[batch[0][0]] for batch in stream} == {0, 1}
+    other = TrainingBatches(groups, batch_size=1, seed=3, rank=0, world_size=2)
+    mine = TrainingBatches(groups, batch_size=1, seed=3, rank=1, world_size=2)
+    epoch = [b[0][0] for b in other.epoch(0) + mine.epoch(0)]
+    assert sorted(epoch) == list(range(10))  # ranks split each epoch
+    samples = [s for batch in stream for s in batch]
+    assert len({seed for _, seed in samples}) == len(samples)  # each position gets its own augmentation seed
+    with pytest.raises(UserError, match="fills a batch"):
+        next(iter(TrainingBatches([0, 1], batch_size=2, seed=0, rank=0, world_size=1)))
+
+
+def test_resume_repeats_an_uninterrupted_run_exactly(tiny_synth, tmp_path):
+    """Stopped after 2 iterations and resumed, a run ends with the same weights, bit for bit, as one that
+    ran 4 iterations straight: the same batches, augmentations, RNG draws, LR and optimizer state."""
+    schedule = dict(SOLVER__CHECKPOINT_PERIOD=1000, SOLVER__LR_SCHEDULER="multistep", SOLVER__STEPS="[3, 1000]",
+                    INPUT__FLIP_PROB=0.5)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, straight, SOLVER__MAX_ITER=4, **schedule)]) == 0
+    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, stopped, SOLVER__MAX_ITER=2, **schedule)]) == 0
+    before = torch.get_rng_state()
+    assert main(["train", "--config-file", PRESET, "--resume",
+                 *tiny_overrides(tiny_synth, stopped, SOLVER__MAX_ITER=4, **schedule)]) == 0
+    assert torch.equal(torch.get_rng_state(), before)  # training leaves the caller's global RNG alone
+    a = load_checkpoint(straight / "model_final.pth")["model"]
+    b = load_checkpoint(stopped / "model_final.pth")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert log == want
 
 
 def subset(data: Path, dst: Path, n: int) -> Path:
@@ -67,7 +97,7 @@ def test_short_training_run_reduces_loss(tiny_synth, tmp_path):
     out = tmp_path / "out"
     opts = tiny_overrides(data, out, SOLVER__MAX_ITER=30, SOLVER__IMS_PER_BATCH=4, SOLVER__CHECKPOINT_PERIOD=100,
                           SOLVER__BASE_LR=0.001, SOLVER__WARMUP_ITERS=3, INPUT__FLIP_PROB=0.0,
-                          INPUT__MIN_SIZE_TRAIN="[128]")
+                          INPUT__MIN_SIZE_TRAIN="[128]", DATALOADER__ASPECT_RATIO_GROUPING=False)
     assert main(["train", "--config-file", PRESET, *opts]) == 0
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 30
@@ -122,25 +152,33 @@ def test_two_process_ddp_on_cpu(tiny_synth, tmp_path):
     assert "bbox" in json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("arch", ["faster_rcnn", "mask_rcnn"])
-def test_eval_only_equals_direct_cocoeval(tiny_synth, tmp_path, arch):
+@pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
+def test_eval_only_and_parity_report_one_pytorch_ap(tiny_synth, tmp_path, arch):
+    """Training's own evaluation, `train --eval-only` and parity's PyTorch reference score one checkpoint on
+    the same images through the same preprocessing and postprocessing: the same AP, to the last digit."""
     train_out, eval_out = tmp_path / "train", tmp_path / "eval"
-    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, train_out, arch, SOLVER__MAX_ITER=6)]) == 0
+    # score threshold 0: a barely trained model still detects something, so the APs are not all zero
+    opts = tiny_overrides(tiny_synth, train_out, arch, SOLVER__MAX_ITER=6, MODEL__SCORE_THRESH_TEST=0.0)
+    assert main(["train", "--config-file", PRESET, *opts]) == 0
     weights = train_out / "model_final.pth"
     opts = tiny_overrides(tiny_synth, eval_out, arch, MODEL__WEIGHTS=weights, MODEL__SCORE_THRESH_TEST=0.0)
     assert main(["train", "--config-file", PRESET, "--eval-only", *opts]) == 0
     metrics = json.loads((eval_out / "metrics.json").read_text())
     results = json.loads((eval_out / "coco_instances_results.json").read_text())
-    assert results, "an untrained model with score threshold 0 still detects something"
-    gt = CocoDetection(image_dir=tiny_synth / "val", annotation_file=tiny_synth / "annotations" / "instances_val.json").coco
-    for iou_type in ["bbox"] + (["segm"] if arch == "mask_rcnn" else []):
-        ev = COCOeval(gt, gt.loadRes(results), iou_type)
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-        assert metrics[iou_type]["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
-        assert metrics[iou_type]["AP50"] == pytest.approx(ev.stats[1], abs=1e-12)
-    assert ("segm" in metrics) == (arch == "mask_rcnn")
-    # category ids in the results are COCO ids, not contiguous labels
-    assert {r["category_id"] for r in results} <= {c["id"] for c in gt.dataset["categories"]}
+    assert results and metrics["bbox"]["AR100"] > 0
+    training = json.loads((train_out / "metrics.json").read_text())
+    reference = Detector.from_checkpoint(weights, config=train_out / "config.yaml")
+    dataset = CocoDetection(image_dir=tiny_synth / "val", annotation_file=tiny_synth / "annotations" / "instances_val.json",
+                            with_masks=arch == "mask_rcnn")
+    report = run_parity(reference, [], dataset, budgets=parse_budgets([]), max_images=None,
+                        batch_size=load_config(PRESET, opts).TEST.IMS_PER_BATCH)
+    parity = report["artifacts"][0]["metrics"]
+    assert set(parity) == set(metrics) == ({"bbox", "segm"} if arch == "mask_rcnn" else {"bbox"})
+    for iou_type in parity:
+        for name in ("AP", "AP50", "AR100"):
+            assert parity[iou_type][name] == metrics[iou_type][name] == training[iou_type][name], (iou_type, name)
+    # category ids in the results are COCO ids, not contract labels
+    assert {r["category_id"] for r in results} <= set(dataset.category_ids)
 
 
 def run_cli_error(capsys, args: list[str]) -> str:
@@ -237,14 +275,3 @@ def test_checkpoints_load_with_weights_only(tiny_synth, tmp_path):
     state = torch.load(out / "model_final.pth", weights_only=True)
     assert state["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
     assert not list(out.glob(".*.tmp"))
-
-
-def test_aspect_ratio_grouping_batches_like_with_like():
-    from siefpn_deploy.engine.trainer import AspectRatioGroupedBatchSampler
-
-    groups = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1]
-    sampler = TrainingSampler(len(groups), seed=0, rank=0, world_size=1)
-    batches = iter(AspectRatioGroupedBatchSampler(sampler, groups=groups, batch_size=3))
-    seen = [next(batches) for _ in range(20)]
-    assert all(len(b) == 3 and len({groups[i] for i in b}) == 1 for b in seen)
-    assert {groups[b[0]] for b in seen} == {0, 1}

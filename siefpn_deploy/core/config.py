@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .contract import DEFAULT_MAX_DETECTIONS, has_masks
 from .errors import UserError
 
 PRESET_DIR = Path(__file__).parent.parent / "configs"
@@ -44,7 +45,7 @@ class ModelConfig:
     ROI_BOX_HEAD_DIM: int = 1024
     SCORE_THRESH_TEST: float = 0.05
     NMS_THRESH_TEST: float = 0.5
-    DETECTIONS_PER_IMAGE: int = 100
+    DETECTIONS_PER_IMAGE: int = DEFAULT_MAX_DETECTIONS  # K
     # inputs are RGB in 0..1; these are torchvision's ImageNet statistics
     PIXEL_MEAN: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     PIXEL_STD: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -52,7 +53,7 @@ class ModelConfig:
 
     @property
     def has_masks(self) -> bool:
-        return self.META_ARCHITECTURE == "mask_rcnn"
+        return has_masks(self.META_ARCHITECTURE)
 
 
 @dataclass
@@ -100,6 +101,9 @@ class DataloaderConfig:
 @dataclass
 class TestConfig:
     EVAL_PERIOD: int = 0  # 0: evaluate only at the end of training
+    # images per evaluation batch, for training's evaluation and parity alike (one canvas per batch; 1 as
+    # detectron2's test loader, so no image's detections depend on the others' sizes)
+    IMS_PER_BATCH: int = 1
 
 
 @dataclass
@@ -165,13 +169,14 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str, where: str) -> None:
 
 
 def resolve_config_file(name: str | Path) -> Path:
-    """A path as given, else a preset shipped with the package (e.g. `configs/synth_retinanet_R18.yaml`)."""
+    """A path as given, else a preset shipped with the package, with or without `.yaml`
+    (`configs/synth_retinanet_R18.yaml`, `synth_retinanet_R18.yaml`, `synth_retinanet_R18`)."""
     path = Path(name)
     if path.is_file():
         return path
-    preset = PRESET_DIR / path.name
-    if preset.is_file():
-        return preset
+    for preset in (PRESET_DIR / path.name, PRESET_DIR / f"{path.name}.yaml"):
+        if preset.is_file():
+            return preset
     available = ", ".join(sorted(p.name for p in PRESET_DIR.glob("*.yaml") if not p.name.startswith("Base")))
     raise UserError(f"config file not found: {name} (presets: {available})")
 

@@ -1,11 +1,19 @@
-"""Report helpers shared by the parity report, the bench command and the benchmark scripts."""
+"""The one report writer: NAME.json (everything), NAME.md (what a person reads) and NAME.png (a plot),
+each written atomically, for parity, bench and the benchmark scripts.
+
+Plots are drawn on a `matplotlib.figure.Figure` without pyplot, so writing a report never switches the
+user's matplotlib backend; without matplotlib there is no PNG, and everything else is written.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from .fileio import atomic_path
+from .fileio import atomic_path, atomic_write, write_json
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -13,44 +21,71 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
-def pyplot() -> Any | None:
-    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed (plots are optional)."""
+def source_commit() -> str | None:
+    """The git commit of the siefpn-deploy checkout being measured (with "+changes" when it has
+    uncommitted ones), or None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return None
-    return plt
+    return commit + ("+changes" if dirty else "") if commit else None
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """A PNG written atomically; the figure is closed."""
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    fig.clf()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def write_benchmark_report(path: str | Path, *, title: str, description: str, header: Sequence[str],
-                           rows: Sequence[Sequence[Any]], command: str) -> str:
-    """A benchmark's markdown: title with date, machine and versions, how it was measured, the table and
-    the command that measured it; printed and written atomically to `path`."""
-    import datetime
-    import platform
-
-    import onnxruntime
+def machine() -> dict[str, Any]:
+    """Where and on what a measurement ran: date, CPU architecture, threads, versions, the GPU if any, and
+    the commit."""
     import torch
 
-    from .fileio import atomic_write
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "gpu": gpu, "commit": source_commit()}
 
-    report = (f"# {title} ({datetime.date.today().isoformat()}, {platform.machine()}, {torch.get_num_threads()} "
-              f"threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__})\n\n{description}\n\n"
-              f"{markdown_table(header, rows)}\n\nCommand: `{command}`\n")
+
+def machine_line(m: dict[str, Any]) -> str:
+    """e.g. "2026-11-25T20:00:00, x86_64, 2 threads, torch 2.14.1, commit 1a2b3c4" (+ the GPU)."""
+    return (f"{m['date']}, {m['machine']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "")
+            + (f", commit {m['commit']}" if m.get("commit") else ""))
+
+
+def write_report(folder: str | Path, name: str, *, data: dict[str, Any], markdown: str,
+                 plot: Callable[[Any], None] | None = None) -> list[Path]:
+    """folder/name.json, folder/name.md and, when `plot` is given and matplotlib is installed,
+    folder/name.png drawn by plot(figure). Returns the paths written."""
+    folder = Path(folder)
+    written = [write_json(folder / f"{name}.json", json.loads(json.dumps(data, default=str))),
+               atomic_write(folder / f"{name}.md", lambda tmp: tmp.write_text(markdown))]
+    if plot is not None:
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            return written
+        figure = Figure(figsize=(7, 4.5))
+        plot(figure)
+        figure.tight_layout()
+        with atomic_path(folder / f"{name}.png") as tmp:
+            figure.savefig(tmp, format="png", dpi=110)
+        written.append(folder / f"{name}.png")
+    return written
+
+
+def write_benchmark_report(path: str | Path, *, title: str, body: str, command: str,
+                           data: dict[str, Any] | None = None) -> str:
+    """A benchmark script's result: markdown titled with the date, machine, versions and commit, its body
+    (tables and notes) and the command that measured it, printed and written as path (.md) beside a .json."""
+    import onnxruntime
+
+    path = Path(path)
+    m = machine()
+    report = (f"# {title} ({machine_line(m)}, onnxruntime {onnxruntime.__version__})\n\n{body.strip()}\n\n"
+              f"Command: `{command}`\n")
     print("\n" + report)
-    atomic_write(path, lambda tmp: tmp.write_text(report))
+    write_report(path.parent, path.stem, data={"title": title, "machine": m, "command": command, **(data or {})},
+                 markdown=report)
     return report

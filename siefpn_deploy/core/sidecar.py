@@ -1,7 +1,9 @@
 """`NAME.meta.json`: everything a runtime needs to use `NAME.onnx` without the training code.
 
 Written atomically beside the ONNX; `read_meta` refuses a missing, malformed or mismatched sidecar
-(the sha256 must be the ONNX's), and `check_input_shape` refuses shapes outside the exported ranges.
+(the sha256 must be the ONNX's) or one of another contract major version (`contract.SCHEMA_VERSION`), and
+`check_input_shape` refuses shapes outside the exported ranges. The TensorRT engine's NAME.engine.json
+is read through the same `read_sidecar`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from .contract import check_schema
 from .errors import UserError
 from .fileio import read_json, write_json
 
 META_FORMAT = "siefpn-deploy/onnx-meta"
-META_VERSION = 1
+ENGINE_SUFFIX = ".plan"  # the one TensorRT engine suffix; its sidecar is NAME.engine.json
 REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
 
 
@@ -33,8 +36,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def write_meta(onnx_path: str | Path, meta: dict[str, Any]) -> Path:
-    meta = {"format": META_FORMAT, "version": META_VERSION, "onnx": Path(onnx_path).name,
-            "sha256": sha256_of(onnx_path), **meta}
+    meta = {"format": META_FORMAT, "onnx": Path(onnx_path).name, "sha256": sha256_of(onnx_path), **meta}
     return write_json(meta_path(onnx_path), meta)
 
 
@@ -48,6 +50,7 @@ def read_sidecar(artifact: str | Path, sidecar: Path, *, kind: str, fmt: str, sh
     if not sidecar.is_file():
         raise UserError(f"{artifact} has no {sidecar.name} beside it; {remedy}")
     meta = read_json(sidecar, sidecar.name)
+    check_schema(meta, source=str(sidecar))
     missing = [k for k in (*required, sha_key) if k not in meta] if isinstance(meta, dict) else list(required)
     if missing or meta.get("format") != fmt:
         raise UserError(f"{sidecar} is not a siefpn-deploy {sidecar.name.split('.', 1)[-1]} "
@@ -77,6 +80,6 @@ def check_input_shape(meta: dict[str, Any], shape: tuple[int, ...], *, source: s
         raise UserError(f"{source}: input must be [B,3,H,W], got {list(shape)}")
     for name, value, lo, hi in outside_range(meta, shape)[:1]:
         raise UserError(f"{source}: {name} {value} is outside the exported range [{lo}, {hi}]")
-    div = meta["shapes"]["divisibility"]
+    div = meta["preprocess"]["divisibility"]
     if shape[2] % div or shape[3] % div:
         raise UserError(f"{source}: height and width must be multiples of {div}, got {shape[2]}x{shape[3]}")

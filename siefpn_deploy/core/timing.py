@@ -1,10 +1,13 @@
-"""Wall-clock latency of a callable: warm-up runs, then the distribution of timed runs."""
+"""Wall-clock latency of a callable (warm-up runs, then the distribution of timed runs) and the process's
+peak host memory."""
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -35,3 +38,19 @@ def measure(fn: Callable[[], object], *, warmup: int, iters: int, sync: Callable
         sync()
         runs.append(time.perf_counter() - t)
     return Latency(tuple(runs))
+
+
+def reset_peak_rss() -> None:
+    """Linux: restart the process's peak-RSS counter (VmHWM), so each setting reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's so far
+
+
+def peak_rss_mib() -> float:
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

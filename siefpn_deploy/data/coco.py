@@ -11,11 +11,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 
-from ..core.errors import UserError, one_line
+from ..core.contract import category_id_to_label, label_to_category_id
+from ..core.errors import UserError
 from ..core.fileio import read_json
+from .image import load_image, to_tensor
 
 
 def load_coco(annotation_file: str | Path) -> COCO:
@@ -56,35 +57,9 @@ def load_coco(annotation_file: str | Path) -> COCO:
     return coco
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def find_images(folder: str | Path) -> list[Path]:
-    """The images below `folder` (recursively), sorted; a one-line error when there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image as RGB, EXIF orientation applied first."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # converting such a palette straight to RGB makes PIL warn
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {one_line(e)}") from None
-
-
 class CocoDetection(torch.utils.data.Dataset):
-    """Yields (image float32 [3, H, W] in 0..1, target dict) with contiguous labels 1..K (0 is background).
+    """Yields (image float32 [3, H, W] in 0..1, target dict) with the contract's labels 1..C
+    (`core.contract`: categories sorted by id; 0 is torchvision's background).
 
     Crowd annotations are left out of the targets; evaluation uses `self.coco`, which honours them.
     """
@@ -101,7 +76,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_ids: list[int] = sorted(self.coco.imgs)
         self.category_ids: list[int] = sorted(self.coco.cats)
         self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
-        self._label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        self._label_of = category_id_to_label(self.category_ids)
         paths = [self._path(i) for i in self.image_ids]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
@@ -113,10 +88,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.category_ids)
 
     def label_to_category_id(self, labels: torch.Tensor | list[int]) -> list[int]:
-        labels = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
-        if any(not 1 <= int(l) <= self.num_classes for l in labels):
-            raise ValueError(f"labels must lie in 1..{self.num_classes}, got {labels}")
-        return [self.category_ids[int(l) - 1] for l in labels]
+        return label_to_category_id(labels, self.category_ids)
 
     def _path(self, image_id: int) -> Path:
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
@@ -124,7 +96,8 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def image(self, index: int) -> torch.Tensor:
+        """Image `index` alone (RGB [3,H,W] in 0..1, no transforms, no masks decoded): what evaluation reads."""
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         path = self._path(image_id)
@@ -134,8 +107,15 @@ class CocoDetection(torch.utils.data.Dataset):
         if (info.get("width", w), info.get("height", h)) != (w, h):
             raise UserError(f"image {path} is {w}x{h} after EXIF orientation but {self.annotation_file} "
                             f"says {info.get('width')}x{info.get('height')}")
-        image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        image = image.contiguous().to(torch.float32).div_(255)  # [3, H, W]
+        return to_tensor(img)  # [3, H, W] RGB 0..1
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`key` is an index, or (index, seed) from the training sampler: the seed drives the transforms'
+        random choices, so a sample's augmentation depends on its place in the data order alone."""
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        image_id = self.image_ids[index]
+        image = self.image(index)
+        h, w = image.shape[1:]
 
         anns = []
         for ann in self.coco.imgToAnns.get(image_id, []):
@@ -162,7 +142,7 @@ class CocoDetection(torch.utils.data.Dataset):
                         masks[i] = self.coco.annToMask(ann)
             target["masks"] = torch.from_numpy(masks)  # [N, H, W]
         if self.transforms is not None:
-            image, target = self.transforms(image, target)
+            image, target = self.transforms(image, target, torch.Generator().manual_seed(seed))
         return image, target
 
 

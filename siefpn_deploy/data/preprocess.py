@@ -1,4 +1,5 @@
-"""The one preprocessing every deployed artifact sees: calibration, verification, parity and inference.
+"""The one preprocessing every deployed artifact sees: calibration, verification, parity, inference and
+training's evaluation. `core.contract.PreprocessSpec` defines it; this carries it out.
 
 It is torchvision's test-time transform, split where the graph begins: resize with the detector's
 MIN/MAX_SIZE_TEST rule (the same `interpolate` call, so the same pixels), then place the image at the
@@ -11,12 +12,13 @@ that would not fit is resized smaller to fit. Boxes go back to image pixels with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..core.contract import PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -39,27 +41,19 @@ class Canvas:
 
 @dataclass(frozen=True)
 class Preprocess:
-    min_size: int
-    max_size: int
-    divisibility: int
-    pixel_mean: tuple[float, float, float]
-    input_scale: float = 255.0
+    """The contract's `PreprocessSpec`, carried out."""
 
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "Preprocess":
-        pre = meta["preprocess"]
-        return cls(min_size=pre["resize"]["min_size"], max_size=pre["resize"]["max_size"],
-                   divisibility=meta["shapes"]["divisibility"], pixel_mean=tuple(pre["pixel_mean"]),
-                   input_scale=float(pre["input_scale"]))
+    spec: PreprocessSpec
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"min_size": self.min_size, "max_size": self.max_size, "divisibility": self.divisibility,
-                "pixel_mean": list(self.pixel_mean), "input_scale": self.input_scale}
+    def at_size(self, min_size: int, max_size: int | None = None) -> Preprocess:
+        """The same preprocessing with the test resize set to (min_size, max_size or min_size)."""
+        return Preprocess(replace(self.spec, min_size=min_size, max_size=max_size or min_size))
 
     def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
         """image [3,h,w] RGB 0..1 -> resized [3,h',w'] (torchvision's _resize_image_and_masks arithmetic)."""
         h, w = image.shape[-2:]
-        factor = min(self.min_size / min(h, w), self.max_size / max(h, w))  # in Python floats, as torchvision
+        spec = self.spec
+        factor = min(spec.min_size / min(h, w), spec.max_size / max(h, w))  # in Python floats, as torchvision
         if canvas is not None and (math.floor(h * factor) > canvas[0] or math.floor(w * factor) > canvas[1]):
             factor = min(canvas[0] / h, canvas[1] / w)
         return F.interpolate(image[None], size=None, scale_factor=factor, mode="bilinear",
@@ -70,11 +64,12 @@ class Preprocess:
         padded to the divisibility."""
         resized = [self.resize(im, canvas) for im in images]
         if canvas is None:
-            div = self.divisibility
+            div = self.spec.divisibility
             canvas = (-(-max(r.shape[1] for r in resized) // div) * div, -(-max(r.shape[2] for r in resized) // div) * div)
-        batch = torch.tensor(self.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, *canvas)
+        batch = torch.tensor(self.spec.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, *canvas)
         for b, r in enumerate(resized):
             batch[b, :, : r.shape[1], : r.shape[2]] = r
-        return Canvas(images=batch * self.input_scale if self.input_scale != 1.0 else batch,
+        scale = self.spec.input_scale
+        return Canvas(images=batch * scale if scale != 1.0 else batch,
                       resized_hw=[(r.shape[1], r.shape[2]) for r in resized],
                       original_hw=[(im.shape[1], im.shape[2]) for im in images])

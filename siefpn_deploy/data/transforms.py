@@ -1,6 +1,8 @@
 """Detectron2-style training augmentation on (image [3, H, W], target) pairs.
 
-Padding and normalisation are left to the model's own transform.
+Every random choice is drawn from the `torch.Generator` passed in (one per sample, seeded by the
+training sampler), never from the global RNG: a resumed run repeats the augmentation exactly, with
+any number of DataLoader workers. Padding and normalisation are left to the model's own transform.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ class ResizeShortestEdge:
         self.short_edge_lengths = [int(s) for s in short_edge_lengths]
         self.max_size = int(max_size)
 
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+    def __call__(self, image: torch.Tensor, target: Target, generator: torch.Generator) -> tuple[torch.Tensor, Target]:
         h, w = image.shape[-2:]
-        short = self.short_edge_lengths[int(torch.randint(len(self.short_edge_lengths), ()))]
+        short = self.short_edge_lengths[int(torch.randint(len(self.short_edge_lengths), (), generator=generator))]
         new_h, new_w = shortest_edge_size(h, w, short, self.max_size)
         if (new_h, new_w) == (h, w):
             return image, target
@@ -57,8 +59,8 @@ class RandomHorizontalFlip:
     def __init__(self, *, prob: float = 0.5):
         self.prob = float(prob)
 
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        if not float(torch.rand(())) < self.prob:
+    def __call__(self, image: torch.Tensor, target: Target, generator: torch.Generator) -> tuple[torch.Tensor, Target]:
+        if not float(torch.rand((), generator=generator)) < self.prob:
             return image, target
         w = image.shape[-1]
         image = image.flip(-1)
@@ -78,9 +80,9 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+    def __call__(self, image: torch.Tensor, target: Target, generator: torch.Generator) -> tuple[torch.Tensor, Target]:
         for t in self.transforms:
-            image, target = t(image, target)
+            image, target = t(image, target, generator)
         return image, target
 
     def __repr__(self) -> str:

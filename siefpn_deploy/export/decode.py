@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.contract import BOXES, LABELS, NUM_DETS, PAD_LABEL, SCORES
+
 
 def grid_anchors(cell_anchors: Tensor, feature: Tensor, image_hw: tuple) -> Tensor:
     """torchvision AnchorGenerator for one level, from the runtime feature shape: [h*w*A, 4].
@@ -66,14 +68,10 @@ def decode(box_coder, deltas: Tensor, references: Tensor) -> Tensor:
 
 
 def select_detections(nms, boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor) -> dict[str, Tensor]:
-    """Class-aware NMS, then the fixed-size outputs, padded after num_dets (boxes 0, scores 0, labels -1)."""
+    """Class-aware NMS, then the contract's fixed-size outputs, padded after num_dets (boxes 0, scores 0,
+    labels PAD_LABEL)."""
     keep, kept = nms(boxes, scores, labels, valid)  # [B,K]
     boxes = torch.where(kept[..., None], gather_rows(boxes, keep), torch.zeros_like(boxes[:, :1]))
     scores = torch.where(kept, torch.gather(scores, 1, keep), torch.zeros_like(scores[:, :1]))
-    labels = torch.where(kept, torch.gather(labels, 1, keep), torch.full_like(labels[:, :1], -1))
-    return {
-        "num_dets": kept.sum(dim=1).to(torch.int32),
-        "boxes": boxes,
-        "scores": scores,
-        "labels": labels.to(torch.int32),
-    }
+    labels = torch.where(kept, torch.gather(labels, 1, keep), torch.full_like(labels[:, :1], PAD_LABEL))
+    return {NUM_DETS: kept.sum(dim=1).to(torch.int32), BOXES: boxes, SCORES: scores, LABELS: labels.to(torch.int32)}

@@ -1,11 +1,6 @@
-"""The deploy wrapper: the one module that states the exported graph's contract.
+"""The deploy wrapper: the one module that turns a trained detector into the graph `core.contract`
+defines (images in; num_dets, boxes, scores, labels and, for Mask R-CNN, masks out).
 
-    images [B,3,H,W] float32, pixel values in 0..input_scale (255 or 1), H and W multiples of 32
-      -> num_dets int32 [B], boxes float32 [B,K,4] (xyxy, input pixels), scores float32 [B,K],
-         labels int32 [B,K] (the model's 1-based class index; -1 pads), and for Mask R-CNN
-         masks float32 [B,K,28,28] (the predicted class's probabilities, pasted by the runtime).
-
-Rows after num_dets are padding; rows are ordered by score. Normalisation is inside the graph.
 It wraps the trained torchvision detector's own modules (backbone, heads, box coders, anchors)
 without changing them; only the postprocessing is re-expressed with static shapes.
 """
@@ -18,13 +13,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 
+from ..core.contract import BOXES, DETECTION_OUTPUTS, LABELS, MASKS, PAD_LABEL
+from ..model.torchvision_api import rpn_test_top_n
 from .nms import BatchedNMS
 from .rcnn import BoxDecoder, MaskDecoder, RPNDecoder
 from .retinanet import RetinaNetDecoder
 from .roi_align import MultiScaleRoIAlign
-
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
-MASK_OUTPUT = "masks"
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ class DeployDetector(nn.Module):
 
 
 class OneStageDecoder(nn.Module):
-    output_names = OUTPUT_NAMES
+    output_names = DETECTION_OUTPUTS
 
     def __init__(self, *, decoder: RetinaNetDecoder) -> None:
         super().__init__()
@@ -76,15 +70,15 @@ class TwoStageDecoder(nn.Module):
         self.boxes = boxes
         self.masks = masks
         self.roi_levels = roi_levels
-        self.output_names = OUTPUT_NAMES + ((MASK_OUTPUT,) if masks is not None else ())
+        self.output_names = DETECTION_OUTPUTS + ((MASKS,) if masks is not None else ())
 
     def forward(self, features: list[Tensor], image_hw: tuple) -> dict[str, Tensor]:
         proposals, proposals_valid = self.rpn(features, image_hw)
         roi_features = features[: self.roi_levels]
         out = self.boxes(roi_features, proposals, proposals_valid, image_hw)
         if self.masks is not None:
-            masks = self.masks(roi_features, out["boxes"], out["labels"])
-            out[MASK_OUTPUT] = masks * (out["labels"] >= 0)[..., None, None].to(masks.dtype)
+            masks = self.masks(roi_features, out[BOXES], out[LABELS])
+            out[MASKS] = masks * (out[LABELS] != PAD_LABEL)[..., None, None].to(masks.dtype)
         return out
 
 
@@ -100,7 +94,7 @@ def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, in
         heads = detector.roi_heads
         pool = heads.box_roi_pool
         roi_strides = strides[: len(pool.featmap_names)]
-        rpn_nms = settings.nms(iou_threshold=detector.rpn.nms_thresh, max_keep=detector.rpn._post_nms_top_n["testing"],
+        rpn_nms = settings.nms(iou_threshold=detector.rpn.nms_thresh, max_keep=rpn_test_top_n(detector.rpn)[1],
                                num_groups=len(strides))
         box_nms = settings.nms(iou_threshold=heads.nms_thresh, max_keep=heads.detections_per_img,
                                num_groups=heads.box_predictor.cls_score.out_features)

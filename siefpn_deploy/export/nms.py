@@ -79,7 +79,7 @@ class TensorNMS(BatchedNMS):
     lowering = "tensor"
 
 
-STRATEGIES: dict[str, type[BatchedNMS]] = {cls.lowering: cls for cls in (OnnxNMS, TensorNMS)}
+STRATEGIES: dict[str, type[BatchedNMS]] = {cls.lowering: cls for cls in (OnnxNMS, TensorNMS)}  # options.NMS_LOWERINGS
 
 
 LOWEST = float(np.finfo(np.float32).min)  # the invalid key: finite, so no inf arithmetic in any runtime

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 
+from ..model.torchvision_api import rpn_test_top_n
 from .decode import (
     clip_boxes,
     decode,
@@ -41,7 +42,7 @@ class RPNDecoder(nn.Module):
         self.head = rpn.head
         self.box_coder = rpn.box_coder
         self.cell_anchors = rpn.anchor_generator.cell_anchors
-        self.pre_nms_top_n = rpn._pre_nms_top_n["testing"]
+        self.pre_nms_top_n = rpn_test_top_n(rpn)[0]
         self.min_size = rpn.min_size
         self.score_thresh = rpn.score_thresh
         self.nms = nms  # groups are levels; max_keep is post_nms_top_n
@@ -96,7 +97,7 @@ class BoxDecoder(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Mask head on the final boxes: the predicted class's 28x28 probabilities [B,K,28,28]."""
+    """Mask head on the final boxes: the predicted class's probabilities [B,K,M,M] (M = contract.MASK_SIZE)."""
 
     def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign) -> None:
         super().__init__()
@@ -108,6 +109,6 @@ class MaskDecoder(nn.Module):
     def forward(self, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
         b, k = boxes.shape[:2]
         logits = self.mask_predictor(self.mask_head(self.roi_align(features, boxes).flatten(0, 1)))
-        logits = logits.reshape(b, k, -1, *logits.shape[-2:])  # [B,K,classes,28,28]
+        logits = logits.reshape(b, k, -1, *logits.shape[-2:])  # [B,K,classes,M,M]
         index = labels.clamp(min=0).to(torch.int64).reshape(b, k, 1, 1, 1).expand(-1, -1, 1, *logits.shape[-2:])
         return torch.gather(logits, 2, index)[:, :, 0].sigmoid()

@@ -2,8 +2,9 @@
 
 Both see the same canvases, made by the runtime's own preprocessing, at two sizes and batch 2 where
 the exported ranges allow.
-The reference is the trained torchvision detector itself (eager, with its own postprocessing),
-not the deploy wrapper, so the check covers the in-graph postprocessing too.
+The reference is the trained torchvision detector itself (`EagerBackend`: eager, with its own
+postprocessing), not the deploy wrapper, so the check covers the in-graph postprocessing too. Both
+sides' outputs are the contract's padded layout, compared image by image.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import torch
 from torch import nn
 
 from ..core.config import Config
+from ..core.contract import INPUT, GraphContract, image_rows
 from ..core.errors import UserError
+from ..core.ort import ort_session
 from ..core.sidecar import check_input_shape
 from ..data import CocoDetection, synth
+from ..data.image import to_tensor
 from ..data.preprocess import Preprocess
 from ..evaluation.agreement import Agreement
-from ..model.inference import detect_on_canvas
+from ..model.inference import EagerBackend
 
 BOX_RTOL = 1e-3  # |box error| <= BOX_RTOL * max(|coordinate|, 1 px)
 SCORE_ATOL = 1e-4
-MASK_ATOL = 1e-2  # pasted mask probabilities; box errors of 1e-4 px move the paste grid slightly
+MASK_ATOL = 1e-2  # the M x M mask probabilities of matched detections
 
 
 @dataclass
@@ -53,7 +57,7 @@ def verification_shapes(meta: dict[str, Any]) -> list[tuple[int, int, int, int]]
     """Two different sizes inside the exported ranges (at least one not square), at batch 2 where allowed;
     neither is the export example's shape unless the ranges leave no choice."""
     s = meta["shapes"]
-    div = s["divisibility"]
+    div = meta["preprocess"]["divisibility"]
     batch = min(max(2, s["batch"]["min"]), s["batch"]["max"])
 
     def pick(r: dict, target: int) -> int:
@@ -79,37 +83,10 @@ def verification_images(cfg: Config, *, count: int = 4, log=print) -> list[torch
         dataset = CocoDetection(image_dir=d.TEST_IMAGES, annotation_file=d.TEST_ANNOTATIONS)
         if len(dataset):
             log(f"[verify] images: the first {min(count, len(dataset))} of {d.TEST_IMAGES}")
-            return [dataset[i][0] for i in range(min(count, len(dataset)))]
+            return [dataset.image(i) for i in range(min(count, len(dataset)))]
     log(f"[verify] images: {count} synthetic renders ({d.TEST_ANNOTATIONS} is not here)")
     renders = [synth.render(np.random.default_rng([7, i]), 320 - 32 * i, 224 + 32 * i)[0] for i in range(count)]
-    return [torch.from_numpy(r).permute(2, 0, 1).float() / 255 for r in renders]
-
-
-def ort_session(path: str | Path):
-    import onnxruntime as ort
-
-    try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise UserError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
-
-
-def _reference(detector: nn.Module, batch: torch.Tensor, input_scale: float) -> list[dict[str, np.ndarray]]:
-    return [{k: v.numpy() for k, v in d.items()} for d in detect_on_canvas(detector, batch / input_scale)]
-
-
-def _unbatch(outputs: dict[str, np.ndarray], image_hw: tuple[int, int]) -> list[dict[str, np.ndarray]]:
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
-
-    dets = []
-    for b, n in enumerate(outputs["num_dets"]):
-        d = {k: outputs[k][b, :n] for k in ("boxes", "scores", "labels")}
-        d["labels"] = d["labels"].astype(np.int64)
-        if "masks" in outputs:
-            masks = torch.from_numpy(outputs["masks"][b, :n, None].copy())
-            d["masks"] = paste_masks_in_image(masks, torch.from_numpy(d["boxes"].copy()), image_hw, padding=1).numpy()
-        dets.append(d)
-    return dets
+    return [to_tensor(r) for r in renders]
 
 
 def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, images: list[torch.Tensor], *,
@@ -121,19 +98,21 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
     except Exception as e:
         raise UserError(f"onnx.checker rejects {path}: {str(e).strip().splitlines()[0]}") from None
     session = ort_session(path)
-    pre, post = meta["preprocess"], meta["postprocess"]
-    preprocess = Preprocess.from_meta(meta)
+    contract = GraphContract.from_meta(meta, source=str(path))
+    reference = EagerBackend(detector, contract, torch.device("cpu"))
+    post = meta["postprocess"]
+    preprocess = Preprocess(contract.preprocess)
     agreement = Agreement()
     shapes = verification_shapes(meta)
     for shape in shapes:
         check_input_shape(meta, shape, source=str(path))
-        batch = preprocess([images[i % len(images)] for i in range(shape[0])], canvas=shape[2:]).images
-        names = [o.name for o in session.get_outputs()]
-        got = dict(zip(names, session.run(None, {"images": batch.numpy()})))
-        ref = _reference(detector, batch, pre["input_scale"])
+        batch = preprocess([images[i % len(images)] for i in range(shape[0])], canvas=shape[2:]).images.numpy()
+        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT: batch})))
+        ref = reference.run(batch)
         before = Agreement(**{k: getattr(agreement, k) for k in ("reference", "matched", "unmatched")})
-        for r, g in zip(ref, _unbatch(got, shape[2:])):
-            agreement.add(r, g, min_iou=0.5, score_thresh=post["score_thresh"], max_det=post["max_det"])
+        for b in range(shape[0]):
+            agreement.add(image_rows(ref, b), image_rows(got, b), min_iou=0.5, score_thresh=post["score_thresh"],
+                          max_det=contract.max_detections)
         log(f"[verify] {list(shape)}: {agreement.matched - before.matched}/{agreement.reference - before.reference} "
             f"PyTorch detections matched in ONNX Runtime")
     result = Verification(shapes=[list(s) for s in shapes], agreement=agreement)

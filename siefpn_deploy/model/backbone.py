@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..core.errors import UserError
 from ..core.fileio import load_torch_file
 from .neck import PyramidNeck, ShapeSpec
+from .torchvision_api import intermediate_layers
 
 RESNETS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, 64),
@@ -66,7 +66,7 @@ def build_resnet_body(
     for module_name in frozen:
         getattr(resnet, module_name).requires_grad_(False)
     return_layers = {stage: f"c{i + 2}" for i, stage in enumerate(_STAGES) if f"c{i + 2}" in levels}
-    body = IntermediateLayerGetter(resnet, return_layers=return_layers)
+    body = intermediate_layers(resnet, return_layers)
     shapes = {
         f"c{i + 2}": ShapeSpec(channels=c2_channels * 2**i, stride=4 * 2**i) for i in range(4) if f"c{i + 2}" in levels
     }

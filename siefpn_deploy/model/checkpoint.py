@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.config import Config
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, load_torch_file
 
@@ -60,3 +61,20 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], path: str | Path
             "was it trained with another MODEL.META_ARCHITECTURE, BACKBONE, NECK or dataset?"
         )
     unwrap(model).load_state_dict(weights)
+
+
+def load_trained_detector(cfg: Config, *, config_name: str, classes: dict[str, list] | None = None
+                          ) -> tuple[nn.Module, dict[str, list]]:
+    """The detector of cfg with MODEL.WEIGHTS loaded (eval mode, CPU) and its classes ({"names",
+    "category_ids"}, in label order): the checkpoint's, else `classes` (a bare state dict records none)."""
+    from .detectors import build_detector
+
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError("no weights given: add MODEL.WEIGHTS path/to/model_final.pth")
+    state = load_checkpoint(cfg.MODEL.WEIGHTS)
+    classes = state.get("classes") or classes
+    if not classes:
+        raise UserError(f"checkpoint {cfg.MODEL.WEIGHTS} records no classes; train it with `siefpn-deploy train`")
+    model = build_detector(cfg, num_classes=len(classes["names"]))
+    load_model_weights(model, state, cfg.MODEL.WEIGHTS, config_name)
+    return model.eval(), {"names": list(classes["names"]), "category_ids": [int(c) for c in classes["category_ids"]]}

@@ -13,8 +13,10 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..core.config import Config
+from ..core.contract import MASK_POOL_SIZE
 from .backbone import BackboneWithNeck, build_resnet_body
 from .neck import FPN, DualSIEFPN, LastLevelMaxPool, LastLevelP6P7
+from .torchvision_api import transform_skip_train_resize
 
 
 def backbone_levels(arch: str) -> list[str]:
@@ -50,7 +52,8 @@ def build_anchor_generator(cfg: Config) -> AnchorGenerator:
 
 
 def build_detector(cfg: Config, *, num_classes: int) -> nn.Module:
-    """`num_classes` counts the dataset's categories; torchvision's +1 background is added here."""
+    """`num_classes` counts the dataset's categories; torchvision's background class 0 is added here, so the
+    model's labels are the contract's 1..C (`core.contract`)."""
     m, inp = cfg.MODEL, cfg.INPUT
     backbone = build_backbone(cfg)
     anchors = build_anchor_generator(cfg)
@@ -63,7 +66,7 @@ def build_detector(cfg: Config, *, num_classes: int) -> nn.Module:
         image_mean=m.PIXEL_MEAN,
         image_std=m.PIXEL_STD,
         size_divisible=inp.SIZE_DIVISIBILITY,
-        _skip_resize=True,
+        **transform_skip_train_resize(),
     )
     if m.META_ARCHITECTURE == "retinanet":
         norm = partial(nn.GroupNorm, min(32, channels // 4)) if m.RETINANET_HEAD_NORM == "GN" else None
@@ -93,7 +96,7 @@ def build_detector(cfg: Config, *, num_classes: int) -> nn.Module:
         return FasterRCNN(backbone, **rcnn)
     return MaskRCNN(
         backbone,
-        mask_roi_pool=MultiScaleRoIAlign(featmap_names=roi_levels, output_size=14, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(featmap_names=roi_levels, output_size=MASK_POOL_SIZE, sampling_ratio=2),
         mask_head=MaskRCNNHeads(channels, (channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(channels, channels, num_classes + 1),
         **rcnn,

@@ -1,4 +1,5 @@
-"""Eager inference on already-preprocessed canvases: the PyTorch reference of every deployed artifact.
+"""Eager inference on already-preprocessed canvases: the PyTorch reference of every deployed artifact,
+and `EagerBackend`, which pads its detections into the contract's fixed-size outputs.
 
 torchvision's detectors resize each image in their transform (MIN/MAX_SIZE_TEST). A deployed graph
 gets a canvas that the runtime has already resized and padded, so its reference must see that same
@@ -8,21 +9,26 @@ canvas unresized. This runs the detector's own modules and its own postprocessin
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from ..core.contract import BOXES, LABELS, MASKS, NUM_DETS, SCORES, GraphContract
+from ..core.errors import UserError
+
 
 @torch.no_grad()
 def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool = True,
                      backbone: Callable[[Tensor], dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
     """canvas [B,3,H,W] RGB in 0..1 (H, W multiples of the size divisibility) -> per-image detections
-    in canvas pixels: boxes [N,4], scores [N], labels [N] (1-based), and for Mask R-CNN masks [N,1,H,W]
-    pasted on the canvas (or the head's [N,1,28,28] probabilities with paste_masks=False).
+    in canvas pixels: boxes [N,4], scores [N], labels [N] (the contract's 1..C), and for Mask R-CNN masks [N,1,H,W]
+    pasted on the canvas (or the head's [N,1,M,M] probabilities, M = contract.MASK_SIZE, with paste_masks=False).
     `backbone` replaces the call of detector.backbone (e.g. a CUDA-graph replay of it)."""
     if detector.training:
         raise ValueError("detect_on_canvas needs the detector in eval mode")
@@ -48,3 +54,55 @@ def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool =
         if "masks" in d:
             d["masks"] = paste_masks_in_image(d["masks"], d["boxes"], hw)
     return detections
+
+
+class EagerBackend:
+    """A trained torchvision detector, eager PyTorch (CPU or CUDA), as a backend of the graph contract:
+    `run(canvas [B,3,H,W] in 0..input_scale)` -> the same padded outputs an exported graph returns.
+
+    On CUDA it can also run under autocast (`autocast_dtype=torch.float16`) and replay the backbone and
+    neck as CUDA graphs (`cuda_graphs=True`, one capture per input shape; see cuda_graphs.py)."""
+
+    kind = "pytorch"
+
+    def __init__(self, detector: nn.Module, contract: GraphContract, device: torch.device, *,
+                 autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False) -> None:
+        if (autocast_dtype is not None or cuda_graphs) and device.type != "cuda":
+            raise UserError("FP16 autocast and CUDA graphs need a CUDA device; use --device cuda on a GPU machine")
+        self.detector = detector.to(device).eval()
+        self.contract = contract
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.backbone = None
+        if cuda_graphs:
+            from .cuda_graphs import GraphedBackbone
+
+            self.backbone = GraphedBackbone(self.detector.backbone, autocast_dtype=autocast_dtype)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def variant(self) -> str:
+        """e.g. "fp32", "fp16-autocast", "fp16-autocast+cuda-graphs"."""
+        name = "fp32" if self.autocast_dtype is None else f"{str(self.autocast_dtype).removeprefix('torch.')}-autocast"
+        name = name.replace("float16", "fp16").replace("bfloat16", "bf16")
+        return name + ("+cuda-graphs" if self.backbone is not None else "")
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        batch = torch.from_numpy(images).to(self.device) / self.contract.preprocess.input_scale
+        autocast: Any = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
+                         if self.autocast_dtype is not None else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            dets = detect_on_canvas(self.detector, batch, paste_masks=False, backbone=self.backbone)
+        out = self.contract.empty_outputs(len(dets))
+        for i, d in enumerate(dets):
+            n = min(len(d["boxes"]), self.contract.max_detections)
+            out[NUM_DETS][i] = n
+            out[BOXES][i, :n] = d["boxes"][:n].float().cpu().numpy()
+            out[SCORES][i, :n] = d["scores"][:n].float().cpu().numpy()
+            out[LABELS][i, :n] = d["labels"][:n].cpu().numpy()
+            if MASKS in out:
+                out[MASKS][i, :n] = d["masks"][:n, 0].float().cpu().numpy()
+        return out

@@ -7,7 +7,6 @@ An artifact that cannot run on this machine (a TensorRT engine without a GPU) is
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import CannotRunHere, UserError
+from ..core.reporting import machine
+from ..core.sidecar import ENGINE_SUFFIX
 from ..data import CocoDetection
 from ..evaluation.agreement import Agreement
-from ..evaluation.loop import Evaluation, evaluate_detector
+from ..evaluation.loop import Evaluation, evaluate_predictor
 from ..runtime import Detector
 
 DEFAULT_BUDGETS = {"fp32": 0.1, "fp16": 0.2, "int8": 1.0}  # AP points (0..100) an artifact may lose
@@ -69,9 +70,9 @@ def same_model(reference: Detector, artifact: Detector) -> None:
 
 
 def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
-               max_images: int | None, batch_size: int | None = None, log=print) -> dict[str, Any]:
-    """Every artifact and the reference on the same images in the same batches (so the same canvases):
-    the batch is `batch_size`, else the largest every runnable artifact takes, at most 8."""
+               max_images: int | None, batch_size: int, log=print) -> dict[str, Any]:
+    """Every artifact and the reference on the same images in the same batches of `batch_size` (so the same
+    canvases; TEST.IMS_PER_BATCH, as training's evaluation uses), through the one evaluation loop."""
     count = min(max_images or len(dataset), len(dataset))
     rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
     runnable: list[tuple[Path, Detector]] = []
@@ -84,18 +85,18 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
             log(f"[parity] {path}: not run: {e}")
             rows.append(ArtifactResult(path=str(path), kind=_kind(path), precision=_precision(path), status="not run",
                                        reason=str(e)))
-    batch = batch_size or min([8, reference.max_batch] + [d.max_batch for _, d in runnable])
+    batch = min([batch_size, reference.max_batch] + [d.max_batch for _, d in runnable])
     log(f"[parity] reference: PyTorch {reference.path} on {count} images of {dataset.annotation_file}, batch {batch}")
-    ref_eval = evaluate_detector(reference, dataset, max_images=max_images, batch_size=batch,
-                                 desc=f"pytorch {reference.path.name}")
+    ref_eval = evaluate_predictor(reference, dataset, max_images=max_images, batch_size=batch,
+                                  desc=f"pytorch {reference.path.name}")
     rows[0].metrics = ref_eval.metrics
     post = reference.meta["postprocess"]
     for path, detector in runnable:
-        evaluation = evaluate_detector(detector, dataset, max_images=max_images, batch_size=batch,
-                                       desc=f"{detector.kind} {detector.precision} {path.name}")
+        evaluation = evaluate_predictor(detector, dataset, max_images=max_images, batch_size=batch,
+                                        desc=f"{detector.kind} {detector.precision} {path.name}")
         delta = {t: 100 * (evaluation.metrics[t]["AP"] - ref_eval.metrics[t]["AP"]) for t in ref_eval.metrics}
         budget = budgets.get(detector.precision, budgets["fp32"])
-        agreement = _agreement(ref_eval, evaluation, post["score_thresh"], post["max_det"])
+        agreement = _agreement(ref_eval, evaluation, post["score_thresh"], reference.contract.max_detections)
         ok = all(-d <= budget for d in delta.values()) and agreement.non_finite == 0
         rows.append(ArtifactResult(path=str(path), kind=detector.kind, precision=detector.precision,
                                    status="pass" if ok else "fail", metrics=evaluation.metrics, delta=delta,
@@ -116,27 +117,25 @@ def _precision(path: Path) -> str:
     from ..tensorrt.plan import read_engine_meta
 
     try:
-        return read_engine_meta(path)["precision"] if path.suffix in (".plan", ".engine") else "?"
+        return read_engine_meta(path)["precision"] if path.suffix == ENGINE_SUFFIX else "?"
     except UserError:
         return "?"
 
 
 def _kind(path: Path) -> str:
-    return {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt"}.get(path.suffix, "pytorch")
+    return {".onnx": "onnxruntime", ENGINE_SUFFIX: "tensorrt"}.get(path.suffix, "pytorch")
 
 
 def environment() -> dict[str, Any]:
     import onnxruntime
-    import torch
     import torchvision
 
     from .. import __version__
 
-    env = {"siefpn_deploy": __version__, "python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-           "cpu_threads": torch.get_num_threads(), "numpy": np.__version__}
+    m = machine()
+    env = {**m, "siefpn_deploy": __version__, "torchvision": torchvision.__version__,
+           "onnxruntime": onnxruntime.__version__, "device": m["gpu"] or "cpu", "cpu_threads": m["threads"],
+           "numpy": np.__version__}
     try:
         from ..tensorrt.builder import load_backend
 

@@ -1,5 +1,5 @@
 """parity.json (everything), parity.md (a table a person reads) and parity.png (AP per artifact and each
-class's AP delta), written atomically into the report folder."""
+class's AP delta), written into the report folder by the one report writer (`core.reporting`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from ..core.fileio import atomic_write, write_json
-from ..core.reporting import markdown_table, pyplot, save_figure
+from ..core.reporting import markdown_table, write_report
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -42,14 +41,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
 
 
-def plot(report: dict[str, Any], path: Path) -> bool:
-    """AP per artifact, and per-class bbox AP delta vs PyTorch; False when matplotlib is missing."""
-    plt = pyplot()
-    if plt is None:
-        return False
+def plot(report: dict[str, Any], fig: Any) -> None:
+    """AP per artifact, and per-class bbox AP delta vs PyTorch, on a matplotlib Figure."""
     ran = [a for a in report["artifacts"] if a["status"] != "not run"]
     names = [Path(a["path"]).name for a in ran]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig.set_size_inches(13, 4.5)
+    left, right = fig.subplots(1, 2)
     left.bar(names, [100 * a["metrics"]["bbox"]["AP"] for a in ran],
              color=["#888" if a["status"] == "reference" else "#2a7" if a["status"] == "pass" else "#c33" for a in ran])
     left.set_ylabel("bbox AP")
@@ -69,14 +66,8 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     right.set_title("per-class AP delta")
     if len(ran) > 1:
         right.legend(fontsize=8)
-    save_figure(fig, path)
-    return True
 
 
-def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
+def write_parity_report(report: dict[str, Any], folder: Path) -> list[Path]:
     report = {**report, "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    written = [write_json(folder / "parity.json", report)]
-    written.append(atomic_write(folder / "parity.md", lambda tmp: tmp.write_text(markdown(report))))
-    if plot(report, folder / "parity.png"):
-        written.append(folder / "parity.png")
-    return written
+    return write_report(folder, "parity", data=report, markdown=markdown(report), plot=lambda fig: plot(report, fig))

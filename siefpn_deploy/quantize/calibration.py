@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from onnxruntime.quantization import CalibrationDataReader
 
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, read_json, write_json
 from ..core.progress import progress_bar
-from ..data.coco import find_images, load_coco, load_image
+from ..data.coco import load_coco
+from ..data.image import find_images, to_tensor
 from ..data.preprocess import Preprocess
 
 
@@ -68,7 +68,7 @@ class CalibrationSet:
 
 def cache_key(onnx_sha256: str, images: list[Path], preprocess: Preprocess, canvas: tuple[int, int]) -> dict[str, Any]:
     files = [[str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)] for p in images]
-    return {"onnx_sha256": onnx_sha256, "images": files, "preprocess": preprocess.as_dict(), "canvas": list(canvas)}
+    return {"onnx_sha256": onnx_sha256, "images": files, "preprocess": preprocess.spec.as_meta(), "canvas": list(canvas)}
 
 
 def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[int, int], onnx_sha256: str,
@@ -83,8 +83,7 @@ def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[i
     with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), 3, *canvas))
         for i, path in enumerate(progress_bar(images, desc="preprocess calibration images", unit="img")):
-            image = torch.from_numpy(np.asarray(load_image(path), dtype=np.float32).transpose(2, 0, 1) / 255.0)
-            out[i] = preprocess([image], canvas=canvas).images[0].numpy()
+            out[i] = preprocess([to_tensor(path)], canvas=canvas).images[0].numpy()
         out.flush()
         del out
     write_json(sidecar, key)

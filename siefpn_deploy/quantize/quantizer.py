@@ -9,54 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from ..core.contract import GraphContract
 from ..core.errors import UserError
 from ..core.fileio import atomic_path
 from ..core.sidecar import meta_path, read_meta, write_meta
 from ..data.preprocess import Preprocess
 from .calibration import BatchReader, check_batch, choose, list_images, load_or_build
-from .precision import DEFAULT_EXCLUDES
+from .options import QuantizeOptions
 from .range_check import DATA_MAX, exact, fp16_unsafe_nodes
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    onnx: Path
-    precision: str  # "fp16" or "int8"
-    output: Path | None = None
-    calib_data: Path | None = None  # a folder or an instances JSON; default: the model's train split
-    calib_image_dir: Path | None = None
-    num_calib: int | None = None  # default 512 for int8, 16 for fp16's range check
-    calib_method: str = "entropy"
-    calib_batch: int = 8
-    calib_size: tuple[int, int] | None = None  # the calibration canvas; default: the largest exported size
-    calib_cache: Path = Path("calib")
-    exclude: list[str] = field(default_factory=list)
-    default_excludes: bool = True
-
-    @property
-    def count(self) -> int:
-        return self.num_calib if self.num_calib is not None else (512 if self.precision == "int8" else 16)
-
-    def excludes(self) -> list[str]:
-        return (list(DEFAULT_EXCLUDES.values()) if self.default_excludes else []) + list(self.exclude)
-
-    def output_path(self) -> Path:
-        if self.output is not None:
-            return self.output
-        name = self.onnx.name.removesuffix(".onnx")
-        return self.onnx.with_name(f"{name}.{self.precision}.onnx")
+T = TypeVar("T")
 
 
 def load_onnx(path: Path) -> Any:
@@ -95,7 +66,7 @@ def calibration_source(options: QuantizeOptions, meta: dict[str, Any]) -> Path:
 
 
 def calibration_canvas(options: QuantizeOptions, meta: dict[str, Any]) -> tuple[int, int]:
-    shapes, div = meta["shapes"], meta["shapes"]["divisibility"]
+    shapes, div = meta["shapes"], meta["preprocess"]["divisibility"]
     h, w = options.calib_size or (shapes["height"]["max"], shapes["width"]["max"])
     for name, value in (("height", h), ("width", w)):
         lo, hi = shapes[name]["min"], shapes[name]["max"]
@@ -105,16 +76,11 @@ def calibration_canvas(options: QuantizeOptions, meta: dict[str, Any]) -> tuple[
     return h, w
 
 
-@contextlib.contextmanager
-def quiet_modelopt(drop: int = logging.INFO):
-    """ModelOpt sets its loggers to INFO on every call and prints; drop log records up to `drop` and stdout."""
-    previous = logging.root.manager.disable
-    logging.disable(drop)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
+def quietly(call: Callable[..., T], **kwargs: Any) -> T:
+    """One ModelOpt call with its progress output dropped: it re-attaches an INFO handler that writes to
+    sys.stdout on every call, so stdout is captured around that call alone. Its errors still raise."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return call(**kwargs)
 
 
 def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str], log=print) -> list[str]:
@@ -126,10 +92,8 @@ def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str], lo
     log(f"[quantize] fp16 range check: {len(unsafe)} nodes see |x| > {DATA_MAX:g} and stay FP32")
     # AutoCast's warnings here are all expected: ops without FP16 kernels in this opset (Range, Not, And)
     # stay FP32, and tiny FP16 initializers are flushed to FP16's smallest subnormal
-    with quiet_modelopt(drop=logging.WARNING):
-        model = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
-                                           nodes_to_exclude=excludes + exact(unsafe), data_max=np.inf,
-                                           keep_io_types=True, providers=["cpu"])
+    model = quietly(convert_to_mixed_precision, onnx_path=str(source), low_precision_type="fp16",
+                    nodes_to_exclude=excludes + exact(unsafe), data_max=np.inf, keep_io_types=True, providers=["cpu"])
     # AutoCast writes intermediate shapes with one shared "unk" dim for unrelated sizes, which ONNX Runtime
     # takes as equal (and fails on); the shapes are only hints, so drop them and let runtimes infer
     del model.graph.value_info[:]
@@ -144,10 +108,30 @@ def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str], lo
 def _int8(source: Path, target: Path, reader: BatchReader, method: str, excludes: list[str]) -> None:
     from modelopt.onnx.quantization import quantize
 
-    with quiet_modelopt():
-        quantize(onnx_path=str(source), quantize_mode="int8", calibration_data_reader=reader,
-                 calibration_method=method, calibration_eps=["cpu"], nodes_to_exclude=excludes,
-                 high_precision_dtype="fp32", output_path=str(target), log_level="WARNING")
+    quietly(quantize, onnx_path=str(source), quantize_mode="int8", calibration_data_reader=reader,
+            calibration_method=method, calibration_eps=["cpu"], nodes_to_exclude=excludes,
+            high_precision_dtype="fp32", output_path=str(target), log_level="WARNING")
+
+
+def _convert(options: QuantizeOptions, calib: np.ndarray, excludes: list[str], output: Path, log) -> tuple[list[str], int]:
+    """AutoCast or PTQ of options.onnx into `output`, atomically: (nodes the FP16 range check kept in FP32,
+    Q/DQ node count)."""
+    # ModelOpt writes intermediate models beside its input: give it a private copy in a scratch folder
+    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch:
+        private = Path(scratch) / options.onnx.name
+        for path in (options.onnx, options.onnx.with_name(options.onnx.name + ".data")):
+            if path.is_file():
+                shutil.copyfile(path, Path(scratch) / path.name)
+        range_kept: list[str] = []
+        if options.precision == "fp16":
+            range_kept = _fp16(private, tmp, calib, excludes, log=log)
+        else:
+            reader = BatchReader(calib, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
+            _int8(private, tmp, reader, options.calib_method, excludes)
+        qdq = sum(n.op_type in QDQ_OPS for n in load_onnx(tmp).graph.node)
+        if options.precision == "int8" and qdq == 0:
+            raise UserError(f"ModelOpt inserted no Q/DQ nodes into {options.onnx}; check --exclude")
+    return range_kept, qdq
 
 
 def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[str, Any]]:
@@ -174,38 +158,26 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     if options.precision == "int8":
         check_batch(len(images), options.calib_batch)  # before the images are preprocessed and cached
     canvas = calibration_canvas(options, meta)
-    calib = load_or_build(images, preprocess=Preprocess.from_meta(meta), canvas=canvas, onnx_sha256=meta["sha256"],
-                          cache_dir=options.calib_cache, log=log)
+    contract = GraphContract.from_meta(meta, source=str(options.onnx))
     excludes = options.excludes()
-    log(f"[quantize] {options.precision}: {len(images)} images from {source} at {canvas[0]}x{canvas[1]}, "
-        f"{len(excludes)} exclusion patterns")
-
-    t0 = time.perf_counter()
-    # ModelOpt writes intermediate models beside its input: give it a private copy in a scratch folder
-    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch:
-        private = Path(scratch) / options.onnx.name
-        for path in (options.onnx, options.onnx.with_name(options.onnx.name + ".data")):
-            if path.is_file():
-                shutil.copyfile(path, Path(scratch) / path.name)
-        range_kept: list[str] = []
-        if options.precision == "fp16":
-            range_kept = _fp16(private, tmp, calib.tensors, excludes, log=log)
-        else:
-            reader = BatchReader(calib.tensors, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
-            _int8(private, tmp, reader, options.calib_method, excludes)
-        quantized = load_onnx(tmp)
-        qdq = sum(n.op_type in QDQ_OPS for n in quantized.graph.node)
-        if options.precision == "int8" and qdq == 0:
-            raise UserError(f"ModelOpt inserted no Q/DQ nodes into {options.onnx}; check --exclude")
+    with contextlib.ExitStack() as stack:
+        # without a cache folder the preprocessed images live in a temporary one for this call only
+        cache_dir = options.calib_cache or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="calib-")))
+        calib = load_or_build(images, preprocess=Preprocess(contract.preprocess), canvas=canvas,
+                              onnx_sha256=meta["sha256"], cache_dir=cache_dir, log=log)
+        log(f"[quantize] {options.precision}: {len(images)} images from {source} at {canvas[0]}x{canvas[1]}, "
+            f"{len(excludes)} exclusion patterns")
+        t0 = time.perf_counter()
+        range_kept, qdq = _convert(options, calib.tensors, excludes, output, log)
     seconds = time.perf_counter() - t0
-    new_meta = {k: v for k, v in meta.items() if k not in ("format", "version", "onnx", "sha256", "verification")}
+    new_meta = {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256", "verification")}
     new_meta["precision"] = options.precision
     new_meta["quantization"] = {
         "tool": "modelopt.onnx.autocast" if options.precision == "fp16" else "modelopt.onnx.quantization",
         "source_onnx": options.onnx.name, "source_sha256": meta["sha256"],
         "calibration": {"method": options.calib_method if options.precision == "int8" else "autocast-range-check",
                         "images": len(images), "source": str(source), "canvas": list(canvas),
-                        "cache": str(calib.path), "batch": options.calib_batch},
+                        "cache": str(calib.path) if options.calib_cache else None, "batch": options.calib_batch},
         "excludes": excludes, "qdq_nodes": qdq, "seconds": round(seconds, 1),
         "fp16_range_kept": range_kept,
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.ort import ort_session
 from ..core.progress import progress_bar
 
 # AutoCast's default: |x| above 512 stays FP32 (FP16 holds 65504, but products and sums of such
@@ -24,16 +25,13 @@ DATA_MAX = 512.0
 def fp16_unsafe_nodes(onnx_path: Path, images: np.ndarray, *, limit: float = DATA_MAX) -> list[str]:
     """Names of the main graph's nodes with an input or output above `limit` on any image [N,3,H,W]."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(onnx_path))
     inferred = onnx.shape_inference.infer_shapes(model)
     floats = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     exposed = sorted(floats - {o.name for o in model.graph.output})
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in exposed)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(model.SerializeToString(), optimize=False, source=str(onnx_path))  # keep every tensor
     names = [o.name for o in session.get_outputs()]
     largest = dict.fromkeys(names, 0.0)
     for image in progress_bar(images, desc="fp16 range check", unit="img"):

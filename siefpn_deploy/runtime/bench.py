@@ -11,7 +11,6 @@ GAU attention's memory at 800x1333 and which SDPA kernel ran.
 from __future__ import annotations
 
 import contextlib
-import resource
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,28 +20,13 @@ import numpy as np
 import torch
 
 from ..core.errors import CannotRunHere
-from ..core.reporting import markdown_table, pyplot, save_figure
+from ..core.reporting import machine, machine_line, markdown_table, write_report
 from ..core.sidecar import outside_range
-from ..core.timing import Latency, measure
+from ..core.timing import Latency, measure, peak_rss_mib, reset_peak_rss
+from ..data.image import to_tensor
 from ..data.preprocess import Canvas
-from .backends import TorchBackend
-from .detector import Detector, to_tensor
-
-
-def reset_peak_rss() -> None:
-    """Linux: restart the process's peak-RSS counter (VmHWM), so each setting reports its own peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # elsewhere the peak is the process's so far
-
-
-def peak_rss_mib() -> float:
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from ..model.inference import EagerBackend
+from .detector import Detector
 
 
 def cuda_timer(fn: Callable[[], object], *, warmup: int, iters: int) -> Latency:
@@ -96,7 +80,7 @@ def synthetic_batch(detector: Detector, batch: int, size: int) -> tuple[Detector
     """(the detector with its test resize set to fill size x size, `batch` synthetic scenes, their canvas)."""
     images = synthetic_images(batch, size)
     detector = detector.at_size(size)
-    return detector, images, detector.prepare([to_tensor(im, "RGB") for im in images])
+    return detector, images, detector.prepare([to_tensor(im) for im in images])
 
 
 def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, size: int, warmup: int,
@@ -122,10 +106,10 @@ def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Det
     engine has to beat."""
     detector = Detector.from_path(path, device=device, config=config)
     out = [(f"{detector.kind} {detector.precision}", detector)]
-    if isinstance(detector.backend, TorchBackend) and detector.backend.on_gpu:
+    if isinstance(detector.backend, EagerBackend) and detector.backend.on_gpu:
         base = detector.backend
         for graphs in (False, True):
-            backend = TorchBackend(base.detector, base.meta, base.device, autocast_dtype=torch.float16,
+            backend = EagerBackend(base.detector, base.contract, base.device, autocast_dtype=torch.float16,
                                    cuda_graphs=graphs)
             out.append((f"pytorch {backend.variant}", Detector(backend, detector.meta, detector.path)))
     return out
@@ -154,31 +138,14 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
                     r = rows[-1]
                     log(f"[bench] {path.name} {variant} b{batch} {size}px: model p50 {r['model_p50_ms']:.1f} ms, "
                         f"end-to-end p50 {r['e2e_p50_ms']:.1f} ms, {r['e2e_images_per_s']:.1f} img/s")
-    return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters, "machine": machine(device)}
+    return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters, "device": device,
+            "machine": machine()}
 
 
-def machine(device: str) -> dict[str, Any]:
-    import datetime
-    import platform
-
-    gpu = device != "cpu" and torch.cuda.is_available()
-    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if gpu else None}
-
-
-def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
-    """bench.json, bench.md (titled with the date and machine) and, with matplotlib, bench.png."""
-    from ..core.fileio import atomic_write, write_json
-
-    m = report["machine"]
-    where = f"{m['machine']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "")
-    written = [write_json(folder / "bench.json", report),
-               atomic_write(folder / "bench.md", lambda tmp: tmp.write_text(
-                   f"# Benchmark ({m['date']}, {where})\n\n{markdown(report)}"))]
-    if plot(report, folder / "bench.png"):
-        written.append(folder / "bench.png")
-    return written
+def write_bench_report(report: dict[str, Any], folder: Path) -> list[Path]:
+    """bench.json, bench.md (titled with the date and machine) and bench.png, by the one report writer."""
+    return write_report(folder, "bench", data=report, markdown=f"# Benchmark ({machine_line(report['machine'])})\n\n"
+                        f"{markdown(report)}", plot=lambda fig: plot(report, fig))
 
 
 def gau_memory(channels: int = 256, size: tuple[int, int] = (800, 1333), divisibility: int = 32,
@@ -256,12 +223,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: Path) -> bool:
-    """End-to-end p50 latency against batch, one line per artifact variant and size."""
-    plt = pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def plot(report: dict[str, Any], fig: Any) -> None:
+    """End-to-end p50 latency against batch, one line per artifact variant and size, on a matplotlib Figure."""
+    ax = fig.subplots()
     series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
     for r in report["rows"]:
         series.setdefault((r["artifact"], r["variant"], r["size"]), []).append((r["batch"], r["e2e_p50_ms"]))
@@ -272,5 +236,3 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("end-to-end p50 latency (ms)")
     ax.set_title("latency vs batch")
     ax.legend(fontsize=7)
-    save_figure(fig, path)
-    return True

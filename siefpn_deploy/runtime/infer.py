@@ -1,4 +1,9 @@
-"""`siefpn-deploy infer`: an artifact over an image or a folder -> drawn PNGs and COCO-style JSON."""
+"""`siefpn-deploy infer`: an artifact over an image or a folder -> drawn PNGs and detections as JSON.
+
+With `annotations` (a COCO instances file listing the images) the JSON is a true COCO results file:
+image_id, the original category_id, bbox [x,y,w,h], score, and an RLE segmentation for masks, which
+`COCO.loadRes` takes unchanged. Without it, each record names its image by file_name instead.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, write_json
 from ..core.progress import progress_bar
-from ..data.coco import find_images, load_image
+from ..data.coco import load_coco
+from ..data.image import find_images, load_image
 from ..evaluation.coco import coco_results
 from .detector import Detector
 from .visualize import draw
@@ -21,9 +27,28 @@ def image_files(source: Path) -> list[Path]:
     return find_images(source)
 
 
+def image_ids_by_name(annotations: Path, files: list[Path], source: Path) -> dict[Path, int]:
+    """Each file's COCO image id, matched on its path below `source` (or its name) against `file_name`."""
+    coco = load_coco(annotations)
+    ids = {info["file_name"]: image_id for image_id, info in coco.imgs.items()}
+    found, missing = {}, []
+    for path in files:
+        key = str(path.relative_to(source)) if source.is_dir() else path.name
+        image_id = ids.get(key, ids.get(path.name))
+        if image_id is None:
+            missing.append(key)
+        else:
+            found[path] = image_id
+    if missing:
+        raise UserError(f"{len(missing)} of {len(files)} images are not listed in {annotations} (--annotations), "
+                        f"first: {missing[0]}")
+    return found
+
+
 def run_infer(detector: Detector, source: Path, *, save_vis: Path | None, save_json: Path | None,
-              batch_size: int | None = None, log=print) -> list[dict]:
+              annotations: Path | None = None, batch_size: int | None = None, log=print) -> list[dict]:
     files = image_files(source)
+    image_ids = image_ids_by_name(annotations, files, source) if annotations is not None else None
     step = min(batch_size or detector.max_batch, detector.max_batch)
     records: list[dict] = []
     count = 0
@@ -32,18 +57,21 @@ def run_infer(detector: Detector, source: Path, *, save_vis: Path | None, save_j
         for start in range(0, len(files), step):
             chunk = files[start : start + step]
             images = [load_image(p) for p in chunk]  # a corrupt file is a one-line error naming it
-            for path, image, dets in zip(chunk, images, detector.predict(images)):
+            for path, image, dets in zip(chunk, images, detector.predict(images, batch_size=step)):
                 count += len(dets)
-                for r in coco_results(0, dets.boxes, dets.scores, dets.category_ids, dets.masks):
-                    r.pop("image_id")
-                    records.append({"file_name": str(path), **r})
+                image_id = image_ids[path] if image_ids is not None else 0
+                for r in coco_results(image_id, dets.boxes, dets.scores, dets.category_ids, dets.masks):
+                    if image_ids is None:
+                        r.pop("image_id")
+                        r = {"file_name": str(path), **r}
+                    records.append(r)
                 if save_vis is not None:
                     name = path.relative_to(source).with_suffix(".png") if source.is_dir() else path.stem + ".png"
                     with atomic_path(save_vis / name) as tmp:
                         draw(image, dets).save(tmp, format="PNG")
             bar.update(len(chunk))
     if save_json is not None:
-        write_json(save_json, records)
+        write_json(save_json, records, indent=None)
     log(f"[infer] {count} detections in {len(files)} images"
         + (f"; drawn into {save_vis}" if save_vis else "") + (f"; JSON: {save_json}" if save_json else ""))
     return records

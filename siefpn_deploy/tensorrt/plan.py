@@ -1,4 +1,4 @@
-"""`siefpn-deploy build`: NAME[.fp16|.int8].onnx -> engines/NAME.plan + NAME.engine.json.
+"""`siefpn-deploy build`: NAME[.fp16|.int8].onnx -> NAME.plan + NAME.engine.json.
 
 The sidecar holds the engine's I/O contract (names, shapes, dtypes), its optimization profile, the
 TensorRT flavour and version, the source ONNX's sha256, the precision and the build time, plus the
@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.contract import SCHEMA_VERSION
 from ..core.errors import UserError
 from ..core.fileio import atomic_write, write_json
-from ..core.sidecar import outside_range, read_meta, read_sidecar
+from ..core.sidecar import ENGINE_SUFFIX, outside_range, read_meta, read_sidecar
 from .builder import Profile, build_serialized, load_backend, parse_onnx
 
 ENGINE_FORMAT = "siefpn-deploy/engine-meta"
@@ -27,20 +28,24 @@ def engine_meta_path(engine: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(p.suffix) + ".engine.json")
 
 
+def engine_name(onnx: Path) -> str:
+    """NAME[.fp16|.int8].onnx -> NAME[.fp16|.int8].plan"""
+    return onnx.name.removesuffix(".onnx") + ENGINE_SUFFIX
+
+
 @dataclass(frozen=True)
 class BuildOptions:
+    """Paths are used as given (the CLI puts defaults under engines/); timing_cache None builds without one."""
+
     onnx: Path
-    engine: Path | None = None
+    engine: Path
     min_shape: tuple[int, ...] | None = None
     opt_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
     workspace_gib: float | None = None
-    timing_cache: Path | None = Path("engines/timing.cache")
+    timing_cache: Path | None = None
     optimization_level: int | None = None
     version_compatible: bool = False
-
-    def engine_path(self) -> Path:
-        return self.engine or Path("engines") / (self.onnx.name.removesuffix(".onnx") + ".plan")
 
 
 def parse_shape(text: str, flag: str) -> tuple[int, ...]:
@@ -62,7 +67,7 @@ def profile_for(meta: dict[str, Any], options: BuildOptions) -> Profile:
     # tuned for batch 1 at the largest size: detection images are mostly resized to the top of the range
     opt_default = (s["batch"]["min"], 3, s["height"]["max"], s["width"]["max"])
     profile = Profile(min=options.min_shape or lo, opt=options.opt_shape or opt_default, max=options.max_shape or hi)
-    div = s["divisibility"]
+    div = meta["preprocess"]["divisibility"]
     for flag, shape in (("--min-shape", profile.min), ("--opt-shape", profile.opt), ("--max-shape", profile.max)):
         outside = (["channels"] if shape[1] != 3 else []) + [name for name, *_ in outside_range(meta, shape)]
         if outside:
@@ -90,9 +95,9 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
     meta = read_meta(options.onnx)
     profile = profile_for(meta, options)
     backend = load_backend()
-    engine = options.engine_path()
-    if engine.suffix not in (".plan", ".engine"):
-        raise UserError(f"--engine must end in .plan or .engine, got {engine}")
+    engine = options.engine
+    if engine.suffix != ENGINE_SUFFIX:
+        raise UserError(f"--engine must end in {ENGINE_SUFFIX}, got {engine}")
     log(f"[build] {options.onnx} ({meta.get('precision', 'fp32')}) with {backend.flavour} {backend.version}, "
         f"strongly typed; profile min {list(profile.min)} opt {list(profile.opt)} max {list(profile.max)}")
     t0 = time.perf_counter()
@@ -103,7 +108,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
     seconds = time.perf_counter() - t0
     atomic_write(engine, lambda tmp: tmp.write_bytes(data))
     sidecar = {
-        "format": ENGINE_FORMAT, "version": 1, "engine": engine.name,
+        "format": ENGINE_FORMAT, "schema_version": SCHEMA_VERSION, "engine": engine.name,
         "engine_sha256": hashlib.sha256(data).hexdigest(),
         "onnx": options.onnx.name, "onnx_sha256": meta["sha256"], "precision": meta.get("precision", "fp32"),
         "tensorrt": {"flavour": backend.flavour, "version": backend.version, "strongly_typed": True,
@@ -113,7 +118,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
                   "optimization_level": options.optimization_level,
                   "timing_cache": str(options.timing_cache) if options.timing_cache and backend.has_timing_cache
                   else None},
-        "model": {k: v for k, v in meta.items() if k not in ("format", "version", "onnx", "sha256")},
+        "model": {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256")},
     }
     write_json(engine_meta_path(engine), sidecar)
     log(f"[build] wrote {engine} ({len(data) / 2**20:.1f} MiB) and {engine_meta_path(engine).name} in {seconds:.1f} s")
@@ -121,6 +126,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
 
 
 def read_engine_meta(engine: str | Path) -> dict[str, Any]:
-    """The sidecar of `engine`; refused when missing, foreign or not this engine's (sha256)."""
+    """The sidecar of `engine`; refused when missing, foreign, of another contract version or not this
+    engine's (sha256)."""
     return read_sidecar(engine, engine_meta_path(engine), kind="engine", fmt=ENGINE_FORMAT, sha_key="engine_sha256",
-                        remedy="rebuild it with `siefpn-deploy build`", required=("io", "model", "tensorrt"))
+                        remedy="rebuild it with `siefpn-deploy build`", required=("io", "model", "tensorrt", "profile"))

@@ -18,15 +18,17 @@ from ..core.errors import UserError
 from ..core.fileio import atomic_write
 from ..core.progress import progress_bar
 from ..data import CocoDetection, build_train_transforms, collate
-from ..evaluation.coco import evaluate
+from ..evaluation.loop import evaluate_predictor
 from ..model import build_detector
 from ..model.checkpoint import (
     last_checkpoint,
     load_checkpoint,
     load_model_weights,
+    load_trained_detector,
     save_checkpoint,
     unwrap,
 )
+from ..model.predictor import Predictor
 from .launch import device_for
 
 
@@ -49,42 +51,49 @@ def build_optimizer(solver: SolverConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.SGD(params, lr=solver.BASE_LR, momentum=solver.MOMENTUM, weight_decay=solver.WEIGHT_DECAY)
 
 
-class TrainingSampler(torch.utils.data.Sampler[int]):
-    """Endless, seeded shuffles, sharded by rank (detectron2's TrainingSampler).
+class TrainingBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Endless batches of (index, seed) samples: the seed drives that sample's augmentation
+    (CocoDetection.__getitem__).
 
-    `start` skips that many of this rank's indices, so a resumed run sees the data it would have seen.
+    Every batch is a pure function of (seed, rank, world_size, batch number): each epoch is a seeded
+    shuffle, sharded by rank, and samples are batched with others of their group (landscape or portrait
+    with ASPECT_RATIO_GROUPING, detectron2's default; one group without) in shuffle order; a group's
+    incomplete batch at the end of an epoch is dropped. `start` skips that many batches, so a resumed
+    run trains on exactly the batches, and augmentations, that an uninterrupted run would.
     """
 
-    def __init__(self, size: int, *, seed: int, rank: int, world_size: int, start: int = 0) -> None:
-        self.size, self.seed, self.rank, self.world_size, self.start = size, seed, rank, world_size, start
+    def __init__(self, groups: list[int], *, batch_size: int, seed: int, rank: int, world_size: int,
+                 start: int = 0) -> None:
+        self.groups, self.batch_size, self.seed = groups, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
 
-    def __iter__(self) -> Iterator[int]:
-        skip, epoch = self.start, 0
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            shard = torch.randperm(self.size, generator=g)[self.rank :: self.world_size].tolist()
-            if skip >= len(shard):
-                skip -= len(shard)
-            else:
-                yield from shard[skip:]
-                skip = 0
-            epoch += 1
-
-
-class AspectRatioGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches of `batch_size` indices that share a group (landscape or portrait), in sampler order."""
-
-    def __init__(self, sampler: torch.utils.data.Sampler[int], *, groups: list[int], batch_size: int) -> None:
-        self.sampler, self.groups, self.batch_size = sampler, groups, batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        buckets: dict[int, list[int]] = {}
-        for index in self.sampler:
+    def epoch(self, number: int) -> list[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + number)
+        order = torch.randperm(len(self.groups), generator=g).tolist()
+        seeds = torch.randint(2**62, (len(self.groups),), generator=g).tolist()  # one per shuffle position
+        buckets: dict[int, list[tuple[int, int]]] = {}
+        batches = []
+        for index, seed in list(zip(order, seeds))[self.rank :: self.world_size]:
             bucket = buckets.setdefault(self.groups[index], [])
-            bucket.append(index)
+            bucket.append((index, seed))
             if len(bucket) == self.batch_size:
-                yield bucket[:]
+                batches.append(bucket[:])
                 bucket.clear()
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        skip, number = self.start, 0
+        while True:
+            batches = self.epoch(number)
+            if not batches:
+                raise UserError(f"no group of {len(self.groups)} training images fills a batch of {self.batch_size} "
+                                "per process; lower SOLVER.IMS_PER_BATCH or set DATALOADER.ASPECT_RATIO_GROUPING False")
+            if skip >= len(batches):
+                skip -= len(batches)
+            else:
+                yield from batches[skip:]
+                skip = 0
+            number += 1
 
 
 def build_datasets(cfg: Config) -> tuple[CocoDetection, CocoDetection]:
@@ -109,6 +118,9 @@ def build_test_dataset(cfg: Config) -> CocoDetection:
 
 
 class Trainer:
+    """One training run. Library-safe: the caller's global RNG state is the same after as before (the
+    model is initialised, and torchvision's RPN/RoI samplers draw, inside `torch.random.fork_rng`)."""
+
     def __init__(self, cfg: Config, *, config_name: str, rank: int = 0, world_size: int = 1) -> None:
         s = cfg.SOLVER
         if s.IMS_PER_BATCH % world_size:
@@ -116,11 +128,15 @@ class Trainer:
         self.cfg, self.config_name, self.rank, self.world_size = cfg, config_name, rank, world_size
         self.device = device_for(rank)
         self.output_dir = Path(cfg.OUTPUT_DIR)
-        torch.manual_seed(cfg.SEED + rank)
         self.train_set, self.test_set = build_datasets(cfg)
-        self.model = build_detector(cfg, num_classes=self.train_set.num_classes).to(self.device)
+        self.classes = {"names": self.train_set.class_names, "category_ids": self.train_set.category_ids}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.SEED)  # the same initial weights on every rank and every run
+            self.model = build_detector(cfg, num_classes=self.train_set.num_classes).to(self.device)
         self.optimizer = build_optimizer(s, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(s, it))
+        # what the global RNG holds while training: seeded here, or restored from the checkpoint on resume
+        self.rng_state = torch.Generator().manual_seed(cfg.SEED + rank).get_state()
         self.start_iter = 0
         self.pending_log: list[dict] = []
         self.log_started = False
@@ -138,6 +154,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.start_iter = int(state["iteration"])
+            if "rng" in state and self.world_size == 1:
+                self.rng_state = state["rng"]
             if self.is_main:
                 print(f"resumed from {path} at iteration {self.start_iter}")
         elif self.cfg.MODEL.WEIGHTS:
@@ -149,8 +167,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "iteration": iteration,
+            "rng": torch.get_rng_state(),  # called inside train()'s forked RNG: the training stream's state
             "config": self.cfg.to_dict(),
-            "classes": {"names": self.train_set.class_names, "category_ids": self.train_set.category_ids},
+            "classes": self.classes,
         }
 
     def save(self, iteration: int, name: str | None = None) -> Path | None:
@@ -170,24 +189,42 @@ class Trainer:
         return path
 
     def loader(self) -> torch.utils.data.DataLoader:
-        per_rank = self.cfg.SOLVER.IMS_PER_BATCH // self.world_size
-        sampler = TrainingSampler(
-            len(self.train_set), seed=self.cfg.SEED, rank=self.rank, world_size=self.world_size,
-            start=self.start_iter * per_rank,
-        )
-        if self.cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-            images = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
-            groups = [int(im["width"] > im["height"]) for im in images]
-            batches = AspectRatioGroupedBatchSampler(sampler, groups=groups, batch_size=per_rank)
-        else:
-            batches = torch.utils.data.BatchSampler(sampler, per_rank, drop_last=False)
+        images = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
+        grouping = self.cfg.DATALOADER.ASPECT_RATIO_GROUPING
+        batches = TrainingBatches([int(im["width"] > im["height"]) if grouping else 0 for im in images],
+                                  batch_size=self.cfg.SOLVER.IMS_PER_BATCH // self.world_size, seed=self.cfg.SEED,
+                                  rank=self.rank, world_size=self.world_size, start=self.start_iter)
         workers = self.cfg.DATALOADER.NUM_WORKERS
-        return torch.utils.data.DataLoader(
-            self.train_set, batch_sampler=batches, collate_fn=collate, num_workers=workers,
-            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.cfg.SEED + self.start_iter),
-        )
+        # the samples carry their augmentation seeds, so the workers' own RNG streams play no part
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
+                                           num_workers=workers, persistent_workers=workers > 0)
+
+    def step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> tuple[float, dict[str, float]]:
+        """The one optimisation step (the training loop and benchmarks/bench_train.py both call it):
+        forward, a finite-loss check, backward, gradient clipping, the optimizer and the LR schedule.
+        Returns (loss, each loss term)."""
+        images = [im.to(self.device) for im in images]
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} after {self.scheduler.last_epoch} iterations; "
+                            "lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.SOLVER.CLIP_GRAD_NORM > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.SOLVER.CLIP_GRAD_NORM)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item(), {k: v.item() for k, v in losses.items()}
 
     def train(self) -> dict:
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.set_rng_state(self.rng_state)
+            return self._train()
+
+    def _train(self) -> dict:
         s = self.cfg.SOLVER
         model = self.model
         if self.world_size > 1:
@@ -202,31 +239,19 @@ class Trainer:
         try:
             while iteration < s.MAX_ITER:
                 images, targets = next(data)
-                images = [im.to(self.device) for im in images]
-                targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-                losses = model(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise UserError(f"loss became {loss.item()} at iteration {iteration}; lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.CLIP_GRAD_NORM > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM)
-                self.optimizer.step()
-                self.scheduler.step()
+                loss, terms = self.step(model, images, targets)
                 iteration += 1
                 images_seen += len(images) * self.world_size
                 bar.update(1)
                 if self.is_main and (iteration % self.cfg.LOG_PERIOD == 0 or iteration == s.MAX_ITER):
                     lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
-                    self.pending_log.append(
-                        {"iteration": iteration, "loss": loss.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
-                    )
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
+                    self.pending_log.append({"iteration": iteration, "loss": loss, "lr": lr, **terms})
                 if iteration % s.CHECKPOINT_PERIOD == 0 and iteration < s.MAX_ITER:
                     self.save(iteration)
                 if self.cfg.TEST.EVAL_PERIOD and iteration % self.cfg.TEST.EVAL_PERIOD == 0 and iteration < s.MAX_ITER:
                     self.evaluate(write=False)
+                    model.train()
         except KeyboardInterrupt:
             if self.world_size == 1 and iteration > self.start_iter:
                 path = self.save(iteration)
@@ -242,15 +267,31 @@ class Trainer:
         return self.evaluate(write=True)
 
     def evaluate(self, *, write: bool) -> dict:
+        """Rank 0 scores the whole test split through the contract's preprocessing and postprocessing, as
+        parity scores its PyTorch reference; the other ranks wait at the barrier."""
         metrics: dict = {}
-        if self.is_main:  # rank 0 scores the whole split; the others wait at the barrier
-            metrics = evaluate(
-                unwrap(self.model), self.test_set, device=self.device,
-                output_dir=self.output_dir if write else None, num_workers=self.cfg.DATALOADER.NUM_WORKERS,
-            )
+        if self.is_main:
+            metrics = evaluate_model(unwrap(self.model), self.cfg, self.classes, self.test_set, device=self.device,
+                                     path=self.output_dir / "model_final.pth",
+                                     output_dir=self.output_dir if write else None)
         if self.world_size > 1:
             dist.barrier()
         return metrics
+
+
+def evaluate_model(model: nn.Module, cfg: Config, classes: dict[str, list], dataset: CocoDetection, *,
+                   device: torch.device, path: Path, output_dir: Path | None) -> dict:
+    """COCO metrics of a detector in memory (left in eval mode), through `Predictor.eager`; with output_dir,
+    also its coco_instances_results.json and metrics.json."""
+    if classes["category_ids"] != dataset.category_ids:
+        raise UserError(f"the model's categories {classes['category_ids']} are not those of {dataset.annotation_file} "
+                        f"({dataset.category_ids})")
+    predictor = Predictor.eager(model, cfg=cfg, classes=classes, path=path, device=device)
+    evaluation = evaluate_predictor(predictor, dataset, batch_size=cfg.TEST.IMS_PER_BATCH, desc="evaluate",
+                                    verbose=True)
+    if output_dir is not None:
+        evaluation.write(output_dir)
+    return evaluation.metrics
 
 
 def train(cfg: Config, *, config_name: str, resume: bool, rank: int = 0, world_size: int = 1) -> dict:
@@ -264,7 +305,8 @@ def evaluate_only(cfg: Config, *, config_name: str) -> dict:
     if not cfg.MODEL.WEIGHTS:
         raise UserError("--eval-only needs MODEL.WEIGHTS path/to/checkpoint.pth")
     test_set = build_test_dataset(cfg)
-    device = device_for(0)
-    model = build_detector(cfg, num_classes=test_set.num_classes).to(device)
-    load_model_weights(model, load_checkpoint(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS, config_name)
-    return evaluate(model, test_set, device=device, output_dir=cfg.OUTPUT_DIR, num_workers=cfg.DATALOADER.NUM_WORKERS)
+    detector, classes = load_trained_detector(cfg, config_name=config_name,
+                                              classes={"names": test_set.class_names,
+                                                       "category_ids": test_set.category_ids})
+    return evaluate_model(detector, cfg, classes, test_set, device=device_for(0), path=Path(cfg.MODEL.WEIGHTS),
+                          output_dir=Path(cfg.OUTPUT_DIR))

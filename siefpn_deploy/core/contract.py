@@ -1,0 +1,210 @@
+"""The deployed graph's contract: the one definition of what every artifact takes and returns.
+
+Export writes it into NAME.meta.json; quantize and build carry it on; the Python runtime, parity,
+training's evaluation, the C++ runtime and Triton serving read it back from there. Nothing else
+restates a name, a shape, K, the mask size or the label numbering.
+
+    input    images    float32 [B,3,H,W]    RGB, 0..input_scale (255 or 1); H and W multiples of the
+                                            divisibility; normalisation happens inside the graph
+    outputs  num_dets  int32   [B]          detections per image; rows from num_dets on are padding
+             boxes     float32 [B,K,4]      xyxy in input (canvas) pixels, ordered by score
+             scores    float32 [B,K]
+             labels    int32   [B,K]        class labels (below); PAD_LABEL in padding rows
+             masks     float32 [B,K,M,M]    Mask R-CNN only: each box's mask probabilities, M = MASK_SIZE;
+                                            the runtime pastes them into the image
+
+Labels, one numbering everywhere: a label is 1..C, the dataset's categories sorted by COCO
+category id (0 is torchvision's background and is never emitted); PAD_LABEL marks padding. The
+dataset's targets, the graph's `labels`, `Detections.labels` and the C++/Triton outputs all use it.
+COCO JSON carries the original ids instead: category_id = classes.category_ids[label - 1]
+(`label_to_category_id`).
+
+Preprocessing (`PreprocessSpec`): RGB in 0..1 is resized with torchvision's test-time rule (the
+shortest side to min_size, the longest at most max_size, one bilinear scale factor, align_corners
+False), then placed at the top-left of a canvas whose sides are multiples of `divisibility`, filled
+with the pixel mean, and multiplied by input_scale. The graph subtracts pixel_mean and divides by
+pixel_std (both of RGB in 0..1), so the padding becomes exactly the zeros that torchvision pads with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+# meta.json and NAME.engine.json say which contract they hold; a reader refuses another major version.
+SCHEMA_VERSION = "2.0"
+
+INPUT = "images"
+NUM_DETS, BOXES, SCORES, LABELS, MASKS = "num_dets", "boxes", "scores", "labels", "masks"
+DETECTION_OUTPUTS = (NUM_DETS, BOXES, SCORES, LABELS)
+
+DEFAULT_MAX_DETECTIONS = 100  # K, detectron2's TEST.DETECTIONS_PER_IMAGE
+MASK_POOL_SIZE = 14  # the mask head's RoIAlign output
+MASK_SIZE = 2 * MASK_POOL_SIZE  # the mask predictor upsamples 2x: 28x28 probabilities per box
+MASK_THRESHOLD = 0.5  # pasted probabilities above it are the instance
+PAD_LABEL = -1
+MASK_ARCHITECTURES = ("mask_rcnn",)
+
+OUTPUT_DTYPES = {NUM_DETS: np.int32, BOXES: np.float32, SCORES: np.float32, LABELS: np.int32, MASKS: np.float32}
+
+
+def has_masks(architecture: str) -> bool:
+    """The one rule for whether a model has the `masks` output."""
+    return architecture in MASK_ARCHITECTURES
+
+
+def class_index(labels: Sequence[int] | np.ndarray, num_classes: int) -> list[int]:
+    """Contract labels (1..C) -> positions in the meta's `classes` lists (0..C-1)."""
+    labels = [int(v) for v in np.asarray(labels).reshape(-1)]
+    bad = [v for v in labels if not 1 <= v <= num_classes]
+    if bad:
+        raise ValueError(f"labels must lie in 1..{num_classes}, got {bad[:5]}")
+    return [v - 1 for v in labels]
+
+
+def label_to_category_id(labels: Sequence[int] | np.ndarray, category_ids: Sequence[int]) -> list[int]:
+    """Contract labels (1..C) -> the dataset's COCO category ids."""
+    return [int(category_ids[i]) for i in class_index(labels, len(category_ids))]
+
+
+def category_id_to_label(category_ids: Sequence[int]) -> dict[int, int]:
+    """{COCO category id: contract label} for a dataset's categories (sorted by id)."""
+    return {int(c): i + 1 for i, c in enumerate(sorted(category_ids))}
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """An input dimension's range, inclusive (meta.json's shapes.batch/height/width)."""
+
+    min: int
+    max: int
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.max
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes the `images` input (see the module docstring)."""
+
+    min_size: int
+    max_size: int
+    divisibility: int
+    pixel_mean: tuple[float, float, float]  # of RGB in 0..1
+    pixel_std: tuple[float, float, float]
+    input_scale: float = 255.0  # the graph takes 0..255 (or 0..1)
+
+    @property
+    def pad_value(self) -> list[float]:
+        return [v * self.input_scale for v in self.pixel_mean]
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"layout": "NCHW", "color": "RGB", "input_scale": self.input_scale,
+                "pixel_mean": list(self.pixel_mean), "pixel_std": list(self.pixel_std), "pad_value": self.pad_value,
+                "resize": {"min_size": self.min_size, "max_size": self.max_size, "mode": "bilinear",
+                           "rule": "shortest side to min_size, longest at most max_size"},
+                "divisibility": self.divisibility, "placement": "top-left", "normalized_in_graph": True}
+
+    @classmethod
+    def from_meta(cls, pre: dict[str, Any]) -> PreprocessSpec:
+        return cls(min_size=int(pre["resize"]["min_size"]), max_size=int(pre["resize"]["max_size"]),
+                   divisibility=int(pre["divisibility"]), pixel_mean=tuple(pre["pixel_mean"]),
+                   pixel_std=tuple(pre["pixel_std"]), input_scale=float(pre["input_scale"]))
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    """One model's instance of the contract: its architecture, K and preprocessing."""
+
+    architecture: str
+    max_detections: int
+    preprocess: PreprocessSpec
+
+    @property
+    def has_masks(self) -> bool:
+        return has_masks(self.architecture)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return DETECTION_OUTPUTS + ((MASKS,) if self.has_masks else ())
+
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(INPUT, "float32", ("batch", 3, "height", "width"))]
+
+    def outputs(self) -> list[TensorSpec]:
+        k = self.max_detections
+        shapes: dict[str, tuple[int | str, ...]] = {
+            NUM_DETS: ("batch",), BOXES: ("batch", k, 4), SCORES: ("batch", k), LABELS: ("batch", k),
+            MASKS: ("batch", k, MASK_SIZE, MASK_SIZE)}
+        return [TensorSpec(n, np.dtype(OUTPUT_DTYPES[n]).name, shapes[n]) for n in self.output_names]
+
+    def empty_outputs(self, batch: int) -> dict[str, np.ndarray]:
+        """The padded output layout for `batch` images with no detections."""
+        return {spec.name: np.full([batch, *spec.shape[1:]], PAD_LABEL if spec.name == LABELS else 0,
+                                   OUTPUT_DTYPES[spec.name]) for spec in self.outputs()}
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "architecture": self.architecture,
+                "inputs": [t.as_meta() for t in self.inputs()], "outputs": [t.as_meta() for t in self.outputs()],
+                "max_detections": self.max_detections, "preprocess": self.preprocess.as_meta(),
+                "labels": {"first": 1, "pad": PAD_LABEL, "mask_threshold": MASK_THRESHOLD,
+                           "to_category_id": "classes.category_ids[label - 1]"}}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], *, source: str) -> GraphContract:
+        check_schema(meta, source=source)
+        try:
+            contract = cls(architecture=str(meta["architecture"]), max_detections=int(meta["max_detections"]),
+                           preprocess=PreprocessSpec.from_meta(meta["preprocess"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{source} does not describe a siefpn-deploy graph (bad or missing {e})") from None
+        listed = tuple(o["name"] for o in meta.get("outputs", []))
+        if listed != contract.output_names:
+            raise UserError(f"{source} lists outputs {list(listed)}, but a {contract.architecture} graph has "
+                            f"{list(contract.output_names)}")
+        return contract
+
+
+def image_rows(outputs: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    """Image b's real rows of the padded outputs (boxes, scores, labels as int64, masks if present)."""
+    n = int(outputs[NUM_DETS][b])
+    rows = {name: outputs[name][b, :n] for name in (BOXES, SCORES, LABELS, MASKS) if name in outputs}
+    rows[LABELS] = rows[LABELS].astype(np.int64)
+    return rows
+
+
+def describe_graph(input_scale_note: str = "0..255 (or 0..1 with --input-range 1)") -> str:
+    """The contract as a table for `--help` and docs, rendered from the definitions above."""
+    rows = [(INPUT, "float32", "[B,3,H,W]", f"RGB, {input_scale_note}; H, W multiples of the size divisibility;"),
+            ("", "", "", "normalisation is inside the graph"),
+            (NUM_DETS, "int32", "[B]", "detections per image; rows from num_dets on are padding"),
+            (BOXES, "float32", "[B,K,4]", "xyxy in input pixels, ordered by score"),
+            (SCORES, "float32", "[B,K]", ""),
+            (LABELS, "int32", "[B,K]", f"class labels 1..C (meta.json's classes[label - 1]); {PAD_LABEL} pads"),
+            (MASKS, "float32", f"[B,K,{MASK_SIZE},{MASK_SIZE}]", "Mask R-CNN only: mask probabilities, pasted by the runtime")]
+    return "\n".join(f"  {n:<9} {t:<8} {s:<14} {d}".rstrip() for n, t, s, d in rows) + (
+        f"\nK is MODEL.DETECTIONS_PER_IMAGE ({DEFAULT_MAX_DETECTIONS} by default).")
+
+
+def check_schema(meta: Any, *, source: str) -> None:
+    """Refuse a sidecar written for another major version of this contract, in one line naming it."""
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if not isinstance(version, str) or version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise UserError(f"{source} has schema_version {version!r}, but this siefpn-deploy reads "
+                        f"{SCHEMA_VERSION.split('.')[0]}.x; re-export the model with this version")
+

@@ -1,0 +1,67 @@
+"""Images in: decoding files and the one conversion of any image to the tensor every stage uses.
+
+`to_tensor` is the only place an image becomes RGB float [3,H,W] in 0..1: the dataset, calibration,
+export verification, the runtime and the benchmarks all call it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..core.errors import UserError, one_line
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+COLOR_ORDERS = ("RGB", "BGR")
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """The images below `folder` (recursively), sorted; a one-line error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image as RGB, EXIF orientation applied first."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")  # converting such a palette straight to RGB makes PIL warn
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path}: {one_line(e)}") from None
+
+
+def to_tensor(image: Any, color: str = "RGB") -> torch.Tensor:
+    """A path, a PIL image, an HWC numpy array (uint8 0..255 or float 0..1; `color` says RGB or BGR) or a
+    CHW tensor (uint8 or float 0..1) -> RGB float32 [3,H,W] in 0..1."""
+    if color not in COLOR_ORDERS:
+        raise UserError(f"color must be RGB or BGR, got {color!r}")
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+        color = "RGB"
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] not in (1, 3):
+            raise UserError(f"a numpy image must be HWC with 1 or 3 channels, got shape {list(image.shape)}")
+        array = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+        array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+        array = array[..., ::-1] if color == "BGR" else array
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # [3,H,W]
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise UserError(f"a tensor image must be CHW with 3 channels, got shape {list(image.shape)}")
+        return image.float().cpu() / (255.0 if image.dtype == torch.uint8 else 1.0)
+    raise UserError(f"cannot read an image from a {type(image).__name__}; pass a path, an HWC array or a CHW tensor")

@@ -1,0 +1,55 @@
+"""What `export` is asked to do. Light on imports, so the CLI reads its defaults without loading the exporter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.contract import ShapeRange
+from ..core.errors import UserError
+
+MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
+NMS_LOWERINGS = ("onnx", "tensor")  # export.nms.STRATEGIES, by name
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    output: Path
+    batch: ShapeRange = ShapeRange(1, 8)
+    height: ShapeRange = ShapeRange(64, 1344)
+    width: ShapeRange = ShapeRange(64, 1344)
+    divisibility: int = 32  # INPUT.SIZE_DIVISIBILITY: every level is exactly 2x the next
+    nms: str = "onnx"
+    input_scale: float = 255.0
+    opset: int | None = None
+    box_candidates: int = 1000
+    simplify: bool = False
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.nms not in NMS_LOWERINGS:
+            raise UserError(f"--nms must be one of {', '.join(NMS_LOWERINGS)}, got {self.nms!r}")
+        if self.batch.min < 1 or self.batch.max < self.batch.min:
+            raise UserError(f"batch range [{self.batch.min}, {self.batch.max}] is empty or below 1 (--batch / --dynamic-batch)")
+        div = self.divisibility
+        # GAU max-pools the stride-32 level 2x2, so that level needs at least 2 cells: 64 px at divisibility 32
+        least = 2 * div
+        for name, r in (("height", self.height), ("width", self.width)):
+            if r.min % div or r.max % div:
+                raise UserError(f"{name} {r.min}..{r.max} is not a multiple of {div} (INPUT.SIZE_DIVISIBILITY); "
+                                f"use e.g. {max(least, r.min // div * div)} (--imgsz / --dynamic-size)")
+            if r.min < least:
+                raise UserError(f"{name} {r.min} is below the smallest input, {least} (--imgsz / --dynamic-size)")
+            if r.max < r.min:
+                raise UserError(f"{name} range [{r.min}, {r.max}] is empty (--dynamic-size MIN MAX)")
+        if not 1 <= self.box_candidates <= MAX_TOPK:
+            raise UserError(f"--box-candidates must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {self.box_candidates}")
+        if self.input_scale not in (1.0, 255.0):
+            raise UserError(f"--input-range must be 255 or 1, got {self.input_scale:g}")
+        if self.opset is not None:
+            import onnx.defs
+
+            newest = onnx.defs.onnx_opset_version()
+            if not 18 <= self.opset <= newest:
+                raise UserError(f"--opset must be in 18..{newest} (the dynamo exporter starts at 18), got {self.opset}")

@@ -1,0 +1,171 @@
+"""`Predictor`: images in, per-image `Detections` in image pixels out, over any backend that runs the
+graph contract (eager PyTorch here; ONNX Runtime and TensorRT in `runtime`).
+
+    images -> Preprocess (the contract's spec) -> canvas [B,3,H,W] -> backend.run -> padded outputs
+           -> `Predictor.postprocess`: rows up to num_dets, boxes back to image pixels, masks pasted
+              into the image with torchvision's paste_masks_in_image and thresholded
+
+Training's evaluation, parity's PyTorch reference and every deployed artifact go through this one
+class, so one checkpoint has one AP.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from ..core.config import Config
+from ..core.contract import (
+    BOXES,
+    LABELS,
+    MASK_THRESHOLD,
+    MASKS,
+    NUM_DETS,
+    SCORES,
+    GraphContract,
+    ShapeRange,
+    class_index,
+    image_rows,
+)
+from ..data.image import to_tensor
+from ..data.preprocess import Canvas, Preprocess
+from .inference import EagerBackend
+from .meta import default_size_range, model_meta
+
+
+class Backend(Protocol):
+    kind: str
+    on_gpu: bool
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class Detections:
+    """One image's detections, in its own pixels."""
+
+    boxes: np.ndarray  # [N,4] float32 xyxy
+    scores: np.ndarray  # [N]
+    labels: np.ndarray  # [N] int64, the contract's labels 1..C
+    category_ids: list[int]  # COCO category id of each label
+    class_names: list[str]
+    masks: np.ndarray | None = None  # [N,H,W] bool (Mask R-CNN)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def as_list(images: Any) -> tuple[list[Any], bool]:
+    """(images, was_a_single_image)."""
+    if isinstance(images, (str, Path, Image.Image)):
+        return [images], True
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images), False
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return [images], True
+    return list(images), False
+
+
+CHECKPOINT_MAX_BATCH = 64  # eager PyTorch has no exported range; a bound for batching
+
+
+class Predictor:
+    @classmethod
+    def eager(cls, detector: nn.Module, *, cfg: Config, classes: dict[str, list], path: Path,
+              device: torch.device, autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False) -> Self:
+        """A trained torchvision detector in memory, run eagerly (see `EagerBackend`)."""
+        size = default_size_range(cfg)
+        meta = model_meta(cfg, detector, classes, batch=ShapeRange(1, CHECKPOINT_MAX_BATCH), height=size, width=size)
+        contract = GraphContract.from_meta(meta, source=str(path))
+        return cls(EagerBackend(detector, contract, device, autocast_dtype=autocast_dtype, cuda_graphs=cuda_graphs),
+                   meta, path)
+
+    def __init__(self, backend: Backend, meta: dict[str, Any], path: Path) -> None:
+        self.backend = backend
+        self.meta = meta
+        self.path = path
+        self.contract = GraphContract.from_meta(meta, source=str(path))
+        self.preprocess = Preprocess(self.contract.preprocess)
+        shapes = meta["shapes"]  # the runnable range: the export's, or a TensorRT engine's profile
+        self.max_batch = shapes["batch"]["max"]
+        self.static_batch = shapes["batch"]["min"] == shapes["batch"]["max"]
+        self.range = (shapes["height"], shapes["width"])
+        classes = meta["classes"]
+        self.class_names: list[str] = list(classes["names"])
+        self.category_ids: list[int] = list(classes["category_ids"])
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    @property
+    def precision(self) -> str:
+        return self.meta.get("precision", "fp32")
+
+    def at_size(self, min_size: int, max_size: int | None = None) -> Predictor:
+        """The same artifact with the test resize set to (min_size, max_size): e.g. at_size(640) fills a 640
+        canvas. The backend is shared, not reloaded."""
+        other = copy.copy(self)
+        other.preprocess = self.preprocess.at_size(min_size, max_size)
+        return other
+
+    def prepare(self, images: list[torch.Tensor]) -> Canvas:
+        h, w = self.range
+        static = h["min"] == h["max"] and w["min"] == w["max"]
+        canvas = self.preprocess(images, canvas=(h["max"], w["max"]) if static else None)
+        _, _, ch, cw = canvas.images.shape
+        if not static and (ch > h["max"] or cw > w["max"] or ch < h["min"] or cw < w["min"]):
+            # outside the runnable range: a fixed canvas at the nearest edge of the range
+            target = (min(max(ch, h["min"]), h["max"]), min(max(cw, w["min"]), w["max"]))
+            canvas = self.preprocess(images, canvas=target)
+        return canvas
+
+    def run_canvas(self, canvas: Canvas) -> dict[str, np.ndarray]:
+        """The backend on one preprocessed batch, padded to a static batch size where the model has one."""
+        images = canvas.images.numpy()
+        real = len(images)
+        if self.static_batch and real < self.max_batch:
+            images = np.concatenate([images, np.repeat(images[-1:], self.max_batch - real, axis=0)])
+        out = self.backend.run(images)
+        return {k: v[:real] for k, v in out.items()}
+
+    def postprocess(self, outputs: dict[str, np.ndarray], canvas: Canvas) -> list[Detections]:
+        results = []
+        for b in range(len(outputs[NUM_DETS])):
+            rows = image_rows(outputs, b)
+            boxes = canvas.to_image(torch.from_numpy(rows[BOXES].astype(np.float32)), b)
+            labels = rows[LABELS]
+            index = class_index(labels, len(self.class_names))
+            masks = None
+            if MASKS in rows:
+                probs = torch.from_numpy(rows[MASKS][:, None].astype(np.float32))
+                pasted = paste_masks_in_image(probs, boxes, canvas.original_hw[b], padding=1)[:, 0]
+                masks = (pasted > MASK_THRESHOLD).numpy()
+            results.append(Detections(
+                boxes=boxes.numpy(), scores=rows[SCORES].astype(np.float32), labels=labels,
+                category_ids=[self.category_ids[i] for i in index], class_names=[self.class_names[i] for i in index],
+                masks=masks,
+            ))
+        return results
+
+    def predict(self, images: Any, *, color: str = "RGB", batch_size: int | None = None
+                ) -> Detections | list[Detections]:
+        """Detections for one image or a batch (a list, NHWC array or NCHW tensor); `color` says whether
+        numpy arrays are RGB or BGR (OpenCV). `batch_size` images share a canvas (default: the largest
+        batch the artifact takes)."""
+        items, single = as_list(images)
+        tensors = [to_tensor(im, color) for im in items]
+        step = min(batch_size or self.max_batch, self.max_batch)
+        results: list[Detections] = []
+        for start in range(0, len(tensors), step):
+            canvas = self.prepare(tensors[start : start + step])
+            results += self.postprocess(self.run_canvas(canvas), canvas)
+        return results[0] if single else results

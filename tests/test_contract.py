@@ -1,0 +1,105 @@
+"""The graph contract (`siefpn_deploy/core/contract.py`): one definition that every stage reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from siefpn_deploy.core import contract
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.contract import GraphContract, PreprocessSpec, check_schema, label_to_category_id
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.model import build_detector
+from siefpn_deploy.model.meta import contract_for
+from siefpn_deploy.model.torchvision_api import intermediate_layers, rpn_test_top_n, transform_skip_train_resize
+
+PACKAGE = Path(__file__).resolve().parent.parent / "siefpn_deploy"
+SPEC = PreprocessSpec(min_size=224, max_size=384, divisibility=32, pixel_mean=(0.5, 0.5, 0.5),
+                      pixel_std=(0.25, 0.25, 0.25))
+
+
+def test_outputs_of_each_architecture():
+    retina = GraphContract(architecture="retinanet", max_detections=50, preprocess=SPEC)
+    mask = GraphContract(architecture="mask_rcnn", max_detections=50, preprocess=SPEC)
+    assert retina.output_names == ("num_dets", "boxes", "scores", "labels") and not retina.has_masks
+    assert mask.output_names[-1] == "masks" and mask.has_masks
+    shapes = {t.name: (t.dtype, t.shape) for t in mask.outputs()}
+    assert shapes == {"num_dets": ("int32", ("batch",)), "boxes": ("float32", ("batch", 50, 4)),
+                      "scores": ("float32", ("batch", 50)), "labels": ("int32", ("batch", 50)),
+                      "masks": ("float32", ("batch", 50, 28, 28))}
+    empty = mask.empty_outputs(3)
+    assert {k: (v.shape, v.dtype) for k, v in empty.items()} == {
+        "num_dets": ((3,), np.int32), "boxes": ((3, 50, 4), np.float32), "scores": ((3, 50), np.float32),
+        "labels": ((3, 50), np.int32), "masks": ((3, 50, 28, 28), np.float32)}
+    assert (empty["labels"] == -1).all() and not empty["num_dets"].any()
+
+
+def test_meta_round_trip_and_refusals():
+    c = GraphContract(architecture="faster_rcnn", max_detections=100, preprocess=SPEC)
+    meta = c.as_meta()
+    assert GraphContract.from_meta(meta, source="x.meta.json") == c
+    assert meta["preprocess"]["pad_value"] == [127.5, 127.5, 127.5]
+    with pytest.raises(UserError, match=r"x.meta.json lists outputs .* but a faster_rcnn graph has"):
+        GraphContract.from_meta({**meta, "outputs": meta["outputs"][:2]}, source="x.meta.json")
+    with pytest.raises(UserError, match=r"^y.json has schema_version '1.0', but this siefpn-deploy reads 2.x"):
+        check_schema({**meta, "schema_version": "1.0"}, source="y.json")
+    check_schema({**meta, "schema_version": "2.9"}, source="y.json")  # minor versions are compatible
+
+
+def test_one_label_numbering_from_dataset_to_coco_json():
+    category_ids = [1, 3, 5]  # a gapped COCO numbering
+    assert label_to_category_id(np.array([1, 3, 2]), category_ids) == [1, 5, 3]
+    assert contract.category_id_to_label([5, 1, 3]) == {1: 1, 3: 2, 5: 3}
+    with pytest.raises(ValueError, match="labels must lie in 1..3"):
+        label_to_category_id([0], category_ids)  # background is never a detection
+    with pytest.raises(ValueError):
+        label_to_category_id([contract.PAD_LABEL], category_ids)
+
+
+def test_config_and_model_build_the_contract(tmp_path):
+    cfg = load_config("synth_mask_rcnn_R18", ["MODEL.DETECTIONS_PER_IMAGE", "37"])  # a shipped preset, no .yaml
+    c = contract_for(cfg)
+    assert c.max_detections == 37 and c.has_masks and c.preprocess.divisibility == cfg.INPUT.SIZE_DIVISIBILITY
+    model = build_detector(cfg, num_classes=3)
+    assert model.roi_heads.mask_roi_pool.output_size[0] * 2 == contract.MASK_SIZE
+    assert model.roi_heads.detections_per_img == 37
+
+
+def test_the_contract_is_defined_once():
+    """Output names, K, the mask size and the label convention live in core/contract.py alone."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "contract.py":
+            continue
+        text = path.read_text()
+        for pattern in (r'"num_dets"', r"\b28\b", r"DETECTIONS_PER_IMAGE: int = \d", r"labels?\W+1\b.*-1 pads"):
+            if re.search(pattern, text):
+                offenders.append(f"{path.relative_to(PACKAGE)}: {pattern}")
+    assert not offenders
+
+
+def test_torchvision_private_apis():
+    """Each private torchvision API behind model/torchvision_api.py, exercised: a torchvision release that
+    moves or changes one fails here, naming it."""
+    resnet = torchvision.models.resnet18(weights=None)
+    body = intermediate_layers(resnet, {"layer2": "c3", "layer4": "c5"})  # torchvision.models._utils
+    features = body(torch.rand(1, 3, 64, 96))
+    assert list(features) == ["c3", "c5"] and features["c5"].shape == (1, 512, 2, 3), "IntermediateLayerGetter"
+
+    transform = GeneralizedRCNNTransform(min_size=32, max_size=64, image_mean=[0.5] * 3, image_std=[0.25] * 3,
+                                         **transform_skip_train_resize())
+    target = {"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([1])}
+    images, _ = transform.train()([torch.rand(3, 100, 150)], [target])
+    assert images.image_sizes == [(100, 150)], "GeneralizedRCNNTransform(_skip_resize=True) resized in training"
+    images, _ = transform.eval()([torch.rand(3, 100, 150)])
+    assert images.image_sizes == [(32, 48)]
+
+    cfg = load_config("synth_faster_rcnn_R18", [])
+    rpn = build_detector(cfg, num_classes=2).rpn
+    assert rpn_test_top_n(rpn) == (1000, 1000), "RegionProposalNetwork._pre_nms_top_n / _post_nms_top_n"
