@@ -14,44 +14,35 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from siefpn_deploy.cli import main as cli
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.demo import ensure_synthetic
-from siefpn_deploy.evaluation.loop import evaluate_detector
+from siefpn_deploy.demo import synthetic_benchmark_arguments, synthetic_export
+from siefpn_deploy.evaluation.loop import evaluate_predictor
 from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import synthetic_batch
 from siefpn_deploy.tensorrt.plan import BuildOptions, build_engine
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_export import detector_arguments, trained_weights  # noqa: E402
-
 
 def main() -> None:
-    p = detector_arguments(__doc__, "benchmarks/results/quantize_cpu.md")
+    p = synthetic_benchmark_arguments(__doc__, "benchmarks/results/quantize_cpu.md")
     p.add_argument("--num-calib", type=int, default=512)
     p.add_argument("--calib-size", type=int, default=640)
     p.add_argument("--calib-batch", type=int, default=4)
     args = p.parse_args()
 
-    data, work = Path(args.data), Path(args.work)
-    ensure_synthetic(data)
     rows = []
     for arch in args.archs:
-        run = trained_weights(arch, data, work, args.train_iters)
-        onnx_path = work / f"{arch}_tensornms.onnx"
-        if cli(["export", "--config-file", str(run / "config.yaml"), "--output", str(onnx_path), "--nms", "tensor",
-                "--dynamic-batch", "4", "--dynamic-size", "64", str(max(args.sizes)),
-                "MODEL.WEIGHTS", str(run / "model_final.pth")]) != 0:
-            sys.exit(f"exporting {arch} failed")
+        run, onnx_path = synthetic_export(arch, args, export_args=[
+            "--nms", "tensor", "--dynamic-batch", "4", "--dynamic-size", "64", str(max(args.sizes))])
         cfg = load_config(run / "config.yaml")
         dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS)
         models = {"fp32": (onnx_path, 0.0)}
@@ -61,22 +52,22 @@ def main() -> None:
             path, _ = quantize_model(QuantizeOptions(
                 onnx=onnx_path, precision=precision, num_calib=args.num_calib if precision == "int8" else None,
                 calib_size=(args.calib_size, args.calib_size), calib_batch=args.calib_batch,
-                calib_cache=work / "calib"))
+                calib_cache=Path(args.work) / "calib"))
             models[precision] = (path, time.perf_counter() - t)
         for precision, (path, quantize_s) in models.items():
             try:
                 t = time.perf_counter()
-                engine, _ = build_engine(BuildOptions(onnx=path, engine=work / "engines" / (path.stem + ".plan"),
+                engine, _ = build_engine(BuildOptions(onnx=path, engine=Path(args.work) / "engines" / (path.stem + ".plan"),
                                                       timing_cache=None))
                 build = (f"{time.perf_counter() - t:.1f}", f"{engine.stat().st_size / 2**20:.1f}")
             except UserError as e:
                 build = ("-", f"not built: {e}")
             detector = Detector.from_path(path, threads=torch.get_num_threads())
-            ap = evaluate_detector(detector, dataset, batch_size=4).metrics["bbox"]["AP"]
+            ap = evaluate_predictor(detector, dataset, batch_size=1).metrics["bbox"]["AP"]
             latencies = []
             for size in args.sizes:
                 at, _, canvas = synthetic_batch(detector, 1, size)
-                latencies.append(f"{measure(lambda: at.run_canvas(canvas), warmup=3, iters=args.iters).median_ms:.0f}")
+                latencies.append(f"{measure(partial(at.run_canvas, canvas), warmup=3, iters=args.iters).median_ms:.0f}")
             rows.append([arch, precision, f"{quantize_s:.1f}" if quantize_s else "-", build[0],
                          f"{path.stat().st_size / 2**20:.1f}", build[1], *latencies, f"{100 * ap:.2f}"])
             print(" | ".join(rows[-1]), flush=True)

@@ -165,7 +165,7 @@ flavour and version, precision, source ONNX sha256 and the model's meta.json.
 def _cmd_build(args: argparse.Namespace) -> int:
     from .tensorrt.plan import BuildOptions, build_engine, engine_name, parse_shape
 
-    shape = lambda text, flag: parse_shape(text, flag) if text else None  # noqa: E731
+    shape = lambda text, flag: parse_shape(text, flag) if text else None
     onnx = Path(args.onnx)
     build_engine(BuildOptions(
         onnx=onnx, engine=Path(args.engine) if args.engine else Path("engines") / engine_name(onnx),
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit (default: TensorRT's)")
     build.add_argument("--timing-cache", default="engines/timing.cache", metavar="PATH",
                        help="read if present, written after the build (default engines/timing.cache; '' disables)")
-    build.add_argument("--builder-optimization-level", type=int, choices=range(0, 6), metavar="N",
+    build.add_argument("--builder-optimization-level", type=int, choices=range(6), metavar="N",
                        help="0..5, TensorRT's default 3; higher builds longer for faster engines")
     build.add_argument("--version-compatible", action="store_true",
                        help="an engine later TensorRT versions can run (with the lean runtime)")

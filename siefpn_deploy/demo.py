@@ -11,6 +11,7 @@ without redoing the slow parts.
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,39 @@ def ensure_synthetic(data_dir: Path, *, regenerate: bool = False) -> None:
         generate_synthetic(data_dir)
     else:
         print(f"[demo] using the synthetic dataset in {data_dir}")
+
+
+def synthetic_export(arch: str, args: argparse.Namespace, *, export_args: list[str]) -> tuple[Path, Path]:
+    """(training run folder, ONNX) of the synthetic preset of `arch`, trained `args.train_iters` iterations on
+    `args.data` (generated if missing) and exported into `args.work` with `export_args`, each made once: what
+    the benchmark scripts (options: `synthetic_benchmark_arguments`) measure."""
+    from .cli import main as cli
+
+    data, work, train_iters = Path(args.data), Path(args.work), args.train_iters
+    ensure_synthetic(data)
+    run, onnx_path = work / arch, work / f"{arch}_{'_'.join(export_args) or 'default'}.onnx".replace("-", "")
+    if not (run / "model_final.pth").is_file():
+        args = ["train", "--config-file", f"configs/synth_{arch}_R18.yaml", *dataset_overrides(data),
+                "OUTPUT_DIR", str(run), "SOLVER.MAX_ITER", str(train_iters), "SOLVER.WARMUP_ITERS", str(train_iters // 4)]
+        if cli(args) != 0:
+            raise UserError(f"training the synthetic {arch} preset failed")
+    if not onnx_path.is_file() and cli(["export", "--config-file", str(run / "config.yaml"), "--output", str(onnx_path),
+                                        *export_args, "MODEL.WEIGHTS", str(run / "model_final.pth")]) != 0:
+        raise UserError(f"exporting the synthetic {arch} model failed")
+    return run, onnx_path
+
+
+def synthetic_benchmark_arguments(description: str, report: str) -> argparse.ArgumentParser:
+    """The options every per-detector benchmark script takes (benchmarks/bench_export.py, bench_quantize.py)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=["retinanet", "faster_rcnn", "mask_rcnn"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    p.add_argument("--iters", type=int, default=20, help="timed runs per setting (median reported)")
+    p.add_argument("--train-iters", type=int, default=60, help="brief training, for realistic candidate counts")
+    p.add_argument("--data", default="datasets/synth")
+    p.add_argument("--work", default="output/bench_export")
+    p.add_argument("--report", default=report)
+    return p
 
 
 def current_meta(path: Path, key: tuple[str, ...], value: str) -> dict[str, Any] | None:

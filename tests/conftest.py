@@ -138,8 +138,9 @@ class Detecting:
     """A RetinaNet that really detects, for accuracy gates: trained 600 iterations on the 16 tiny training
     images at their test size without flips, and scored on them (its DATASETS.TEST is the train split):
     memorised, so its FP32 AP (12 points when written) stands well above the INT8 budget and a broken INT8
-    model has room to fall through it. Its INT8 version is calibrated on the
-    val images, which it is never scored on. `detecting.onnx(precision)`, `.config`, `.weights`."""
+    model has room to fall through it. Its INT8 version is calibrated on 32 images of another synthetic set
+    (seed 1), which it is never scored on: with the 6 val images alone, entropy calibration lost 2.4 AP
+    points. `detecting.onnx(precision)`, `.config`, `.weights`."""
 
     ITERATIONS = 600
 
@@ -178,10 +179,13 @@ class Detecting:
         if precision == "fp32":
             return source
         path = self.root / f"retinanet.{precision}.onnx"
+        calibration = self.root / "calibration"
+        if not calibration.is_dir():
+            generate_synthetic(calibration, num_train=32, num_val=0, seed=1, min_side=96, max_side=160, progress=False)
         if not path.is_file():
             assert main(["quantize", "--onnx", str(source), "--precision", precision, "--output", str(path),
-                         "--calib-data", str(split_paths(self.data, "val")[0]), "--num-calib", "6",
-                         "--calib-batch", "2", "--calib-cache", ""]) == 0
+                         "--calib-data", str(split_paths(calibration, "train")[0]), "--num-calib", "32",
+                         "--calib-batch", "4", "--calib-cache", ""]) == 0
         return path
 
 

@@ -22,7 +22,7 @@ from siefpn_deploy.data.synth import mask_to_polygons, render
 from siefpn_deploy.data.transforms import RandomHorizontalFlip, ResizeShortestEdge
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-TINY = dict(num_train=8, num_val=4, min_side=96, max_side=160, progress=False)
+TINY = {"num_train": 8, "num_val": 4, "min_side": 96, "max_side": 160, "progress": False}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -208,7 +208,7 @@ def test_image_modes_become_rgb(tmp_path, mode):
     images = [{"id": 1, "file_name": "a.png", "width": 12, "height": 9, "_skip": True}]
     ann_file = make_dataset(tmp_path, images=images)
     write_image(tmp_path / "images/a.png", 12, 9, mode=mode)
-    image, t = load(tmp_path, ann_file)[0]
+    image, _t = load(tmp_path, ann_file)[0]
     assert image.shape == (3, 9, 12)
 
 

@@ -10,19 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.contract import GraphContract
 from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.core.ort import ort_session
 from siefpn_deploy.core.sidecar import check_input_shape, read_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.export import exporter, verify
-from siefpn_deploy.export.exporter import load_trained_detector
+from siefpn_deploy.model.checkpoint import load_trained_detector
 from siefpn_deploy.model.inference import detect_on_canvas
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
@@ -32,7 +33,7 @@ def canvases(data: Path, shape: tuple[int, int, int, int], preprocess: Preproces
     """`shape[0]` val images preprocessed onto a shape[2:] canvas, RGB 0..1."""
     images, annotations = split_paths(data, "val")
     dataset = CocoDetection(image_dir=images, annotation_file=annotations)
-    return preprocess([dataset[i][0] for i in range(shape[0])], canvas=shape[2:]).images
+    return preprocess([dataset.image(i) for i in range(shape[0])], canvas=shape[2:]).images
 
 
 def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path) -> int:
@@ -41,11 +42,12 @@ def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path)
     Returns how many detections were compared."""
     cfg = load_config(trained.config(arch), ["MODEL.WEIGHTS", str(trained.weights(arch))])
     detector, _ = load_trained_detector(cfg, config_name="test")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     names = [o.name for o in session.get_outputs()]
     compared = 0
     for shape in [(2, 3, 128, 96), (2, 3, 160, 224)]:
-        batch = canvases(tiny_synth, shape, replace(Preprocess.from_meta(read_meta(path)), input_scale=1.0))
+        spec = GraphContract.from_meta(read_meta(path), source=str(path)).preprocess
+        batch = canvases(tiny_synth, shape, Preprocess(replace(spec, input_scale=1.0)))
         got = dict(zip(names, session.run(None, {"images": (batch * 255).numpy()})))
         for b, want in enumerate(detect_on_canvas(detector, batch)):
             n = int(got["num_dets"][b])

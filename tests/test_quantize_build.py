@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from siefpn_deploy.cli import main
+from siefpn_deploy.core.contract import GraphContract
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.model.predictor import Predictor
 from siefpn_deploy.quantize.precision import DEFAULT_EXCLUDES
 from siefpn_deploy.runtime import Detector
+from siefpn_deploy.runtime.backends import check_profile
+from siefpn_deploy.runtime.detector import engine_model_meta
 from siefpn_deploy.tensorrt.plan import engine_meta_path, read_engine_meta
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
@@ -134,6 +138,36 @@ def test_every_precision_builds_with_a_matching_sidecar(arch, quantized, tmp_pat
             assert (tmp_path / "timing.cache").is_file() and meta["build"]["timing_cache"]
         else:  # TensorRT-RTX's timing-cache calls are no-ops: none is written or claimed
             assert not (tmp_path / "timing.cache").exists() and meta["build"]["timing_cache"] is None
+
+
+def test_the_runtime_runs_an_engine_within_its_own_profile(quantized, tmp_path):
+    """An engine built with a narrower profile than the ONNX's exported range: the runtime takes its batch and
+    size ranges from the engine's sidecar, and a shape outside them is a one-line error before it runs."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="no TensorRT builder installed (pip install '.[tensorrt-rtx]')")
+    source = quantized.onnx("retinanet", "fp32")  # exported for batch 1..4 and 64..256 px
+    engine = tmp_path / "narrow.plan"
+    assert main(["build", "--onnx", str(source), "--engine", str(engine), "--min-shape", "1,3,64,64",
+                 "--opt-shape", "1,3,128,128", "--max-shape", "2,3,128,160", "--timing-cache", ""]) == 0
+    profile = read_engine_meta(engine)["profile"]
+    meta = engine_model_meta(read_engine_meta(engine))
+    assert read_meta(source)["shapes"]["batch"]["max"] == 4
+    assert meta["shapes"] == {"batch": {"min": 1, "max": 2}, "height": {"min": 64, "max": 128},
+                              "width": {"min": 64, "max": 160}}
+    fed = []
+
+    class ProfileCheckingBackend:  # stands in for the GPU: checks what the engine would be given
+        kind, on_gpu = "tensorrt", True
+
+        def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+            check_profile(profile, images.shape, source=str(engine))
+            fed.append(images.shape)
+            return GraphContract.from_meta(meta, source=str(engine)).empty_outputs(len(images))
+
+    predictor = Predictor(ProfileCheckingBackend(), meta, engine)
+    assert len(predictor.predict([torch.rand(3, 300, 200)] * 5)) == 5  # larger images, more of them
+    assert fed and all(b <= 2 and h <= 128 and w <= 160 for b, _, h, w in fed)
+    with pytest.raises(UserError, match=r"narrow.plan: input \[4, 3, 128, 128\] is outside the engine's profile"):
+        check_profile(profile, (4, 3, 128, 128), source=str(engine))
 
 
 # ------------------------------------------------------------------ bad input: one line each

@@ -28,8 +28,9 @@ pixel_std (both of RGB in 0..1), so the padding becomes exactly the zeros that t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

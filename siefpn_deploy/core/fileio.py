@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import UserError
 
@@ -66,6 +67,6 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
         raise UserError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and weights_only errors all land here
+    except Exception as e:  # noqa: BLE001 - pickle, zip and weights_only errors: each becomes one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"cannot load {what} {path} (not a torch file?): {type(e).__name__}: {first}") from None

@@ -42,5 +42,5 @@ def ort_session(model: str | Path | bytes, *, device: str = "cpu", threads: int 
     name = source or (str(model) if not isinstance(model, bytes) else "the ONNX model")
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+    except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/NoSuchFile types
         raise UserError(f"ONNX Runtime cannot load {name}: {str(e).strip().splitlines()[0]}") from None

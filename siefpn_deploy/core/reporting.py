@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .fileio import atomic_path, atomic_write, write_json
 

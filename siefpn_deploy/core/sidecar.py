@@ -24,7 +24,7 @@ REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes
 def meta_path(onnx_path: str | Path) -> Path:
     """export/NAME.onnx -> export/NAME.meta.json (NAME may hold dots: NAME.int8.onnx -> NAME.int8.meta.json)."""
     p = Path(onnx_path)
-    return p.with_name((p.name[:-5] if p.name.endswith(".onnx") else p.name) + ".meta.json")
+    return p.with_name((p.name.removesuffix(".onnx")) + ".meta.json")
 
 
 def sha256_of(path: str | Path) -> str:

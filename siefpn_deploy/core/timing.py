@@ -6,9 +6,9 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Latency:
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.runs)
-        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
     @property
     def median_ms(self) -> float:

@@ -4,4 +4,4 @@ from .coco import CocoDetection, collate
 from .synth import generate as generate_synthetic
 from .transforms import build_train_transforms
 
-__all__ = ["CocoDetection", "collate", "build_train_transforms", "generate_synthetic"]
+__all__ = ["CocoDetection", "build_train_transforms", "collate", "generate_synthetic"]

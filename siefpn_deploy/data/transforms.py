@@ -7,7 +7,7 @@ any number of DataLoader workers. Padding and normalisation are left to the mode
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -57,7 +57,7 @@ def _dynamic_shapes(options: ExportOptions) -> dict:
 def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
     batch = options.batch.min if options.batch.static else max(EXAMPLE_BATCH, options.batch.min)
     # H != W where the ranges allow: a square example lets the tracer conflate the two dims unnoticed
-    pick = lambda r, target: r.min if r.static else min(r.max, max(r.min, target))  # noqa: E731
+    pick = lambda r, target: r.min if r.static else min(r.max, max(r.min, target))
     return (batch, 3, pick(options.height, 256), pick(options.width, 320))
 
 

@@ -11,14 +11,16 @@ from ..core.errors import UserError
 
 MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
 NMS_LOWERINGS = ("onnx", "tensor")  # export.nms.STRATEGIES, by name
+DEFAULT_BATCH = ShapeRange(1, 8)
+DEFAULT_SIZE = ShapeRange(64, 1344)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     output: Path
-    batch: ShapeRange = ShapeRange(1, 8)
-    height: ShapeRange = ShapeRange(64, 1344)
-    width: ShapeRange = ShapeRange(64, 1344)
+    batch: ShapeRange = DEFAULT_BATCH
+    height: ShapeRange = DEFAULT_SIZE
+    width: ShapeRange = DEFAULT_SIZE
     divisibility: int = 32  # INPUT.SIZE_DIVISIBILITY: every level is exactly 2x the next
     nms: str = "onnx"
     input_scale: float = 255.0

@@ -44,5 +44,5 @@ class RetinaNetDecoder(nn.Module):
             scores.append(top)
             labels.append(idx % num_classes)
             valid.append(ok)
-        cat = lambda xs: torch.cat(xs, dim=1)  # noqa: E731
+        cat = lambda xs: torch.cat(xs, dim=1)
         return select_detections(self.nms, cat(boxes), cat(scores), cat(labels), cat(valid))

@@ -95,7 +95,7 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
 
     try:
         onnx.checker.check_model(str(path))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - onnx.checker's ValidationError and protobuf's errors alike
         raise UserError(f"onnx.checker rejects {path}: {str(e).strip().splitlines()[0]}") from None
     session = ort_session(path)
     contract = GraphContract.from_meta(meta, source=str(path))

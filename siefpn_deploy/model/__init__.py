@@ -15,6 +15,17 @@ from .neck import (
 )
 
 __all__ = [
-    "BackboneWithNeck", "DualSIEFPN", "FPN", "GAU", "LFE", "LastLevelMaxPool", "LastLevelP6P7", "MIC",
-    "PyramidNeck", "ShapeSpec", "build_backbone", "build_detector", "build_resnet_body",
+    "FPN",
+    "GAU",
+    "LFE",
+    "MIC",
+    "BackboneWithNeck",
+    "DualSIEFPN",
+    "LastLevelMaxPool",
+    "LastLevelP6P7",
+    "PyramidNeck",
+    "ShapeSpec",
+    "build_backbone",
+    "build_detector",
+    "build_resnet_body",
 ]

@@ -85,5 +85,5 @@ class BackboneWithNeck(nn.Module):
     def output_shape(self) -> dict[str, ShapeSpec]:
         return self.neck.output_shape()
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.neck(self.body(x))

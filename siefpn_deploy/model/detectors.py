@@ -46,7 +46,7 @@ def build_backbone(cfg: Config) -> BackboneWithNeck:
 def build_anchor_generator(cfg: Config) -> AnchorGenerator:
     m = cfg.MODEL
     n = m.ANCHOR_OCTAVE_SCALES
-    sizes = tuple(tuple(int(round(s * 2 ** (i / n))) for i in range(n)) for s in m.ANCHOR_SIZES)
+    sizes = tuple(tuple(round(s * 2 ** (i / n)) for i in range(n)) for s in m.ANCHOR_SIZES)
     ratios = (tuple(m.ANCHOR_ASPECT_RATIOS),) * len(sizes)
     return AnchorGenerator(sizes=sizes, aspect_ratios=ratios)
 

@@ -28,7 +28,7 @@ class GAU(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def non_local(self, m: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = m.shape
+        b, _c, h, w = m.shape
         # contiguous: SDPA's fused kernels (CPU flash, CUDA flash/memory-efficient) need a unit-stride last
         # dim; a transposed view falls back to the math path, which materialises the HW x HW/4 matrix
         # (277 MiB at 800x1333, stride 8, vs 8 MiB)

@@ -10,7 +10,8 @@ canvas unresized. This runs the detector's own modules and its own postprocessin
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

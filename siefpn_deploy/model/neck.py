@@ -81,7 +81,7 @@ class PyramidNeck(nn.Module):
     def merge(self, feats: list[torch.Tensor], laterals: list[torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, features: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, features: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         feats = [features[name] for name in self.in_features]
         laterals = [conv(x) for conv, x in zip(self.lateral, feats)]
         merged = self.merge(feats, laterals)

@@ -55,7 +55,7 @@ def _agreement(reference: Evaluation, other: Evaluation, score_thresh: float, ma
     agreement = Agreement()
     for image_id, ref in reference.detections.items():
         got = other.detections[image_id]
-        as_dict = lambda d: {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}  # noqa: E731
+        as_dict = lambda d: {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
         agreement.add(as_dict(ref), as_dict(got), min_iou=MATCH_IOU, score_thresh=score_thresh, max_det=max_det)
     return agreement
 

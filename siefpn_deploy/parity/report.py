@@ -20,11 +20,9 @@ def markdown(report: dict[str, Any]) -> str:
             cells = [a["path"], a["kind"], a["precision"], "-", "-"] + (["-", "-"] if segm else []) + [
                 "-", "-", "-", "-", "-", f"not run: {a['reason']}"]
         else:
-            m, d, g = a["metrics"], a["delta"], a["agreement"]
-            ap = lambda t: f"{100 * m[t]['AP']:.2f}" if t in m else "-"  # noqa: E731
-            dl = lambda t: f"{d[t]:+.2f}" if t in d else "-"  # noqa: E731
-            cells = [a["path"], a["kind"], a["precision"], ap("bbox"), dl("bbox")] + (
-                [ap("segm"), dl("segm")] if segm else []) + [
+            g = a["agreement"]
+            cells = [a["path"], a["kind"], a["precision"], *_ap_cells(a, "bbox")] + (
+                _ap_cells(a, "segm") if segm else []) + [
                 f"{a['budget']:g}" if a["budget"] is not None else "-",
                 f"{100 * g['matched_fraction']:.1f}%" if g else "-",
                 f"{g['box_abs_max']:.2g} / {g['box_abs_median']:.2g}" if g else "-",
@@ -39,6 +37,18 @@ def markdown(report: dict[str, Any]) -> str:
             + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {env['machine']}, device "
             f"{env['device']}, {env['cpu_threads']} CPU threads; torch {env['torch']}, onnxruntime "
             f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+
+
+def _ap_cells(artifact: dict[str, Any], iou_type: str) -> list[str]:
+    """[AP in points, its delta vs PyTorch] of one artifact row, "-" where not measured."""
+    m, d = artifact["metrics"], artifact["delta"]
+    return [f"{100 * m[iou_type]['AP']:.2f}" if iou_type in m else "-", f"{d[iou_type]:+.2f}" if iou_type in d else "-"]
+
+
+def _ap_cells(artifact: dict[str, Any], iou_type: str) -> list[str]:
+    """[AP in points, its delta vs PyTorch] of one artifact row, "-" where not measured."""
+    m, d = artifact["metrics"], artifact["delta"]
+    return [f"{100 * m[iou_type]['AP']:.2f}" if iou_type in m else "-", f"{d[iou_type]:+.2f}" if iou_type in d else "-"]
 
 
 def plot(report: dict[str, Any], fig: Any) -> None:

@@ -12,8 +12,9 @@ import io
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def load_onnx(path: Path) -> Any:
 
     try:
         return onnx.load(str(path))
-    except Exception as e:  # DecodeError and friends: a truncated or foreign file
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: a truncated or foreign file
         raise UserError(f"cannot read ONNX model {path}: {type(e).__name__}: {str(e).strip()[:200]}") from None
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class Setting:
     peak_cuda_mib: float | None
 
     def row(self) -> dict[str, Any]:
-        ms = lambda lat, q: 1e3 * lat.percentile(q)  # noqa: E731
+        ms = lambda lat, q: 1e3 * lat.percentile(q)
         return {
             "artifact": self.artifact, "variant": self.variant, "batch": self.batch, "size": self.size,
             "model_p50_ms": ms(self.model, 50), "model_p90_ms": ms(self.model, 90), "model_p99_ms": ms(self.model, 99),

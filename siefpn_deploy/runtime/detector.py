@@ -11,8 +11,9 @@ labels follow `core.contract` (1..C); Mask R-CNN masks are pasted at image resol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -9,10 +9,11 @@ precision builder flag is ever set. The backend is imported lazily: whichever of
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import UserError
 
@@ -45,7 +46,7 @@ def load_backend() -> Backend:
         try:
             trt = __import__(module)
             return Backend(trt=trt, flavour=flavour, version=str(trt.__version__))
-        except Exception as e:  # ImportError, or a stub wheel / missing libnvinfer raising on import
+        except Exception as e:  # noqa: BLE001 - ImportError, or a stub wheel / missing libnvinfer raising on import
             errors.append(f"{module}: {type(e).__name__}")
     raise UserError(f"no TensorRT builder is installed ({'; '.join(errors)}); {INSTALL_HINT}")
 

@@ -87,7 +87,7 @@ DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "in
 def _io(network) -> list[dict[str, Any]]:
     tensors = [(network.get_input(i), "input") for i in range(network.num_inputs)]
     tensors += [(network.get_output(i), "output") for i in range(network.num_outputs)]
-    dtype = lambda t: DTYPES.get(str(t.dtype).rsplit(".", 1)[-1], str(t.dtype))  # noqa: E731
+    dtype = lambda t: DTYPES.get(str(t.dtype).rsplit(".", 1)[-1], str(t.dtype))
     return [{"name": t.name, "mode": mode, "dtype": dtype(t), "shape": list(t.shape)} for t, mode in tensors]
 
 
