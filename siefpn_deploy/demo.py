@@ -204,8 +204,9 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     print("|---|---|---|---|")
     met = all(bbox[k] >= v for k, v in TARGET.items())
     target = ", ".join(f"{k} >= {v:.2f}" for k, v in TARGET.items())
-    print(f"| train + eval | {output_dir / 'model_final.pth'} | bbox AP {bbox['AP']:.3f}, AP50 {bbox['AP50']:.3f}, "
-          f"AP75 {bbox['AP75']:.3f} | {target}: {'met' if met else 'NOT met'} |")
+    print(f"| train + eval | {output_dir / 'model_final.pth'} | bbox AP {bbox['AP']:.3f} ({100 * bbox['AP']:.2f} points, "
+          f"as parity's PyTorch row), AP50 {bbox['AP50']:.3f}, AP75 {bbox['AP75']:.3f} | {target}: "
+          f"{'met' if met else 'NOT met'} |")
     v = meta["verification"]
     print(f"| export + verify (ONNX Runtime) | {onnx_path} | {v['matched']}/{v['reference']} detections matched, "
           f"max box error {v['max_box_abs']:.1e} px, max score error {v['max_score_abs']:.1e} | "
