@@ -29,7 +29,7 @@ from siefpn_deploy.evaluation.loop import evaluate_predictor
 from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import synthetic_batch
-from siefpn_deploy.tensorrt.plan import BuildOptions, build_engine
+from siefpn_deploy.tensorrt.plan import BuildOptions, build_engine, engine_name
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
         for precision, (path, quantize_s) in models.items():
             try:
                 t = time.perf_counter()
-                engine, _ = build_engine(BuildOptions(onnx=path, engine=Path(args.work) / "engines" / (path.stem + ".plan"),
+                engine, _ = build_engine(BuildOptions(onnx=path, engine=Path(args.work) / "engines" / engine_name(path),
                                                       timing_cache=None))
                 build = (f"{time.perf_counter() - t:.1f}", f"{engine.stat().st_size / 2**20:.1f}")
             except UserError as e:

@@ -428,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(image_id, category_id, bbox, score, RLE segmentation) that COCO.loadRes takes")
     infer.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
-    infer.add_argument("--batch", type=int, metavar="B", help="images per run (default: the artifact's largest batch)")
+    infer.add_argument("--batch", type=int, metavar="B",
+                       help="images per canvas (default 1, as training's evaluation and parity: a batch's padding "
+                       "reaches the border detections of its smaller images)")
 
     bench = _command(sub, "bench", _cmd_bench, epilog=EPILOG_BENCH,
                      help="latency (p50/p90/p99), throughput and memory of artifacts over batch sizes and input sizes")

@@ -52,6 +52,16 @@ def test_meta_round_trip_and_refusals():
     check_schema({**meta, "schema_version": "2.9"}, source="y.json")  # minor versions are compatible
 
 
+def test_image_rows_keep_real_detections_only():
+    outputs = GraphContract(architecture="retinanet", max_detections=4, preprocess=SPEC).empty_outputs(1)
+    outputs["num_dets"][0] = 3
+    outputs["labels"][0, :3] = [2, contract.BACKGROUND_LABEL, 1]  # a RetinaNet head's background logit
+    outputs["scores"][0, :3] = [0.9, 0.5, 0.3]
+    rows = contract.image_rows(outputs, 0)
+    assert rows["labels"].tolist() == [2, 1] and rows["scores"].tolist() == pytest.approx([0.9, 0.3])
+    assert rows["labels"].dtype == np.int64 and rows["boxes"].shape == (2, 4)
+
+
 def test_one_label_numbering_from_dataset_to_coco_json():
     category_ids = [1, 3, 5]  # a gapped COCO numbering
     assert label_to_category_id(np.array([1, 3, 2]), category_ids) == [1, 5, 3]

@@ -168,6 +168,12 @@ def test_the_runtime_runs_an_engine_within_its_own_profile(quantized, tmp_path):
     assert fed and all(b <= 2 and h <= 128 and w <= 160 for b, _, h, w in fed)
     with pytest.raises(UserError, match=r"narrow.plan: input \[4, 3, 128, 128\] is outside the engine's profile"):
         check_profile(profile, (4, 3, 128, 128), source=str(engine))
+    # a profile whose smallest batch is 2: one image (or an odd leftover) is padded up to it, then sliced back
+    profile = {**profile, "min": [2, 3, 64, 64]}
+    fed.clear()
+    pair = Predictor(ProfileCheckingBackend(), {**meta, "shapes": {**meta["shapes"], "batch": {"min": 2, "max": 2}}},
+                     engine)
+    assert len(pair.predict([torch.rand(3, 100, 120)] * 3)) == 3 and [s[0] for s in fed] == [2, 2]
 
 
 # ------------------------------------------------------------------ bad input: one line each

@@ -57,17 +57,20 @@ def test_training_batches_resume_where_they_stopped():
         next(iter(TrainingBatches([0, 1], batch_size=2, seed=0, rank=0, world_size=1)))
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tiny_synth, tmp_path):
+@pytest.mark.parametrize("arch", ["retinanet", "faster_rcnn"])  # the R-CNNs' RPN/RoI samplers draw random numbers
+def test_resume_repeats_an_uninterrupted_run_exactly(tiny_synth, tmp_path, arch):
     """Stopped after 2 iterations and resumed, a run ends with the same weights, bit for bit, as one that
     ran 4 iterations straight: the same batches, augmentations, RNG draws, LR and optimizer state."""
     schedule = {"SOLVER__CHECKPOINT_PERIOD": 1000, "SOLVER__LR_SCHEDULER": "multistep", "SOLVER__STEPS": "[3, 1000]",
                     "INPUT__FLIP_PROB": 0.5}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, straight, SOLVER__MAX_ITER=4, **schedule)]) == 0
-    assert main(["train", "--config-file", PRESET, *tiny_overrides(tiny_synth, stopped, SOLVER__MAX_ITER=2, **schedule)]) == 0
+    assert main(["train", "--config-file", PRESET,
+                 *tiny_overrides(tiny_synth, straight, arch, SOLVER__MAX_ITER=4, **schedule)]) == 0
+    assert main(["train", "--config-file", PRESET,
+                 *tiny_overrides(tiny_synth, stopped, arch, SOLVER__MAX_ITER=2, **schedule)]) == 0
     before = torch.get_rng_state()
     assert main(["train", "--config-file", PRESET, "--resume",
-                 *tiny_overrides(tiny_synth, stopped, SOLVER__MAX_ITER=4, **schedule)]) == 0
+                 *tiny_overrides(tiny_synth, stopped, arch, SOLVER__MAX_ITER=4, **schedule)]) == 0
     assert torch.equal(torch.get_rng_state(), before)  # training leaves the caller's global RNG alone
     a = load_checkpoint(straight / "model_final.pth")["model"]
     b = load_checkpoint(stopped / "model_final.pth")["model"]

@@ -14,7 +14,9 @@ restates a name, a shape, K, the mask size or the label numbering.
                                             the runtime pastes them into the image
 
 Labels, one numbering everywhere: a label is 1..C, the dataset's categories sorted by COCO
-category id (0 is torchvision's background and is never emitted); PAD_LABEL marks padding. The
+category id; PAD_LABEL marks padding. BACKGROUND_LABEL (0) is torchvision's background: the R-CNNs never
+emit it, but a torchvision RetinaNet head keeps a logit for it (trained only ever negative), so at very low
+score thresholds a graph can emit a row labelled 0; runtimes drop such rows (`image_rows`). The
 dataset's targets, the graph's `labels`, `Detections.labels` and the C++/Triton outputs all use it.
 COCO JSON carries the original ids instead: category_id = classes.category_ids[label - 1]
 (`label_to_category_id`).
@@ -48,6 +50,7 @@ MASK_POOL_SIZE = 14  # the mask head's RoIAlign output
 MASK_SIZE = 2 * MASK_POOL_SIZE  # the mask predictor upsamples 2x: 28x28 probabilities per box
 MASK_THRESHOLD = 0.5  # pasted probabilities above it are the instance
 PAD_LABEL = -1
+BACKGROUND_LABEL = 0
 MASK_ARCHITECTURES = ("mask_rcnn",)
 
 OUTPUT_DTYPES = {NUM_DETS: np.int32, BOXES: np.float32, SCORES: np.float32, LABELS: np.int32, MASKS: np.float32}
@@ -182,9 +185,11 @@ class GraphContract:
 
 
 def image_rows(outputs: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
-    """Image b's real rows of the padded outputs (boxes, scores, labels as int64, masks if present)."""
+    """Image b's detections from the padded outputs: the rows before num_dets whose label is a class
+    (not BACKGROUND_LABEL); boxes, scores, labels as int64 and masks if present."""
     n = int(outputs[NUM_DETS][b])
-    rows = {name: outputs[name][b, :n] for name in (BOXES, SCORES, LABELS, MASKS) if name in outputs}
+    keep = outputs[LABELS][b, :n] != BACKGROUND_LABEL
+    rows = {name: outputs[name][b, :n][keep] for name in (BOXES, SCORES, LABELS, MASKS) if name in outputs}
     rows[LABELS] = rows[LABELS].astype(np.int64)
     return rows
 

@@ -1,10 +1,13 @@
-"""Detection matching between two runs of the same model (PyTorch vs an exported artifact)."""
+"""Detection matching between two runs of the same model (PyTorch vs an exported artifact), over per-image
+detections keyed by the contract's output names (`contract.image_rows`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..core.contract import BOXES, LABELS, MASKS, SCORES
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -19,12 +22,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def match_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, min_iou: float) -> list[tuple[int, int]]:
     """Greedy in reference score order: each reference detection takes the unmatched same-label
     detection of highest IoU >= min_iou. Returns (ref index, got index) pairs."""
-    if len(ref["boxes"]) == 0 or len(got["boxes"]) == 0:
+    if len(ref[BOXES]) == 0 or len(got[BOXES]) == 0:
         return []
-    iou = box_iou(ref["boxes"], got["boxes"])
-    iou[ref["labels"][:, None] != got["labels"][None, :]] = -1
-    pairs, taken = [], np.zeros(len(got["boxes"]), dtype=bool)
-    for i in np.argsort(-ref["scores"], kind="stable"):
+    iou = box_iou(ref[BOXES], got[BOXES])
+    iou[ref[LABELS][:, None] != got[LABELS][None, :]] = -1
+    pairs, taken = [], np.zeros(len(got[BOXES]), dtype=bool)
+    for i in np.argsort(-ref[SCORES], kind="stable"):
         row = np.where(taken, -1, iou[i])
         j = int(np.argmax(row))
         if row[j] >= min_iou:
@@ -53,35 +56,35 @@ class Agreement:
 
     def add(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, min_iou: float, score_thresh: float,
             max_det: int, margin: float = 1e-3) -> None:
-        self.non_finite += int((~np.isfinite(got["boxes"])).sum() + (~np.isfinite(got["scores"])).sum())
+        self.non_finite += int((~np.isfinite(got[BOXES])).sum() + (~np.isfinite(got[SCORES])).sum())
         pairs = match_detections(ref, got, min_iou=min_iou)
-        self.reference += len(ref["boxes"])
+        self.reference += len(ref[BOXES])
         self.matched += len(pairs)
         for dets, side in ((ref, 0), (got, 1)):
             done = {p[side] for p in pairs}
-            floor = dets["scores"].min() if len(dets["scores"]) >= max_det else -np.inf
-            for k in range(len(dets["scores"])):
+            floor = dets[SCORES].min() if len(dets[SCORES]) >= max_det else -np.inf
+            for k in range(len(dets[SCORES])):
                 if k in done:
                     continue
-                s = dets["scores"][k]
+                s = dets[SCORES][k]
                 if s < score_thresh + margin or s <= floor + margin:
                     self.unmatched_borderline += 1
                 else:
                     self.unmatched += 1
         if pairs:
             r, g = (np.array(x) for x in zip(*pairs))
-            box_abs = np.abs(ref["boxes"][r] - got["boxes"][g])
-            score_abs = np.abs(ref["scores"][r] - got["scores"][g])
-            box_rel = box_abs / np.maximum(np.abs(ref["boxes"][r]), 1.0)
+            box_abs = np.abs(ref[BOXES][r] - got[BOXES][g])
+            score_abs = np.abs(ref[SCORES][r] - got[SCORES][g])
+            box_rel = box_abs / np.maximum(np.abs(ref[BOXES][r]), 1.0)
             self.box_errors.append(box_abs.ravel())
             self.box_rel_errors.append(box_rel.ravel())
             self.score_errors.append(score_abs)
-            self.score_rel_errors.append(score_abs / np.maximum(ref["scores"][r], 1e-6))
+            self.score_rel_errors.append(score_abs / np.maximum(ref[SCORES][r], 1e-6))
             self.max_box_abs = max(self.max_box_abs, float(box_abs.max()))
             self.max_box_rel = max(self.max_box_rel, float(box_rel.max()))
             self.max_score_abs = max(self.max_score_abs, float(score_abs.max()))
-            if "masks" in ref and "masks" in got:
-                self.max_mask_abs = max(self.max_mask_abs, float(np.abs(ref["masks"][r] - got["masks"][g]).max()))
+            if MASKS in ref and MASKS in got:
+                self.max_mask_abs = max(self.max_mask_abs, float(np.abs(ref[MASKS][r] - got[MASKS][g]).max()))
 
     @property
     def matched_fraction(self) -> float:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..core.config import Config
+from ..core.contract import INPUT
 from ..core.errors import UserError
 from ..core.sidecar import meta_path, write_meta
 from ..model.checkpoint import load_trained_detector
@@ -51,7 +52,7 @@ def _dynamic_shapes(options: ExportOptions) -> dict:
     for axis, name, r in ((2, "height", options.height), (3, "width", options.width)):
         if not r.static:
             dims[axis] = div * Dim(f"{name}_{div}", min=r.min // div, max=r.max // div)
-    return {"images": dims}
+    return {INPUT: dims}
 
 
 def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
@@ -79,7 +80,7 @@ def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ..
     example = torch.rand(shape) * options.input_scale
     try:
         program = torch.onnx.export(
-            deploy, (example,), dynamo=True, input_names=["images"], output_names=list(deploy.output_names),
+            deploy, (example,), dynamo=True, input_names=[INPUT], output_names=list(deploy.output_names),
             dynamic_shapes=_dynamic_shapes(options), custom_translation_table=ONNX_TRANSLATIONS,
             opset_version=options.opset, verbose=False,
         )
@@ -110,6 +111,9 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     import onnx
 
     options.validate()
+    if options.divisibility != cfg.INPUT.SIZE_DIVISIBILITY:
+        raise UserError(f"the export's divisibility {options.divisibility} differs from the config's "
+                        f"INPUT.SIZE_DIVISIBILITY {cfg.INPUT.SIZE_DIVISIBILITY}")
     if not 1 <= cfg.MODEL.DETECTIONS_PER_IMAGE <= MAX_TOPK:
         raise UserError(f"--max-det must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {cfg.MODEL.DETECTIONS_PER_IMAGE}")
     output = Path(options.output)
@@ -127,8 +131,7 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     export_seconds = time.perf_counter() - t0
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     meta = {**model_meta(cfg, detector, classes, batch=options.batch, height=options.height, width=options.width,
-                         input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates),
-            **options.extra_meta}
+                         input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates)}
     meta["opset"] = opset
     meta["versions"]["onnx"] = onnx.__version__
     large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT

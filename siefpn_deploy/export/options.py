@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.contract import ShapeRange
 from ..core.errors import UserError
@@ -27,7 +26,6 @@ class ExportOptions:
     opset: int | None = None
     box_candidates: int = 1000
     simplify: bool = False
-    extra_meta: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.nms not in NMS_LOWERINGS:

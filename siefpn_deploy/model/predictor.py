@@ -95,8 +95,7 @@ class Predictor:
         self.contract = GraphContract.from_meta(meta, source=str(path))
         self.preprocess = Preprocess(self.contract.preprocess)
         shapes = meta["shapes"]  # the runnable range: the export's, or a TensorRT engine's profile
-        self.max_batch = shapes["batch"]["max"]
-        self.static_batch = shapes["batch"]["min"] == shapes["batch"]["max"]
+        self.min_batch, self.max_batch = shapes["batch"]["min"], shapes["batch"]["max"]
         self.range = (shapes["height"], shapes["width"])
         classes = meta["classes"]
         self.class_names: list[str] = list(classes["names"])
@@ -129,11 +128,12 @@ class Predictor:
         return canvas
 
     def run_canvas(self, canvas: Canvas) -> dict[str, np.ndarray]:
-        """The backend on one preprocessed batch, padded to a static batch size where the model has one."""
+        """The backend on one preprocessed batch, padded (with copies of its last image) up to the smallest
+        batch the artifact takes, e.g. a static batch."""
         images = canvas.images.numpy()
         real = len(images)
-        if self.static_batch and real < self.max_batch:
-            images = np.concatenate([images, np.repeat(images[-1:], self.max_batch - real, axis=0)])
+        if real < self.min_batch:
+            images = np.concatenate([images, np.repeat(images[-1:], self.min_batch - real, axis=0)])
         out = self.backend.run(images)
         return {k: v[:real] for k, v in out.items()}
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.contract import BOXES, LABELS, SCORES
 from ..core.errors import CannotRunHere, UserError
 from ..core.reporting import machine
 from ..core.sidecar import ENGINE_SUFFIX
@@ -55,7 +56,7 @@ def _agreement(reference: Evaluation, other: Evaluation, score_thresh: float, ma
     agreement = Agreement()
     for image_id, ref in reference.detections.items():
         got = other.detections[image_id]
-        as_dict = lambda d: {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
+        as_dict = lambda d: {BOXES: d.boxes, SCORES: d.scores, LABELS: d.labels}
         agreement.add(as_dict(ref), as_dict(got), min_iou=MATCH_IOU, score_thresh=score_thresh, max_det=max_det)
     return agreement
 

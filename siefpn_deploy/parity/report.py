@@ -45,12 +45,6 @@ def _ap_cells(artifact: dict[str, Any], iou_type: str) -> list[str]:
     return [f"{100 * m[iou_type]['AP']:.2f}" if iou_type in m else "-", f"{d[iou_type]:+.2f}" if iou_type in d else "-"]
 
 
-def _ap_cells(artifact: dict[str, Any], iou_type: str) -> list[str]:
-    """[AP in points, its delta vs PyTorch] of one artifact row, "-" where not measured."""
-    m, d = artifact["metrics"], artifact["delta"]
-    return [f"{100 * m[iou_type]['AP']:.2f}" if iou_type in m else "-", f"{d[iou_type]:+.2f}" if iou_type in d else "-"]
-
-
 def plot(report: dict[str, Any], fig: Any) -> None:
     """AP per artifact, and per-class bbox AP delta vs PyTorch, on a matplotlib Figure."""
     ran = [a for a in report["artifacts"] if a["status"] != "not run"]

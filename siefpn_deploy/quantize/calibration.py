@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from ..core.contract import INPUT
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, read_json, write_json
 from ..core.progress import progress_bar
@@ -120,11 +121,11 @@ class BatchReader(CalibrationDataReader):
         start = self.starts[self.position]
         self.position += 1
         self.bar.update(self.batch)
-        return {"images": np.ascontiguousarray(self.tensors[start : start + self.batch])}
+        return {INPUT: np.ascontiguousarray(self.tensors[start : start + self.batch])}
 
     def get_first(self) -> dict[str, np.ndarray]:  # ModelOpt's extension: peek without advancing
         start = self.starts[0]
-        return {"images": np.ascontiguousarray(self.tensors[start : start + self.batch])}
+        return {INPUT: np.ascontiguousarray(self.tensors[start : start + self.batch])}
 
     def rewind(self) -> None:
         if self.bar is not None:

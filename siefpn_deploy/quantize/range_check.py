@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.contract import INPUT
 from ..core.ort import ort_session
 from ..core.progress import progress_bar
 
@@ -35,7 +36,7 @@ def fp16_unsafe_nodes(onnx_path: Path, images: np.ndarray, *, limit: float = DAT
     names = [o.name for o in session.get_outputs()]
     largest = dict.fromkeys(names, 0.0)
     for image in progress_bar(images, desc="fp16 range check", unit="img"):
-        for name, value in zip(names, session.run(None, {"images": np.ascontiguousarray(image[None])})):
+        for name, value in zip(names, session.run(None, {INPUT: np.ascontiguousarray(image[None])})):
             if value.dtype == np.float32 and value.size:
                 largest[name] = max(largest[name], float(np.abs(value).max()))
     hot = {name for name, value in largest.items() if value > limit}

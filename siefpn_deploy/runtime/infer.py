@@ -49,7 +49,7 @@ def run_infer(detector: Detector, source: Path, *, save_vis: Path | None, save_j
               annotations: Path | None = None, batch_size: int | None = None, log=print) -> list[dict]:
     files = image_files(source)
     image_ids = image_ids_by_name(annotations, files, source) if annotations is not None else None
-    step = min(batch_size or detector.max_batch, detector.max_batch)
+    step = min(batch_size or 1, detector.max_batch)
     records: list[dict] = []
     count = 0
     # closed (ending its line) before any error propagates, so the error starts a line of its own

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..core.contract import INPUT
 from ..core.errors import UserError
 
 INSTALL_HINT = (
@@ -169,8 +170,8 @@ def build_serialized(
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     optimization = builder.create_optimization_profile()
     for tensor in inputs:
-        if tensor.name != "images":
-            raise UserError(f"{path} has an input named {tensor.name!r}; a siefpn-deploy graph has one input, `images`")
+        if tensor.name != INPUT:
+            raise UserError(f"{path} has an input named {tensor.name!r}; a siefpn-deploy graph has one input, `{INPUT}`")
         optimization.set_shape(tensor.name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(optimization)
     if workspace_gib is not None:

@@ -195,9 +195,11 @@ class Trainer:
                                   batch_size=self.cfg.SOLVER.IMS_PER_BATCH // self.world_size, seed=self.cfg.SEED,
                                   rank=self.rank, world_size=self.world_size, start=self.start_iter)
         workers = self.cfg.DATALOADER.NUM_WORKERS
-        # the samples carry their augmentation seeds, so the workers' own RNG streams play no part
+        # the samples carry their augmentation seeds, so the workers' own RNG streams play no part; the loader
+        # gets a generator of its own, or starting it would draw its base seed from the training RNG stream
         return torch.utils.data.DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
-                                           num_workers=workers, persistent_workers=workers > 0)
+                                           num_workers=workers, persistent_workers=workers > 0,
+                                           generator=torch.Generator().manual_seed(self.cfg.SEED))
 
     def step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> tuple[float, dict[str, float]]:
         """The one optimisation step (the training loop and benchmarks/bench_train.py both call it):
@@ -222,6 +224,8 @@ class Trainer:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.set_rng_state(self.rng_state)
+            if cuda:  # torchvision's samplers draw on the GPU there; that stream is seeded, not resumed
+                torch.cuda.manual_seed(self.cfg.SEED + self.rank)
             return self._train()
 
     def _train(self) -> dict:
