@@ -58,9 +58,10 @@ def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, trained, ex
         assert len(row["metrics"]["bbox"]) == 13  # the 12 COCOeval numbers and per-class AP
         assert row["agreement"]["non_finite"] == 0 and row["agreement"]["reference"] > 0
     fp32 = rows[1]["agreement"]
-    # rarely a box at an image's edge takes another NMS path (torchvision clips to the image, the graph to
-    # its padded canvas), so one detection in several hundred may go unmatched; every matched one agrees
-    assert fp32["matched_fraction"] >= 0.99 and fp32["box_abs_max"] < 1e-2 and abs(rows[1]["delta"]["bbox"]) < 0.01
+    # the R-CNN graph takes the best --box-candidates (1000) class scores into NMS, torchvision all of them; a
+    # barely trained model scores every class of every proposal above the threshold, so a few of its
+    # hundreds of detections differ (6 of 316 when written); every matched one agrees to 1e-2 px
+    assert fp32["matched_fraction"] >= 0.95 and fp32["box_abs_max"] < 1e-2 and abs(rows[1]["delta"]["bbox"]) < 0.01
     if arch == "retinanet":  # whatever this host can do with it: run it, or say exactly why not
         assert rows[5]["kind"] == "tensorrt" and rows[5]["status"] in ("pass", "not run")
         if rows[5]["status"] == "not run":
@@ -121,31 +122,48 @@ def test_coco_eval_ap_equals_the_definition_on_a_crafted_case():
     assert metrics["per_class"] == {"7": pytest.approx(metrics["AP"])}
 
 
-def test_infer_coco_json_scored_by_cocoeval_equals_parity(trained, exported, tiny_synth, tmp_path, capsys):
-    """`infer --save-json --annotations` (its own loop over image files) gives COCO results that
-    COCO.loadRes takes unchanged; COCOeval on them gives the AP parity reports for the same artifact."""
-    onnx_path = exported.onnx("mask_rcnn", "onnx")
-    images, annotations = split_paths(tiny_synth, "val")
-    results = tmp_path / "results.json"
+def infer_then_cocoeval(onnx_path: Path, images: Path, annotations: Path, out: Path, iou_types: tuple[str, ...]):
+    """`infer --save-json --annotations` (its own loop over image files), then pycocotools on its JSON, as is."""
+    results = out / "results.json"
     assert main(["infer", "--artifact", str(onnx_path), "--source", str(images), "--annotations", str(annotations),
-                 "--save-json", str(results), "--batch", "1"]) == 0
+                 "--save-json", str(results)]) == 0
     records = json.loads(results.read_text())
-    assert records and set(records[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
     gt = COCO(str(annotations))
-    assert {r["image_id"] for r in records} <= set(gt.getImgIds())
-    assert {r["category_id"] for r in records} <= set(gt.getCatIds())
-    direct = {}
-    for iou_type in ("bbox", "segm"):
+    assert records and {r["image_id"] for r in records} <= set(gt.getImgIds())
+    assert {r["category_id"] for r in records} <= set(gt.getCatIds())  # COCO ids, not contract labels
+    stats = {}
+    for iou_type in iou_types:
         ev = COCOeval(gt, gt.loadRes(str(results)), iou_type)
         ev.evaluate(), ev.accumulate(), ev.summarize()
-        direct[iou_type] = ev.stats
-    assert main(["parity", "--config-file", str(trained.config("mask_rcnn")), "--artifacts", str(onnx_path),
-                 "--report", str(tmp_path / "r"), "--batch", "1", "MODEL.WEIGHTS", str(trained.weights("mask_rcnn"))]) == 0
-    row = json.loads((tmp_path / "r" / "parity.json").read_text())["artifacts"][1]
+        stats[iou_type] = ev.stats
+    return records, stats
+
+
+def parity_row(config: Path, weights: Path, onnx_path: Path, report: Path) -> dict:
+    assert main(["parity", "--config-file", str(config), "--artifacts", str(onnx_path), "--report", str(report),
+                 "MODEL.WEIGHTS", str(weights)]) == 0
+    return json.loads((report / "parity.json").read_text())["artifacts"][1]
+
+
+def test_infer_coco_json_scored_by_cocoeval_equals_parity(detecting, trained, exported, tiny_synth, tmp_path, capsys):
+    """COCO results from `infer` go into COCO.loadRes unchanged, and COCOeval on them gives the AP parity
+    reports for the same artifact: on a model that detects (bbox), and on a Mask R-CNN (RLE masks, segm)."""
+    images, annotations = split_paths(tiny_synth, "train")  # what the `detecting` model is scored on
+    _, direct = infer_then_cocoeval(detecting.onnx("fp32"), images, annotations, tmp_path, ("bbox",))
+    row = parity_row(detecting.config, detecting.weights, detecting.onnx("fp32"), tmp_path / "r")
+    assert direct["bbox"][0] > 0.05  # a real AP, not 0 == 0
+    assert row["metrics"]["bbox"]["AP"] == pytest.approx(direct["bbox"][0], abs=1e-4)
+    assert row["metrics"]["bbox"]["AR100"] == pytest.approx(direct["bbox"][8], abs=1e-4)
+
+    images, annotations = split_paths(tiny_synth, "val")
+    records, direct = infer_then_cocoeval(exported.onnx("mask_rcnn", "onnx"), images, annotations, tmp_path / "m",
+                                          ("bbox", "segm"))
+    assert set(records[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
+    row = parity_row(trained.config("mask_rcnn"), trained.weights("mask_rcnn"), exported.onnx("mask_rcnn", "onnx"),
+                     tmp_path / "rm")
     for iou_type in ("bbox", "segm"):
         assert row["metrics"][iou_type]["AP"] == pytest.approx(direct[iou_type][0], abs=1e-4)
         assert row["metrics"][iou_type]["AR100"] == pytest.approx(direct[iou_type][8], abs=1e-4)
-    assert direct["bbox"][8] > 0  # something was detected and matched
 
 
 @pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
