@@ -71,9 +71,9 @@ examples:
 the graph (siefpn_deploy/core/contract.py):
 {graph}
 
-It has no plugins and no data-dependent shapes: RoIAlign is a Gather and a batched MatMul, NMS is either the
-standard NonMaxSuppression op (--nms onnx: ONNX Runtime, TensorRT 10/11) or an exact greedy NMS
-in plain tensor ops (--nms tensor: also TensorRT-RTX, which has no NMS layer).
+It has no data-dependent shapes. With --nms onnx it uses the standard NonMaxSuppression and RoiAlign ops
+(ONNX Runtime, OpenVINO, TensorRT 10/11); with --nms tensor it is plugin-free: exact greedy NMS in plain
+tensor ops and RoIAlign as a Gather and a batched MatMul (also TensorRT-RTX, which has neither layer).
 NAME.meta.json beside the ONNX holds everything a runtime needs (see `export/README.md`).
 """
 
@@ -87,6 +87,45 @@ def _size_range(args: argparse.Namespace, default: tuple[int, int]) -> tuple[tup
         return (h, h), (w, w)
     lo, hi = args.dynamic_size or default
     return (lo, hi), (lo, hi)
+
+
+EPILOG_CONVERT = """\
+examples:
+  siefpn-deploy convert --from detectron2 retinanet_r50_dual_sie_fpn.pth --config-file retinanet_R50_1x
+  siefpn-deploy convert --from detectron2 model_final.pth --config-file mask_rcnn_R101_1x \\
+      --output output/imported/mask_rcnn_R101.pth
+  siefpn-deploy convert --from detectron2 model_best.pth --config-file faster_rcnn_R50_1x \\
+      --classes datasets/uavdt/annotations/instances_train.json       # a model trained on your own classes
+
+then, unchanged:
+  siefpn-deploy train --eval-only --config-file retinanet_R50_1x MODEL.WEIGHTS output/imported/retinanet_R50_1x.pth
+  siefpn-deploy export --config-file retinanet_R50_1x MODEL.WEIGHTS output/imported/retinanet_R50_1x.pth
+
+What is read: a .pth (torch.load weights_only=True; {'model': ...} with or without detectron2's trainer
+state, or a bare state dict) or a .pkl of numpy arrays (a restricted unpickler: a pickle that asks for
+anything but numpy's array reconstructors is refused before it runs). The architecture, ResNet depth,
+class count and pyramid width are read from the tensors and checked against the config; every key must
+map and every parameter must be filled, or nothing is written.
+"""
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert.detectron2 import convert_checkpoint, read_classes
+    from .core.config import load_config, resolve_config_file
+
+    framework, checkpoint = args.source
+    if framework != "detectron2":
+        raise UserError(f"--from {framework}: only detectron2 checkpoints are supported")
+    cfg = load_config(args.config_file, list(args.opts))
+    stem = Path(str(args.config_file)).name.removesuffix(".yaml")
+    output = Path(args.output or Path("output") / "imported" / f"{stem}.pth")
+    if output.suffix != ".pth":
+        raise UserError(f"--output must be a .pth file, got {output}")
+    summary = convert_checkpoint(checkpoint, cfg, output=output, classes=read_classes(args.classes),
+                                 config_name=str(resolve_config_file(args.config_file)))
+    print(f"[convert] {checkpoint}: {summary['architecture']} R{summary['depth']}, {summary['num_classes']} "
+          f"classes, {summary['keys']} tensors, every key mapped -> {output}")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -109,7 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         output=Path(args.output or Path("export") / default_output_name(args.config_file, args.nms)),
         batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
         nms=args.nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
-        simplify=args.simplify,
+        simplify=args.simplify, roi_align=args.roi_align, roi_samples=args.roi_samples,
     )
     options.validate()
     images = None if args.no_verify else verification_images(cfg, count=args.verify_images)
@@ -322,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--list-presets", action="store_true", help="list the shipped config presets and exit")
     train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
 
+    convert = _command(sub, "convert", _cmd_convert, epilog=EPILOG_CONVERT,
+                       help="import a detectron2 / official Dual SIE-FPN checkpoint (.pth or .pkl)",
+                       description="Convert a checkpoint of the paper's official (detectron2) code into this "
+                       "project's format: weights, config and classes in one .pth that every stage reads.")
+    convert.add_argument("--from", dest="source", nargs=2, required=True, metavar=("FRAMEWORK", "CHECKPOINT"),
+                         help="detectron2 and its model_final.pth, model_best.pth or model-zoo .pkl")
+    convert.add_argument("--config-file", metavar="FILE", required=True,
+                         help="the preset (or YAML) the model was trained with, e.g. retinanet_R50_1x")
+    convert.add_argument("--output", metavar="PATH", help="default: output/imported/<config name>.pth")
+    convert.add_argument("--classes", metavar="JSON",
+                         help="a COCO instances JSON whose categories the model predicts (default: COCO's 80)")
+    convert.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+
     export = _command(
         sub, "export", _cmd_export, epilog=EPILOG_EXPORT.format(graph=describe_graph()),
         help="export a trained detector to ONNX (+ meta.json), verified in ONNX Runtime",
@@ -344,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--nms", choices=["onnx", "tensor"], default=ExportOptions.nms,
                         help="onnx: the NonMaxSuppression op (ONNX Runtime, TensorRT 10/11); tensor: exact greedy NMS "
                         "in plain ops (also TensorRT-RTX). Both equal torchvision's batched_nms (default onnx)")
+    export.add_argument("--roi-align", choices=["onnx", "gather"],
+                        help="R-CNN RoIAlign: onnx, the RoiAlign op (exact for every RoI; ONNX Runtime, OpenVINO, "
+                        "TensorRT 10/11); gather, plugin-free Gather/MatMul (also TensorRT-RTX; exact for adaptive "
+                        "sampling up to --roi-samples per bin). Default: onnx with --nms onnx, gather with --nms tensor")
+    export.add_argument("--roi-samples", type=int, default=ExportOptions.roi_samples, metavar="S",
+                        help="the gather RoIAlign's bound on adaptive samples per bin and axis: RoIs whose bins are at "
+                        f"most S feature pixels a side are exact (default {ExportOptions.roi_samples})")
     export.add_argument("--max-det", type=int, metavar="K", help="K, detections per image (default MODEL.DETECTIONS_PER_IMAGE)")
     export.add_argument("--score-thresh", type=float, metavar="S", help="default MODEL.SCORE_THRESH_TEST")
     export.add_argument("--iou-thresh", type=float, metavar="T", help="NMS IoU threshold (default MODEL.NMS_THRESH_TEST)")

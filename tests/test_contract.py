@@ -20,8 +20,8 @@ from siefpn_deploy.model.meta import contract_for
 from siefpn_deploy.model.torchvision_api import intermediate_layers, rpn_test_top_n, transform_skip_train_resize
 
 PACKAGE = Path(__file__).resolve().parent.parent / "siefpn_deploy"
-SPEC = PreprocessSpec(min_size=224, max_size=384, divisibility=32, pixel_mean=(0.5, 0.5, 0.5),
-                      pixel_std=(0.25, 0.25, 0.25))
+SPEC = PreprocessSpec(min_size=224, max_size=384, divisibility=32, pixel_mean=(127.5, 100.0, 50.0),
+                      pixel_std=(64.0, 64.0, 64.0), color="BGR")
 
 
 def test_outputs_of_each_architecture():
@@ -44,12 +44,15 @@ def test_meta_round_trip_and_refusals():
     c = GraphContract(architecture="faster_rcnn", max_detections=100, preprocess=SPEC)
     meta = c.as_meta()
     assert GraphContract.from_meta(meta, source="x.meta.json") == c
-    assert meta["preprocess"]["pad_value"] == [127.5, 127.5, 127.5]
+    assert meta["preprocess"]["pad_value"] == [127.5, 100.0, 50.0]  # the mean, at input_scale 255
+    assert meta["preprocess"]["color"] == "BGR"
+    with pytest.raises(UserError, match="channel order must be one of RGB, BGR, got 'BRG'"):
+        PreprocessSpec.from_meta({**meta["preprocess"], "color": "BRG"})
     with pytest.raises(UserError, match=r"x.meta.json lists outputs .* but a faster_rcnn graph has"):
         GraphContract.from_meta({**meta, "outputs": meta["outputs"][:2]}, source="x.meta.json")
-    with pytest.raises(UserError, match=r"^y.json has schema_version '1.0', but this siefpn-deploy reads 2.x"):
-        check_schema({**meta, "schema_version": "1.0"}, source="y.json")
-    check_schema({**meta, "schema_version": "2.9"}, source="y.json")  # minor versions are compatible
+    with pytest.raises(UserError, match=r"^y.json has schema_version '2.0', but this siefpn-deploy reads 3.x"):
+        check_schema({**meta, "schema_version": "2.0"}, source="y.json")  # 2.x: means in 0..1 units, RGB only
+    check_schema({**meta, "schema_version": "3.9"}, source="y.json")  # minor versions are compatible
 
 
 def test_image_rows_keep_real_detections_only():
@@ -77,7 +80,7 @@ def test_config_and_model_build_the_contract(tmp_path):
     c = contract_for(cfg)
     assert c.max_detections == 37 and c.has_masks and c.preprocess.divisibility == cfg.INPUT.SIZE_DIVISIBILITY
     model = build_detector(cfg, num_classes=3)
-    assert model.roi_heads.mask_roi_pool.output_size[0] * 2 == contract.MASK_SIZE
+    assert model.roi_heads.mask_roi_pool.output_size * 2 == contract.MASK_SIZE
     assert model.roi_heads.detections_per_img == 37
 
 
@@ -88,7 +91,7 @@ def test_the_contract_is_defined_once():
         if path.name == "contract.py":
             continue
         text = path.read_text()
-        for pattern in (r'"num_dets"', r"\b28\b", r"DETECTIONS_PER_IMAGE: int = \d", r"labels?\W+1\b.*-1 pads"):
+        for pattern in (r'"num_dets"', r"(?<![\w.])28\b", r"DETECTIONS_PER_IMAGE: int = \d", r"labels?\W+1\b.*-1 pads"):
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(PACKAGE)}: {pattern}")
     assert not offenders

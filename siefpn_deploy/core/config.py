@@ -31,11 +31,15 @@ class ModelConfig:
     # "" = random init, "imagenet" = torchvision's file in the torch hub cache, else a path to a .pth
     BACKBONE_WEIGHTS: str = ""
     BACKBONE_NORM: str = _choice("FrozenBN", "FrozenBN", "BN")
+    # detectron2's RESNETS.STRIDE_IN_1X1: MSRA/Caffe2 ResNets (detectron2's R-50.pkl and every model trained
+    # from it) stride the first 1x1 conv of res3..res5; torchvision's stride the 3x3. Shapes cannot tell.
+    RESNET_STRIDE_IN_1X1: bool = False
     # detectron2's FREEZE_AT: 0 trains everything, 1 freezes the stem, 2 the stem and res2, ...
     FREEZE_AT: int = 2
     NECK: str = _choice("dual_sie_fpn", "dual_sie_fpn", "fpn")
     FPN_OUT_CHANNELS: int = 256
-    # one base anchor size per pyramid level; each gets OCTAVE_SCALES sizes x * 2**(i/OCTAVE_SCALES)
+    # one base anchor size per pyramid level; each gets OCTAVE_SCALES sizes x * 2**(i/OCTAVE_SCALES), unrounded,
+    # size-major, at the level's fixed stride: detectron2's DefaultAnchorGenerator (model/anchors.py)
     ANCHOR_SIZES: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     ANCHOR_OCTAVE_SCALES: int = 3
     ANCHOR_ASPECT_RATIOS: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
@@ -43,12 +47,22 @@ class ModelConfig:
     RETINANET_HEAD_NORM: str = _choice("", "", "GN")
     # R-CNN box head width (torchvision TwoMLPHead); 1024 in the paper's models
     ROI_BOX_HEAD_DIM: int = 1024
+    # detectron2's ROI_BOX_HEAD/ROI_MASK_HEAD.POOLER_TYPE and POOLER_SAMPLING_RATIO: ROIAlignV2 is
+    # roi_align(aligned=True) (half-pixel centres); sampling ratio 0 = adaptive, ceil(RoI bin size) per axis
+    ROI_POOLER_TYPE: str = _choice("ROIAlignV2", "ROIAlignV2", "ROIAlign")
+    ROI_POOLER_SAMPLING_RATIO: int = 0
+    # test-time candidate counts (detectron2's RETINANET.TOPK_CANDIDATES_TEST, RPN.PRE/POST_NMS_TOPK_TEST)
+    RETINANET_TOPK_CANDIDATES_TEST: int = 1000
+    RPN_PRE_NMS_TOPK_TEST: int = 1000
+    RPN_POST_NMS_TOPK_TEST: int = 1000
+    RPN_NMS_THRESH: float = 0.7
     SCORE_THRESH_TEST: float = 0.05
     NMS_THRESH_TEST: float = 0.5
     DETECTIONS_PER_IMAGE: int = DEFAULT_MAX_DETECTIONS  # K
-    # inputs are RGB in 0..1; these are torchvision's ImageNet statistics
-    PIXEL_MEAN: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    PIXEL_STD: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # in 0..255 units and in INPUT.FORMAT's channel order, as detectron2: torchvision's ImageNet statistics
+    # here; MSRA weights take BGR with [103.53, 116.28, 123.675] and std [1, 1, 1]
+    PIXEL_MEAN: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    PIXEL_STD: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     WEIGHTS: str = ""
 
     @property
@@ -66,6 +80,9 @@ class DatasetsConfig:
 
 @dataclass
 class InputConfig:
+    # the channel order the model's first conv expects (detectron2's INPUT.FORMAT); images are read as RGB and
+    # reordered once, in training and in the contract's preprocessing
+    FORMAT: str = _choice("RGB", "RGB", "BGR")
     MIN_SIZE_TRAIN: list[int] = field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
     MAX_SIZE_TRAIN: int = 1333
     MIN_SIZE_TEST: int = 800
@@ -238,6 +255,16 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     return cfg
 
 
+def config_from_dict(data: dict[str, Any], where: str, overrides: list[str] | None = None) -> Config:
+    """A config from a mapping (a checkpoint's stored config), then `KEY VALUE` overrides."""
+    cfg = Config()
+    _apply(cfg, data, "", where)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides), "", "command-line overrides")
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
     s, i = cfg.SOLVER, cfg.INPUT
     if i.SIZE_DIVISIBILITY % 32:
@@ -246,6 +273,15 @@ def validate(cfg: Config) -> None:
         raise UserError("SOLVER.IMS_PER_BATCH and SOLVER.MAX_ITER must be positive")
     if sorted(s.STEPS) != s.STEPS:
         raise UserError(f"SOLVER.STEPS must be increasing, got {s.STEPS}")
+    m = cfg.MODEL
+    if len(m.PIXEL_MEAN) != 3 or len(m.PIXEL_STD) != 3 or min(m.PIXEL_STD) <= 0:
+        raise UserError(f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values each (std > 0), got {m.PIXEL_MEAN}, "
+                        f"{m.PIXEL_STD}")
+    if max(m.PIXEL_MEAN) <= 1.0:
+        raise UserError(f"MODEL.PIXEL_MEAN is in 0..255 units (detectron2's convention), got {m.PIXEL_MEAN}")
+    if m.ROI_POOLER_SAMPLING_RATIO < 0:
+        raise UserError(f"MODEL.ROI_POOLER_SAMPLING_RATIO must be 0 (adaptive) or positive, got "
+                        f"{m.ROI_POOLER_SAMPLING_RATIO}")
     levels = 5
     if len(cfg.MODEL.ANCHOR_SIZES) != levels:
         raise UserError(f"MODEL.ANCHOR_SIZES needs one size per pyramid level ({levels}), got {cfg.MODEL.ANCHOR_SIZES}")

@@ -4,8 +4,9 @@ Export writes it into NAME.meta.json; quantize and build carry it on; the Python
 training's evaluation, the C++ runtime and Triton serving read it back from there. Nothing else
 restates a name, a shape, K, the mask size or the label numbering.
 
-    input    images    float32 [B,3,H,W]    RGB, 0..input_scale (255 or 1); H and W multiples of the
-                                            divisibility; normalisation happens inside the graph
+    input    images    float32 [B,3,H,W]    the model's channel order (`color`: RGB, or BGR for detectron2's
+                                            MSRA weights), 0..input_scale (255 or 1); H and W multiples of
+                                            the divisibility; normalisation happens inside the graph
     outputs  num_dets  int32   [B]          detections per image; rows from num_dets on are padding
              boxes     float32 [B,K,4]      xyxy in input (canvas) pixels, ordered by score
              scores    float32 [B,K]
@@ -23,9 +24,11 @@ COCO JSON carries the original ids instead: category_id = classes.category_ids[l
 
 Preprocessing (`PreprocessSpec`): RGB in 0..1 is resized with torchvision's test-time rule (the
 shortest side to min_size, the longest at most max_size, one bilinear scale factor, align_corners
-False), then placed at the top-left of a canvas whose sides are multiples of `divisibility`, filled
-with the pixel mean, and multiplied by input_scale. The graph subtracts pixel_mean and divides by
-pixel_std (both of RGB in 0..1), so the padding becomes exactly the zeros that torchvision pads with.
+False), put in the model's channel order `color`, placed at the top-left of a canvas whose sides are
+multiples of `divisibility`, filled with the pixel mean, and multiplied by input_scale. The graph
+brings the input to 0..255, subtracts pixel_mean and divides by pixel_std (both in 0..255 units and in
+the `color` order, detectron2's convention), so the padding becomes exactly the zeros that the eager
+model pads with.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from .errors import UserError
 
 # meta.json and NAME.engine.json say which contract they hold; a reader refuses another major version.
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "3.0"  # 3: pixel_mean/std in 0..255 units and a channel order
 
 INPUT = "images"
 NUM_DETS, BOXES, SCORES, LABELS, MASKS = "num_dets", "boxes", "scores", "labels", "masks"
@@ -52,6 +55,7 @@ MASK_THRESHOLD = 0.5  # pasted probabilities above it are the instance
 PAD_LABEL = -1
 BACKGROUND_LABEL = 0
 MASK_ARCHITECTURES = ("mask_rcnn",)
+COLOR_ORDERS = ("RGB", "BGR")
 
 OUTPUT_DTYPES = {NUM_DETS: np.int32, BOXES: np.float32, SCORES: np.float32, LABELS: np.int32, MASKS: np.float32}
 
@@ -109,16 +113,22 @@ class PreprocessSpec:
     min_size: int
     max_size: int
     divisibility: int
-    pixel_mean: tuple[float, float, float]  # of RGB in 0..1
+    pixel_mean: tuple[float, float, float]  # in 0..255 units, in the `color` order
     pixel_std: tuple[float, float, float]
     input_scale: float = 255.0  # the graph takes 0..255 (or 0..1)
+    color: str = "RGB"  # the channel order of the graph's input: "RGB" or "BGR"
+
+    def __post_init__(self) -> None:
+        if self.color not in COLOR_ORDERS:
+            raise UserError(f"channel order must be one of {', '.join(COLOR_ORDERS)}, got {self.color!r}")
 
     @property
     def pad_value(self) -> list[float]:
-        return [v * self.input_scale for v in self.pixel_mean]
+        """The canvas fill, in input units: the pixel mean."""
+        return [v * self.input_scale / 255.0 for v in self.pixel_mean]
 
     def as_meta(self) -> dict[str, Any]:
-        return {"layout": "NCHW", "color": "RGB", "input_scale": self.input_scale,
+        return {"layout": "NCHW", "color": self.color, "input_scale": self.input_scale,
                 "pixel_mean": list(self.pixel_mean), "pixel_std": list(self.pixel_std), "pad_value": self.pad_value,
                 "resize": {"min_size": self.min_size, "max_size": self.max_size, "mode": "bilinear",
                            "rule": "shortest side to min_size, longest at most max_size"},
@@ -128,7 +138,7 @@ class PreprocessSpec:
     def from_meta(cls, pre: dict[str, Any]) -> PreprocessSpec:
         return cls(min_size=int(pre["resize"]["min_size"]), max_size=int(pre["resize"]["max_size"]),
                    divisibility=int(pre["divisibility"]), pixel_mean=tuple(pre["pixel_mean"]),
-                   pixel_std=tuple(pre["pixel_std"]), input_scale=float(pre["input_scale"]))
+                   pixel_std=tuple(pre["pixel_std"]), input_scale=float(pre["input_scale"]), color=str(pre["color"]))
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,50 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
     except Exception as e:  # noqa: BLE001 - pickle, zip and weights_only errors: each becomes one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"cannot load {what} {path} (not a torch file?): {type(e).__name__}: {first}") from None
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a pickle of numpy arrays needs: the ndarray/dtype/scalar reconstructors, under the names
+    numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`) pickle them with."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    import codecs
+
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           # protocol 2 spells an array's raw bytes as codecs.encode(latin1 text)
+                                           ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        if hasattr(numeric, "_frombuffer"):
+            allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+def load_numpy_pickle(path: str | os.PathLike, what: str) -> Any:
+    """A pickle of plain containers (dict, list, str, numbers) and numpy arrays, read with an unpickler that
+    resolves no other global: a pickle asking for anything else (os.system, a class, a function) is refused
+    with a one-line UserError before any of it runs. Python 2 pickles (Caffe2's R-50.pkl) read as latin1."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    allowed = _numpy_globals()
+
+    class NumpyOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(f"it asks for {module}.{name}; only numpy arrays are allowed")
+            return allowed[(module, name)]
+
+    try:
+        with path.open("rb") as f:
+            return NumpyOnly(f, encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - a truncated, foreign or malicious pickle: each becomes one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"refused {what} {path}: {first}") from None

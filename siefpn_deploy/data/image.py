@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..core.contract import COLOR_ORDERS
 from ..core.errors import UserError, one_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-COLOR_ORDERS = ("RGB", "BGR")
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -65,3 +65,11 @@ def to_tensor(image: Any, color: str = "RGB") -> torch.Tensor:
             raise UserError(f"a tensor image must be CHW with 3 channels, got shape {list(image.shape)}")
         return image.float().cpu() / (255.0 if image.dtype == torch.uint8 else 1.0)
     raise UserError(f"cannot read an image from a {type(image).__name__}; pass a path, an HWC array or a CHW tensor")
+
+
+def in_channel_order(image: torch.Tensor, color: str) -> torch.Tensor:
+    """An RGB image [..., 3, H, W] (what `to_tensor` gives) in a model's channel order (config INPUT.FORMAT,
+    the contract's `color`): detectron2's MSRA ResNets take BGR."""
+    if color not in COLOR_ORDERS:
+        raise UserError(f"channel order must be one of {', '.join(COLOR_ORDERS)}, got {color!r}")
+    return image.flip(-3) if color == "BGR" else image

@@ -2,8 +2,8 @@
 training's evaluation. `core.contract.PreprocessSpec` defines it; this carries it out.
 
 It is torchvision's test-time transform, split where the graph begins: resize with the detector's
-MIN/MAX_SIZE_TEST rule (the same `interpolate` call, so the same pixels), then place the image at the
-top-left of a canvas filled with the pixel mean. The graph normalises, so the padding becomes exactly
+MIN/MAX_SIZE_TEST rule (the same `interpolate` call, so the same pixels), then put it in the model's channel
+order and place it at the top-left of a canvas filled with the pixel mean. The graph normalises, so the padding becomes exactly
 the zeros that torchvision's batching pads with. The canvas is the batch's largest image padded to
 the size divisibility, or a fixed size (a static engine, a calibration batch), in which case an image
 that would not fit is resized smaller to fit. Boxes go back to image pixels with `Canvas.to_image`.
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.contract import PreprocessSpec
+from .image import in_channel_order
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,14 @@ class Preprocess:
                              recompute_scale_factor=True, align_corners=False)[0]
 
     def __call__(self, images: list[Tensor], canvas: tuple[int, int] | None = None) -> Canvas:
-        """RGB images [3,h,w] in 0..1 -> one Canvas. `canvas` fixes (H, W); else the batch's largest image
-        padded to the divisibility."""
-        resized = [self.resize(im, canvas) for im in images]
+        """RGB images [3,h,w] in 0..1 -> one Canvas in the model's channel order. `canvas` fixes (H, W); else the
+        batch's largest image padded to the divisibility."""
+        resized = [in_channel_order(self.resize(im, canvas), self.spec.color) for im in images]
         if canvas is None:
             div = self.spec.divisibility
             canvas = (-(-max(r.shape[1] for r in resized) // div) * div, -(-max(r.shape[2] for r in resized) // div) * div)
-        batch = torch.tensor(self.spec.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, *canvas)
+        fill = [v / 255.0 for v in self.spec.pixel_mean]  # the pixel mean, in 0..1
+        batch = torch.tensor(fill, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, *canvas)
         for b, r in enumerate(resized):
             batch[b, :, : r.shape[1], : r.shape[2]] = r
         scale = self.spec.input_scale

@@ -12,22 +12,6 @@ from torch import Tensor
 from ..core.contract import BOXES, LABELS, NUM_DETS, PAD_LABEL, SCORES
 
 
-def grid_anchors(cell_anchors: Tensor, feature: Tensor, image_hw: tuple) -> Tensor:
-    """torchvision AnchorGenerator for one level, from the runtime feature shape: [h*w*A, 4].
-
-    The stride is image size // grid size as torchvision computes it (e.g. 106, not 128, for a
-    3-cell P7 on a 320 input), so every input size gets the anchors the model was trained with.
-    """
-    h, w = feature.shape[-2:]
-    stride_h, stride_w = image_hw[0] // h, image_hw[1] // w
-    shifts_x = torch.arange(0, w, dtype=torch.int32, device=feature.device) * stride_w
-    shifts_y = torch.arange(0, h, dtype=torch.int32, device=feature.device) * stride_h
-    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-    return (shifts.view(-1, 1, 4) + cell_anchors.to(feature.dtype).view(1, -1, 4)).reshape(-1, 4)
-
-
 def topk_valid(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k of the valid scores [B,N] for any N, also N < k: (scores [B,k], indices [B,k], valid [B,k]).
 
@@ -53,11 +37,6 @@ def clip_boxes(boxes: Tensor, image_hw: tuple) -> Tensor:
     x = boxes[..., 0::2].clamp(min=0, max=image_hw[1])
     y = boxes[..., 1::2].clamp(min=0, max=image_hw[0])
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
-
-
-def not_small(boxes: Tensor, min_size: float) -> Tensor:
-    """torchvision's remove_small_boxes as a mask [...]."""
-    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
 
 
 def decode(box_coder, deltas: Tensor, references: Tensor) -> Tensor:

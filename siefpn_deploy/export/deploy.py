@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 
-from ..core.contract import BOXES, DETECTION_OUTPUTS, LABELS, MASKS, PAD_LABEL
+from ..core.contract import BOXES, DETECTION_OUTPUTS, LABELS, MASKS, PAD_LABEL, PreprocessSpec
 from ..model.torchvision_api import rpn_test_top_n
 from .nms import BatchedNMS
 from .rcnn import BoxDecoder, MaskDecoder, RPNDecoder
@@ -27,24 +27,27 @@ class PostprocessSettings:
 
     nms: type[BatchedNMS]
     box_candidates: int = 1000  # R-CNN box head: best per-class candidates entering NMS (<= 3840)
+    roi_align: str = "onnx"  # export.roi_align.ROI_ALIGN_LOWERINGS
+    roi_samples: int = 2  # the gather lowering's bound on adaptive samples per bin and axis
 
 
 class DeployDetector(nn.Module):
-    def __init__(self, *, backbone: nn.Module, decoder: nn.Module, pixel_mean: list[float], pixel_std: list[float],
-                 input_scale: float) -> None:
+    def __init__(self, *, backbone: nn.Module, decoder: nn.Module, preprocess: PreprocessSpec) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
-        self.input_scale = float(input_scale)
-        self.register_buffer("mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        # the contract's normalisation: input -> 0..255, then (x - mean) / std in 0..255 units (detectron2's
+        # arithmetic exactly, at the default input range 255)
+        self.to_255 = 255.0 / float(preprocess.input_scale)
+        self.register_buffer("mean", torch.tensor(preprocess.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preprocess.pixel_std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return self.decoder.output_names
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        x = images if self.input_scale == 1.0 else images / self.input_scale
+        x = images if self.to_255 == 1.0 else images * self.to_255
         features = list(self.backbone((x - self.mean) / self.std).values())
         outputs = self.decoder(features, (images.shape[2], images.shape[3]))
         return tuple(outputs[name] for name in self.output_names)
@@ -82,9 +85,9 @@ class TwoStageDecoder(nn.Module):
         return out
 
 
-def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, input_scale: float) -> DeployDetector:
+def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, preprocess: PreprocessSpec
+                       ) -> DeployDetector:
     """Wrap a trained torchvision RetinaNet / FasterRCNN / MaskRCNN (in eval mode) for export."""
-    transform = detector.transform
     strides = [spec.stride for spec in detector.backbone.output_shape().values()]
     if isinstance(detector, RetinaNet):
         nms = settings.nms(iou_threshold=detector.nms_thresh, max_keep=detector.detections_per_img,
@@ -92,19 +95,22 @@ def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, in
         decoder: nn.Module = OneStageDecoder(decoder=RetinaNetDecoder(detector=detector, nms=nms))
     elif isinstance(detector, FasterRCNN):
         heads = detector.roi_heads
-        pool = heads.box_roi_pool
-        roi_strides = strides[: len(pool.featmap_names)]
+        pool = heads.box_roi_pool  # model.poolers.ROIPooler
+        roi_strides = pool.strides
+
+        def align(pooler) -> MultiScaleRoIAlign:
+            return MultiScaleRoIAlign(strides=pooler.strides, output_size=pooler.output_size,
+                                      sampling_ratio=pooler.sampling_ratio, aligned=pooler.aligned,
+                                      lowering=settings.roi_align, max_samples=settings.roi_samples)
+
         rpn_nms = settings.nms(iou_threshold=detector.rpn.nms_thresh, max_keep=rpn_test_top_n(detector.rpn)[1],
                                num_groups=len(strides))
         box_nms = settings.nms(iou_threshold=heads.nms_thresh, max_keep=heads.detections_per_img,
                                num_groups=heads.box_predictor.cls_score.out_features)
-        box_align = MultiScaleRoIAlign(strides=roi_strides, output_size=pool.output_size[0],
-                                       sampling_ratio=pool.sampling_ratio)
+        box_align = align(pool)
         masks = None
         if isinstance(detector, MaskRCNN):
-            mpool = heads.mask_roi_pool
-            masks = MaskDecoder(detector=detector, roi_align=MultiScaleRoIAlign(
-                strides=roi_strides, output_size=mpool.output_size[0], sampling_ratio=mpool.sampling_ratio))
+            masks = MaskDecoder(detector=detector, roi_align=align(heads.mask_roi_pool))
         decoder = TwoStageDecoder(
             rpn=RPNDecoder(detector=detector, nms=rpn_nms),
             boxes=BoxDecoder(detector=detector, roi_align=box_align, nms=box_nms,
@@ -114,5 +120,4 @@ def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, in
         )
     else:
         raise TypeError(f"cannot export a {type(detector).__name__}: expected RetinaNet, FasterRCNN or MaskRCNN")
-    return DeployDetector(backbone=detector.backbone, decoder=decoder, pixel_mean=transform.image_mean,
-                          pixel_std=transform.image_std, input_scale=input_scale).eval()
+    return DeployDetector(backbone=detector.backbone, decoder=decoder, preprocess=preprocess).eval()

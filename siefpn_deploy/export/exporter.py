@@ -23,7 +23,7 @@ from ..core.contract import INPUT
 from ..core.errors import UserError
 from ..core.sidecar import meta_path, write_meta
 from ..model.checkpoint import load_trained_detector
-from ..model.meta import model_meta
+from ..model.meta import contract_for, model_meta
 from .deploy import PostprocessSettings, build_deploy_model
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
 from .onnx_passes import name_nodes_by_module, type_loop_bodies
@@ -119,10 +119,10 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     output = Path(options.output)
     check_output(output)
     detector, classes = load_trained_detector(cfg, config_name=config_name)
-    deploy = build_deploy_model(
-        detector, settings=PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates),
-        input_scale=options.input_scale,
-    )
+    settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
+                                   roi_align=options.roi_align_lowering, roi_samples=options.roi_samples)
+    contract = contract_for(cfg, input_scale=options.input_scale)
+    deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess)
     b, h, w = options.batch, options.height, options.width
     log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}): batch {b.min}..{b.max}, "
         f"H {h.min}..{h.max}, W {w.min}..{w.max}, nms={options.nms}; this takes a minute or two")
@@ -132,6 +132,12 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     meta = {**model_meta(cfg, detector, classes, batch=options.batch, height=options.height, width=options.width,
                          input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates)}
+    if cfg.MODEL.META_ARCHITECTURE != "retinanet":
+        meta["postprocess"]["roi_align"] = {
+            "lowering": settings.roi_align, "type": cfg.MODEL.ROI_POOLER_TYPE,
+            "sampling_ratio": cfg.MODEL.ROI_POOLER_SAMPLING_RATIO,
+            # the gather lowering is exact for RoIs whose bins are at most this many feature pixels a side
+            "adaptive_bound": settings.roi_samples if settings.roi_align == "gather" else None}
     meta["opset"] = opset
     meta["versions"]["onnx"] = onnx.__version__
     large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT

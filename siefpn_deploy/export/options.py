@@ -10,6 +10,8 @@ from ..core.errors import UserError
 
 MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
 NMS_LOWERINGS = ("onnx", "tensor")  # export.nms.STRATEGIES, by name
+ROI_ALIGN_LOWERINGS = ("onnx", "gather")  # export.roi_align; by default the one that goes with --nms
+ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather"}
 DEFAULT_BATCH = ShapeRange(1, 8)
 DEFAULT_SIZE = ShapeRange(64, 1344)
 
@@ -26,10 +28,20 @@ class ExportOptions:
     opset: int | None = None
     box_candidates: int = 1000
     simplify: bool = False
+    roi_align: str | None = None  # None: "onnx" with --nms onnx, "gather" (plugin-free) with --nms tensor
+    roi_samples: int = 2  # the gather lowering's bound on adaptive RoIAlign samples per bin and axis
+
+    @property
+    def roi_align_lowering(self) -> str:
+        return self.roi_align or ROI_ALIGN_FOR_NMS[self.nms]
 
     def validate(self) -> None:
         if self.nms not in NMS_LOWERINGS:
             raise UserError(f"--nms must be one of {', '.join(NMS_LOWERINGS)}, got {self.nms!r}")
+        if self.roi_align is not None and self.roi_align not in ROI_ALIGN_LOWERINGS:
+            raise UserError(f"--roi-align must be one of {', '.join(ROI_ALIGN_LOWERINGS)}, got {self.roi_align!r}")
+        if not 1 <= self.roi_samples <= 16:
+            raise UserError(f"--roi-samples must be in 1..16, got {self.roi_samples}")
         if self.batch.min < 1 or self.batch.max < self.batch.min:
             raise UserError(f"batch range [{self.batch.min}, {self.batch.max}] is empty or below 1 (--batch / --dynamic-batch)")
         div = self.divisibility

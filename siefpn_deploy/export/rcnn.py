@@ -1,7 +1,7 @@
 """Faster/Mask R-CNN postprocessing in the graph: RPN proposals, box head, mask head; shape-static.
 
-Each step equals torchvision's eager step (`RegionProposalNetwork.filter_proposals`,
-`RoIHeads.postprocess_detections`, `maskrcnn_inference`) with fixed-size tensors and validity masks.
+Each step equals the eager step (`model.heads`: detectron2's RPN and box-head rules; torchvision's
+`maskrcnn_inference`) with fixed-size tensors and validity masks.
 The one bounded difference: the box head's per-class candidates are cut to the best
 `box_candidates` before NMS (TensorRT's TopK allows K <= 3840; torchvision keeps them all), which
 changes nothing unless fewer than K detections survive NMS among them.
@@ -13,16 +13,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 
+from ..model.heads import nonempty
 from ..model.torchvision_api import rpn_test_top_n
-from .decode import (
-    clip_boxes,
-    decode,
-    gather_rows,
-    grid_anchors,
-    not_small,
-    select_detections,
-    topk_valid,
-)
+from .decode import clip_boxes, decode, gather_rows, select_detections, topk_valid
 from .nms import BatchedNMS
 from .roi_align import MultiScaleRoIAlign
 
@@ -34,40 +27,37 @@ def _flatten_level(x: Tensor, channels: int) -> Tensor:
 
 
 class RPNDecoder(nn.Module):
-    """Proposals [B,R,4] + valid [B,R]: per-level top-n, decode, clip, small/score filter, per-level NMS."""
+    """Proposals [B,R,4] + valid [B,R]: per-level top-n by logit, decode, clip, non-empty, per-level NMS by logit."""
 
     def __init__(self, *, detector: FasterRCNN, nms: BatchedNMS) -> None:
         super().__init__()
         rpn = detector.rpn
         self.head = rpn.head
         self.box_coder = rpn.box_coder
-        self.cell_anchors = rpn.anchor_generator.cell_anchors
+        self.anchors = rpn.anchor_generator
         self.pre_nms_top_n = rpn_test_top_n(rpn)[0]
-        self.min_size = rpn.min_size
-        self.score_thresh = rpn.score_thresh
         self.nms = nms  # groups are levels; max_keep is post_nms_top_n
 
     def forward(self, features: list[Tensor], image_hw: tuple) -> tuple[Tensor, Tensor]:
         objectness, deltas = self.head(features)
         boxes, logits, levels, valid = [], [], [], []
-        for level, (obj, delta, feature, cell) in enumerate(zip(objectness, deltas, features, self.cell_anchors)):
+        for level, (obj, delta, feature) in enumerate(zip(objectness, deltas, features)):
             obj = _flatten_level(obj, 1)[..., 0]  # [B, n]
             top, idx, ok = topk_valid(obj, torch.ones_like(obj, dtype=torch.bool), self.pre_nms_top_n)
-            anchors = grid_anchors(cell, feature, image_hw)[idx]
+            anchors = self.anchors.grid(level, feature).to(feature.dtype)[idx]
             decoded = decode(self.box_coder, gather_rows(_flatten_level(delta, 4), idx), anchors)[:, :, 0]
             boxes.append(clip_boxes(decoded, image_hw))
             logits.append(top)
             levels.append(torch.full_like(idx, level))
             valid.append(ok)
         boxes = torch.cat(boxes, dim=1)
-        prob = torch.sigmoid(torch.cat(logits, dim=1))
-        valid = torch.cat(valid, dim=1) & not_small(boxes, self.min_size) & (prob >= self.score_thresh)
-        keep, kept = self.nms(boxes, prob, torch.cat(levels, dim=1), valid)
+        valid = torch.cat(valid, dim=1) & nonempty(boxes)
+        keep, kept = self.nms(boxes, torch.cat(logits, dim=1), torch.cat(levels, dim=1), valid)
         return gather_rows(boxes, keep), kept
 
 
 class BoxDecoder(nn.Module):
-    """Box head on the proposals, class-specific decode, score/size filter, class-aware NMS."""
+    """Box head on the proposals, class-specific decode, clip, score filter, class-aware NMS."""
 
     def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign, nms: BatchedNMS,
                  box_candidates: int) -> None:
@@ -90,7 +80,7 @@ class BoxDecoder(nn.Module):
         boxes = clip_boxes(decode(self.box_coder, deltas.reshape(b, r, -1), proposals), image_hw)[:, :, 1:]
         scores = torch.softmax(logits, -1).reshape(b, r, num_classes)[:, :, 1:]  # drop background
         labels = torch.arange(1, num_classes, device=scores.device).expand(b, r, -1)
-        valid = proposals_valid[..., None] & (scores > self.score_thresh) & not_small(boxes, 1e-2)
+        valid = proposals_valid[..., None] & (scores > self.score_thresh)
         boxes, scores, labels, valid = boxes.flatten(1, 2), scores.flatten(1), labels.flatten(1), valid.flatten(1)
         top, idx, ok = topk_valid(scores, valid, min(self.box_candidates, r * (num_classes - 1)))
         return select_detections(self.nms, gather_rows(boxes, idx), top, torch.gather(labels, 1, idx), ok)

@@ -1,15 +1,19 @@
-"""Multi-scale RoIAlign from standard ops (Gather and arithmetic), so that no runtime needs a RoiAlign plugin.
+"""Multi-scale RoIAlign in the deploy graph: detectron2's ROIPooler (`model/poolers.py`) with static shapes,
+in one of two lowerings (`--roi-align`):
 
-It equals `torchvision.ops.MultiScaleRoIAlign` with `roi_align(aligned=False)`:
-- level k = floor(4 + log2(sqrt(area) / 224) + 1e-6), clamped to the pyramid (torchvision's LevelMapper);
-- each output bin averages sampling_ratio x sampling_ratio bilinear samples at
-  x1*scale + (j + (s + 0.5)/sr) * bin_w, with RoI sizes at least 1 feature pixel;
-- a sample is clamped to the map's border, and is zero beyond one pixel outside it.
+- "onnx": the standard RoiAlign op (opset 16: `half_pixel` for ROIAlignV2, adaptive sampling), one call per
+  level, each RoI pooled only at its own level (the others are given an empty box, which costs nothing).
+  Exact for every RoI. ONNX Runtime, OpenVINO and full TensorRT (its RoiAlign plugin) run it.
+- "gather": plugin-free, Gather and MatMul only, for builders with no RoiAlign (TensorRT-RTX). Each output
+  bin averages g_y x g_x bilinear samples at x1 + (j + (s + 0.5) / g) * bin_w (x1 shifted by half a pixel
+  for ROIAlignV2), the neighbours following torchvision's bilinear_interpolate (clamped to the border, zero
+  beyond one pixel outside). A fixed sampling ratio is exact for every RoI. The adaptive ratio
+  (g = ceil(bin size)) needs a static bound: at most `max_samples` per bin and axis. Within it, i.e. for
+  RoIs whose bins are at most `max_samples` feature pixels on each side, it is exact; a larger RoI is
+  sampled `max_samples` times per bin and axis (a fixed-ratio RoIAlign), which is close but not equal.
 
 Every level's pixels are rows of one channels-last table [B, sum H*W, C], so one Gather per bilinear
-neighbour serves every RoI whatever its level, and each gathered row is C contiguous values (ONNX
-Runtime's GridSample recomputes every sample's coordinates per channel, which made it the slowest
-op of a Faster R-CNN graph). The neighbours follow torchvision's bilinear_interpolate exactly.
+neighbour serves every RoI whatever its level, and each gathered row is C contiguous values.
 """
 
 from __future__ import annotations
@@ -18,75 +22,118 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
+from ..model.poolers import assign_levels
 
-def level_of(boxes: Tensor, *, k_min: int, k_max: int, canonical_scale: int = 224, canonical_level: int = 4) -> Tensor:
-    """torchvision's LevelMapper: boxes [...,4] -> level index [...] in 0..k_max-k_min."""
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    k = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_scale) + torch.tensor(1e-6))
-    return (torch.clamp(k, min=k_min, max=k_max) - k_min).to(torch.int64)
+ROI_ALIGN_LOWERINGS = ("onnx", "gather")
 
 
 class MultiScaleRoIAlign(nn.Module):
-    def __init__(self, *, strides: list[int], output_size: int, sampling_ratio: int) -> None:
+    def __init__(self, *, strides: list[int], output_size: int, sampling_ratio: int, aligned: bool,
+                 lowering: str = "gather", max_samples: int = 2) -> None:
         super().__init__()
         levels = [math.log2(s) for s in strides]
         if any(lv != int(lv) for lv in levels) or levels != sorted(levels):
             raise ValueError(f"strides must be increasing powers of two, got {strides}")
+        if lowering not in ROI_ALIGN_LOWERINGS:
+            raise ValueError(f"lowering must be one of {ROI_ALIGN_LOWERINGS}, got {lowering!r}")
         self.strides = list(strides)
-        self.k_min, self.k_max = int(levels[0]), int(levels[-1])
+        self.min_level, self.max_level = int(levels[0]), int(levels[-1])
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.lowering = lowering
+        # samples per bin and axis that the gather lowering provides: the ratio itself when it is fixed
+        self.samples = sampling_ratio if sampling_ratio > 0 else max_samples
 
     def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
         """features: one [B,C,H_l,W_l] per stride; boxes [B,R,4] in input pixels -> [B,R,C,P,P]."""
+        lvl = assign_levels(boxes, min_level=self.min_level, max_level=self.max_level)  # [B,R]
+        if self.lowering == "onnx":
+            return self._onnx(features, boxes, lvl)
+        return self._gather(features, boxes, lvl)
+
+    def _onnx(self, features: list[Tensor], boxes: Tensor, lvl: Tensor) -> Tensor:
         b, r = boxes.shape[:2]
-        p, sr = self.output_size, self.sampling_ratio
-        n = p * sr
-        lvl = level_of(boxes, k_min=self.k_min, k_max=self.k_max)  # [B,R]
+        index = torch.arange(b, dtype=boxes.dtype, device=boxes.device)[:, None, None].expand(b, r, 1)
+        out = None
+        for level, (feature, stride) in enumerate(zip(features, self.strides)):
+            mine = (lvl == level)[..., None]
+            # RoIs of other levels become empty boxes: the adaptive ratio gives them no samples
+            rois = torch.cat([index, torch.where(mine, boxes, torch.zeros_like(boxes))], dim=-1).reshape(-1, 5)
+            pooled = roi_align(feature, rois, self.output_size, spatial_scale=1.0 / stride,
+                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)  # [B*R,C,P,P]
+            pooled = pooled.reshape(b, r, *pooled.shape[1:])
+            keep = mine[..., None, None]
+            out = torch.where(keep, pooled, torch.zeros_like(pooled)) if out is None else torch.where(keep, pooled, out)
+        return out
+
+    def _gather(self, features: list[Tensor], boxes: Tensor, lvl: Tensor) -> Tensor:
+        b, r = boxes.shape[:2]
+        p, s = self.output_size, self.samples
         # every level's pixels as rows of one channels-last table: a sample gathers C contiguous values
         table = torch.cat([f.flatten(2) for f in features], dim=2).transpose(1, 2)  # [B, sum h*w, C]
         rows, c = table.shape[1], table.shape[2]
 
-        # per-RoI level properties, gathered from small per-level tables
         def per_level(values: list) -> Tensor:
             return torch.stack([torch.scalar_tensor(v, dtype=boxes.dtype) for v in values])[lvl]  # [B,R]
 
-        scale = per_level([1.0 / s for s in self.strides])
+        scale = per_level([1.0 / st for st in self.strides])
         h_l = per_level([f.shape[2] for f in features])
         w_l = per_level([f.shape[3] for f in features])
         offset = per_level([sum(f.shape[2] * f.shape[3] for f in features[:i]) for i in range(len(features))])
 
-        x1, y1, x2, y2 = (boxes * scale[..., None]).unbind(-1)  # aligned=False: no half-pixel shift
-        steps = (torch.arange(n, dtype=boxes.dtype, device=boxes.device) + 0.5) / sr  # j + (s+0.5)/sr
-        xs = x1[..., None] + steps * (torch.clamp(x2 - x1, min=1.0) / p)[..., None]  # [B,R,n]
-        ys = y1[..., None] + steps * (torch.clamp(y2 - y1, min=1.0) / p)[..., None]
+        shift = 0.5 if self.aligned else 0.0  # ROIAlignV2: pixel centres at +0.5
+        x1, y1, x2, y2 = (boxes * scale[..., None] - shift).unbind(-1)
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not self.aligned:  # the legacy op makes every RoI at least one feature pixel
+            roi_w, roi_h = torch.clamp(roi_w, min=1.0), torch.clamp(roi_h, min=1.0)
+        bin_w, bin_h = roi_w / p, roi_h / p  # [B,R]
 
-        def axis(v: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-            """torchvision's bilinear_interpolate along one axis: (low, high, w_low, w_high, inside)."""
-            inside = (v >= -1.0) & (v <= size[..., None])
+        def grid(bin_size: Tensor) -> Tensor:
+            """Samples per bin on one axis [B,R]: the fixed ratio, or ceil(bin) (0 for an empty RoI, as
+            torchvision's kernel), at most the bound."""
+            if self.sampling_ratio > 0:
+                return torch.full_like(bin_size, float(self.sampling_ratio))
+            return torch.clamp(torch.ceil(bin_size), min=0.0, max=float(s))
+
+        g_x, g_y = grid(bin_w), grid(bin_h)
+        # sample t of bin i sits at start + (i + (t + 0.5) / g) * bin, for t < g; slots t >= g weigh nothing
+        t = torch.arange(s, dtype=boxes.dtype, device=boxes.device)
+        i = torch.arange(p, dtype=boxes.dtype, device=boxes.device)
+
+        def positions(start: Tensor, bin_size: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+            frac = (t + 0.5) / torch.clamp(g, min=1.0)[..., None]  # [B,R,s]; a slot t >= g is a valid but unused
+            pos = start[..., None, None] + (i[:, None] + frac[..., None, :]) * bin_size[..., None, None]  # [B,R,P,s]
+            used = (t < g[..., None])[..., None, :].expand_as(pos)
+            return pos, used
+
+        xs, used_x = positions(x1, bin_w, g_x)
+        ys, used_y = positions(y1, bin_h, g_y)
+
+        def taps(v: Tensor, used: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+            """torchvision's bilinear_interpolate along one axis: neighbour indices and weights [B,R,P,2s]."""
+            size = size[..., None, None]
+            inside = (v >= -1.0) & (v <= size) & used
             v = torch.clamp(v, min=0.0)
             low = torch.floor(v)
-            last = low >= (size - 1)[..., None]
-            low = torch.where(last, (size - 1)[..., None], low)
+            last = low >= size - 1
+            low = torch.where(last, size - 1, low)
             high = torch.where(last, low, low + 1)
             frac = torch.where(last, torch.zeros_like(v), v - low)
-            return low, high, 1 - frac, frac, inside
-
-        # per axis, bin i's sr samples x 2 neighbours: indices and weights [B,R,P,sr*2]
-        def taps(v: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
-            low, high, w_low, w_high, inside = axis(v, size)
-            index = torch.stack([low, high], dim=-1).reshape(b, r, p, sr * 2)
-            weight = (torch.stack([w_low, w_high], dim=-1) * inside[..., None].to(v.dtype)).reshape(b, r, p, sr * 2)
+            index = torch.stack([low, high], dim=-1).reshape(b, r, p, s * 2)
+            weight = (torch.stack([1 - frac, frac], dim=-1) * inside[..., None].to(v.dtype)).reshape(b, r, p, s * 2)
             return index, weight
 
-        iy, wy = taps(ys, h_l)
-        ix, wx = taps(xs, w_l)
-        k = (sr * 2) ** 2  # taps per output bin
+        iy, wy = taps(ys, used_y, h_l)
+        ix, wx = taps(xs, used_x, w_l)
+        k = (s * 2) ** 2  # taps per output bin
         base = offset + (torch.arange(b, device=boxes.device, dtype=boxes.dtype) * rows)[:, None]  # [B,R]
         index = (base[..., None, None, None, None] + iy[:, :, :, None, :, None] * w_l[..., None, None, None, None]
-                 + ix[:, :, None, :, None, :])  # [B,R,P,P,2sr,2sr]
-        weight = wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :] / (sr * sr)
+                 + ix[:, :, None, :, None, :])  # [B,R,P,P,2s,2s]
+        count = torch.clamp(g_y * g_x, min=1.0)[..., None, None, None, None]
+        weight = wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :] / count
         # one Gather of every tap, then one batched MatMul folds each bin's taps with their weights
         values = torch.index_select(table.reshape(b * rows, c), 0, index.to(torch.int64).flatten())
         pooled = torch.matmul(weight.reshape(-1, 1, k), values.reshape(-1, k, c)).reshape(b, r, p, p, c)

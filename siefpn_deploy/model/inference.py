@@ -18,18 +18,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ..core.contract import BOXES, LABELS, MASKS, NUM_DETS, SCORES, GraphContract
 from ..core.errors import UserError
 
 
 @torch.no_grad()
-def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool = True,
-                     backbone: Callable[[Tensor], dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
-    """canvas [B,3,H,W] RGB in 0..1 (H, W multiples of the size divisibility) -> per-image detections
-    in canvas pixels: boxes [N,4], scores [N], labels [N] (the contract's 1..C), and for Mask R-CNN masks [N,1,H,W]
-    pasted on the canvas (or the head's [N,1,M,M] probabilities, M = contract.MASK_SIZE, with paste_masks=False).
+def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, backbone: Callable[[Tensor], dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
+    """canvas [B,3,H,W] in 0..1, in the model's channel order (H, W multiples of the size divisibility) ->
+    per-image detections in canvas pixels: boxes [N,4], scores [N], labels [N] (the contract's 1..C), and for
+    Mask R-CNN the head's mask probabilities [N,1,M,M] (M = contract.MASK_SIZE).
     `backbone` replaces the call of detector.backbone (e.g. a CUDA-graph replay of it)."""
     if detector.training:
         raise ValueError("detect_on_canvas needs the detector in eval mode")
@@ -51,9 +49,6 @@ def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, paste_masks: bool =
     else:
         proposals, _ = detector.rpn(images, features)
         detections, _ = detector.roi_heads(features, proposals, images.image_sizes)
-    for d in detections if paste_masks else []:
-        if "masks" in d:
-            d["masks"] = paste_masks_in_image(d["masks"], d["boxes"], hw)
     return detections
 
 
@@ -96,7 +91,7 @@ class EagerBackend:
         autocast: Any = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
                          if self.autocast_dtype is not None else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            dets = detect_on_canvas(self.detector, batch, paste_masks=False, backbone=self.backbone)
+            dets = detect_on_canvas(self.detector, batch, backbone=self.backbone)
         out = self.contract.empty_outputs(len(dets))
         for i, d in enumerate(dets):
             n = min(len(d["boxes"]), self.contract.max_detections)

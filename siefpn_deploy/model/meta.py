@@ -29,7 +29,7 @@ def contract_for(cfg: Config, *, input_scale: float = 255.0) -> GraphContract:
         architecture=m.META_ARCHITECTURE, max_detections=m.DETECTIONS_PER_IMAGE,
         preprocess=PreprocessSpec(min_size=i.MIN_SIZE_TEST, max_size=i.MAX_SIZE_TEST, divisibility=i.SIZE_DIVISIBILITY,
                                   pixel_mean=tuple(m.PIXEL_MEAN), pixel_std=tuple(m.PIXEL_STD),
-                                  input_scale=input_scale))
+                                  input_scale=input_scale, color=i.FORMAT))
 
 
 def model_meta(cfg: Config, detector: nn.Module, classes: dict[str, list], *, batch: ShapeRange, height: ShapeRange,

@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ..core.config import Config
 from ..core.contract import (
     BOXES,
     LABELS,
-    MASK_THRESHOLD,
     MASKS,
     NUM_DETS,
     SCORES,
@@ -37,7 +35,9 @@ from ..core.contract import (
 )
 from ..data.image import to_tensor
 from ..data.preprocess import Canvas, Preprocess
+from .heads import nonempty
 from .inference import EagerBackend
+from .masks import paste_masks
 from .meta import default_size_range, model_meta
 
 
@@ -142,13 +142,15 @@ class Predictor:
         for b in range(len(outputs[NUM_DETS])):
             rows = image_rows(outputs, b)
             boxes = canvas.to_image(torch.from_numpy(rows[BOXES].astype(np.float32)), b)
+            # detectron2's detector_postprocess: boxes empty after clipping to the image are dropped
+            keep = nonempty(boxes).numpy()
+            rows = {k: v[keep] for k, v in rows.items()}
+            boxes = boxes[torch.from_numpy(keep)]
             labels = rows[LABELS]
             index = class_index(labels, len(self.class_names))
             masks = None
             if MASKS in rows:
-                probs = torch.from_numpy(rows[MASKS][:, None].astype(np.float32))
-                pasted = paste_masks_in_image(probs, boxes, canvas.original_hw[b], padding=1)[:, 0]
-                masks = (pasted > MASK_THRESHOLD).numpy()
+                masks = paste_masks(torch.from_numpy(rows[MASKS]), boxes, canvas.original_hw[b]).numpy()
             results.append(Detections(
                 boxes=boxes.numpy(), scores=rows[SCORES].astype(np.float32), labels=labels,
                 category_ids=[self.category_ids[i] for i in index], class_names=[self.class_names[i] for i in index],

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core.config import load_config
+from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
 from ..core.sidecar import ENGINE_SUFFIX, read_meta
@@ -64,13 +64,15 @@ class Detector(Predictor):
         """PyTorch eager; on CUDA optionally under autocast (e.g. torch.float16) and with the backbone and
         neck replayed as CUDA graphs (see model/cuda_graphs.py)."""
         weights = Path(weights)
+        overrides = [*overrides, "MODEL.WEIGHTS", str(weights)]
         if config is None:
-            if not load_checkpoint(weights).get("config"):
+            stored = load_checkpoint(weights).get("config")
+            if not stored:
                 raise UserError(f"{weights} stores no config; pass the config it was trained with")
-            config = weights.parent / "config.yaml"
-            if not config.is_file():
-                raise UserError(f"{weights}: pass --config-file (no config.yaml beside it)")
-        cfg = load_config(config, [*overrides, "MODEL.WEIGHTS", str(weights)])
+            cfg = config_from_dict(stored, str(weights), overrides)  # training and convert store the full config
+            config = weights
+        else:
+            cfg = load_config(config, overrides)
         detector, classes = load_trained_detector(cfg, config_name=str(config))
         torch_device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
         if device == "cuda" and torch_device.type != "cuda":

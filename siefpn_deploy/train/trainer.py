@@ -18,6 +18,7 @@ from ..core.errors import UserError
 from ..core.fileio import atomic_write
 from ..core.progress import progress_bar
 from ..data import CocoDetection, build_train_transforms, collate
+from ..data.image import in_channel_order
 from ..evaluation.loop import evaluate_predictor
 from ..model import build_detector
 from ..model.checkpoint import (
@@ -205,7 +206,7 @@ class Trainer:
         """The one optimisation step (the training loop and benchmarks/bench_train.py both call it):
         forward, a finite-loss check, backward, gradient clipping, the optimizer and the LR schedule.
         Returns (loss, each loss term)."""
-        images = [im.to(self.device) for im in images]
+        images = [in_channel_order(im, self.cfg.INPUT.FORMAT).to(self.device) for im in images]  # RGB -> model order
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
         loss = sum(losses.values())

@@ -1,0 +1,1 @@
+"""Bring checkpoints from elsewhere into the project's format (`siefpn-deploy convert`)."""

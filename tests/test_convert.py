@@ -1,0 +1,217 @@
+"""Importing detectron2 / official Dual SIE-FPN checkpoints (`siefpn-deploy convert`).
+
+The checkpoints are generated from the documented key structure (tests/detectron2_layout.py), never from
+this project's own model, and the numerical checks do not rely on the conversion being right: anchors are
+computed by hand from detectron2's formulas, RoIAlignV2 is checked against torchvision (test_roi_align.py),
+and the class layout by a checkpoint in which one class's weights are distinctive.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2_layout import (
+    ARCHS,
+    detectron2_state_dict,
+    documented_element_count,
+    element_count,
+    key_count,
+    save_detectron2_pkl,
+    save_detectron2_pth,
+)
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.convert.detectron2 import read_classes
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.model.anchors import AnchorGenerator, cell_anchors
+from siefpn_deploy.model.checkpoint import load_checkpoint
+from siefpn_deploy.model.detectors import build_detector
+from siefpn_deploy.runtime.detector import Detector
+
+COCO_IDS = read_classes(None)["category_ids"]
+
+
+@pytest.fixture(scope="module")
+def d2(tmp_path_factory) -> dict[str, Path]:
+    """One seeded detectron2-layout R50 checkpoint per detector (K = 80), as detectron2 training writes it."""
+    root = tmp_path_factory.mktemp("d2")
+    files = {}
+    for arch in ARCHS:
+        files[arch] = root / f"{arch}_model_final.pth"
+        save_detectron2_pth(detectron2_state_dict(arch, seed=0), files[arch], style="trainer")
+    return files
+
+
+def convert(capsys, source: Path, config: str, output: Path, *extra: str) -> tuple[int, str]:
+    code = main(["convert", "--from", "detectron2", str(source), "--config-file", config, "--output", str(output),
+                 *extra])
+    return code, capsys.readouterr().err.strip()
+
+
+def refused(capsys, source: Path, config: str, output: Path, *extra: str) -> str:
+    code, err = convert(capsys, source, config, output, *extra)
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not output.exists() and not list(output.parent.glob(f".{output.name}.*"))  # nothing half-written
+    return err
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_generated_checkpoints_follow_the_documented_structure(depth):
+    for arch in ARCHS:
+        state = detectron2_state_dict(arch, depth=depth, seed=0)
+        assert len(state) == key_count(arch, depth)
+        assert element_count(state) == documented_element_count(arch, depth)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_key_maps_and_pkl_equals_pth(arch, d2, tmp_path, capsys):
+    code, err = convert(capsys, d2[arch], f"{arch}_R50_1x", tmp_path / "from_pth.pth")
+    assert code == 0, err
+    pkl = tmp_path / "model.pkl"
+    save_detectron2_pkl(detectron2_state_dict(arch, seed=0), pkl)
+    assert convert(capsys, pkl, f"{arch}_R50_1x", tmp_path / "from_pkl.pth")[0] == 0
+    a, b = load_checkpoint(tmp_path / "from_pth.pth"), load_checkpoint(tmp_path / "from_pkl.pth")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["classes"]["category_ids"] == COCO_IDS and len(a["classes"]["names"]) == 80
+    cfg = load_config(f"{arch}_R50_1x")
+    model = build_detector(cfg, num_classes=80)
+    assert a["model"].keys() == model.state_dict().keys()  # the converted file loads strictly
+    body = model.backbone.body
+    assert body.layer3[0].conv1.stride == (2, 2) and body.layer3[0].conv2.stride == (1, 1)  # MSRA: stride in 1x1
+    assert cfg.INPUT.FORMAT == "BGR" and cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]
+
+
+def test_every_container_style_reads_alike(d2, tmp_path, capsys):
+    state = detectron2_state_dict("retinanet", seed=0)
+    reference = load_checkpoint(convert_ok(capsys, d2["retinanet"], tmp_path / "trainer.pth"))["model"]
+    for style in ("best", "bare"):
+        source = tmp_path / f"{style}_src.pth"
+        save_detectron2_pth(state, source, style=style)
+        got = load_checkpoint(convert_ok(capsys, source, tmp_path / f"{style}.pth"))["model"]
+        assert all(torch.equal(got[k], reference[k]) for k in reference)
+    ddp = tmp_path / "ddp_src.pth"  # a module. prefix (DataParallel) is stripped, as fvcore does
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, ddp)
+    got = load_checkpoint(convert_ok(capsys, ddp, tmp_path / "ddp.pth"))["model"]
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+def convert_ok(capsys, source: Path, output: Path, config: str = "retinanet_R50_1x") -> Path:
+    code, err = convert(capsys, source, config, output)
+    assert code == 0, err
+    return output
+
+
+class _RunsCommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pkl_is_refused_without_running(tmp_path, capsys):
+    marker = tmp_path / "it_ran"
+    source = tmp_path / "model_final.pkl"
+    with source.open("wb") as f:
+        pickle.dump({"model": {"backbone.fpn_output5.weight": np.zeros(3), "x": _RunsCommand(marker)},
+                     "__author__": "evil"}, f)
+    err = refused(capsys, source, "retinanet_R50_1x", tmp_path / "out.pth")
+    assert "asks for posix.system" in err and "only numpy arrays are allowed" in err
+    assert not marker.exists()
+
+
+def test_bad_checkpoints_get_one_line_errors_and_leave_nothing(d2, tmp_path, capsys):
+    out = tmp_path / "out" / "model.pth"
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(d2["retinanet"].read_bytes()[:100_000])
+    assert "cannot load detectron2 checkpoint" in refused(capsys, truncated, "retinanet_R50_1x", out)
+    truncated_pkl = tmp_path / "truncated.pkl"
+    save_detectron2_pkl({"a": torch.zeros(1000)}, truncated_pkl)
+    truncated_pkl.write_bytes(truncated_pkl.read_bytes()[:500])
+    assert "refused detectron2 checkpoint" in refused(capsys, truncated_pkl, "retinanet_R50_1x", out)
+    err = refused(capsys, d2["retinanet"], "faster_rcnn_R50_1x", out)  # the wrong architecture
+    assert "MODEL.META_ARCHITECTURE is faster_rcnn, the checkpoint is a retinanet" in err
+    err = refused(capsys, d2["retinanet"], "retinanet_R101_1x", out)  # the wrong depth
+    assert "MODEL.BACKBONE is resnet101, the checkpoint's ResNet is resnet50" in err
+    err = refused(capsys, d2["retinanet"], "retinanet_R50_1x", out, "--classes", str(classes_file(tmp_path, 3)))
+    assert "the classes list has 3 classes, the checkpoint has 80" in err
+
+    state = detectron2_state_dict("faster_rcnn", seed=0)
+    extra = tmp_path / "extra.pth"
+    save_detectron2_pth({**state, "roi_heads.box_head.fc3.weight": torch.zeros(4, 4)}, extra)
+    err = refused(capsys, extra, "faster_rcnn_R50_1x", out)
+    assert "1 unmapped keys (roi_heads.box_head.fc3.weight)" in err
+    missing = tmp_path / "missing.pth"
+    save_detectron2_pth({k: v for k, v in state.items() if not k.startswith("backbone.rfe_block.1.bn2.")}, missing)
+    err = refused(capsys, missing, "faster_rcnn_R50_1x", out)
+    assert "5 model keys with no source (backbone.neck.mic.2.refine.0.1.weight" in err
+    older = tmp_path / "fefpn.pth"  # an earlier code state's INFBlock, refused by name
+    save_detectron2_pth({**state, "backbone.inf_block.w1": torch.ones(1)}, older)
+    assert "has backbone.inf_block keys" in refused(capsys, older, "faster_rcnn_R50_1x", out)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def classes_file(root: Path, count: int) -> Path:
+    path = root / "instances.json"
+    cats = [{"id": 10 + 7 * i, "name": f"class{i}"} for i in range(count)]
+    path.write_text(__import__("json").dumps({"images": [], "annotations": [], "categories": cats[::-1]}))
+    return path
+
+
+def test_anchors_are_detectron2s_by_hand():
+    """detectron2: w = size / sqrt(ratio), h = size * sqrt(ratio), unrounded, size-major; fixed strides."""
+    sizes = [32 * 2 ** (i / 3) for i in range(3)]  # RetinaNet's P3 sizes: 32, 40.3175, 50.7968
+    cells = cell_anchors(sizes, [0.5, 1.0, 2.0])
+    assert cells.shape == (9, 4)
+    # a = size_index * 3 + ratio_index; size 32, ratio 0.5: 22.627 x 11.314 half-sizes... w = 45.2548, h = 22.6274
+    assert torch.allclose(cells[0], torch.tensor([-22.627417, -11.313708, 22.627417, 11.313708]))
+    assert torch.allclose(cells[1], torch.tensor([-16.0, -16.0, 16.0, 16.0]))
+    assert torch.allclose(cells[4], torch.tensor([-20.158737, -20.158737, 20.158737, 20.158737]))  # size 40.3175
+    gen = AnchorGenerator(sizes=[[32.0], [512.0]], aspect_ratios=[1.0], strides=[8, 128])
+    # a P7 of an 800 x 1216 input has 7 x 10 cells; torchvision would derive stride 800 // 7 = 114, detectron2 128
+    grid = gen.grid(1, torch.zeros(1, 1, 7, 10))
+    assert grid.shape == (70, 4)
+    x, y = 3, 2  # location (x=3, y=2) is row-major index 2*10+3
+    assert torch.equal(grid[2 * 10 + 3], torch.tensor([x * 128 - 256.0, y * 128 - 256.0, x * 128 + 256.0,
+                                                         y * 128 + 256.0]))
+
+
+def _distinctive(arch: str, d2_class: int) -> dict[str, torch.Tensor]:
+    """A checkpoint whose classifier favours one contiguous detectron2 class everywhere."""
+    state = detectron2_state_dict(arch, seed=1)
+    if arch == "retinanet":
+        w, b = state["head.cls_score.weight"], state["head.cls_score.bias"]
+        w.zero_()
+        b.fill_(-10.0)
+        b.view(9, 80)[:, d2_class] = 3.0  # channel a*K + k
+    else:
+        w, b = state["roi_heads.box_predictor.cls_score.weight"], state["roi_heads.box_predictor.cls_score.bias"]
+        w.zero_()
+        b.fill_(0.0)
+        b[d2_class] = 8.0  # background is the last row (index 80) and stays at 0
+    return state
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "faster_rcnn"])
+def test_the_class_layout_gives_the_right_coco_category(arch, tmp_path, capsys):
+    d2_class = 57  # contiguous index 57 is COCO "couch", category id 63
+    source = tmp_path / "distinctive.pth"
+    save_detectron2_pth(_distinctive(arch, d2_class), source)
+    output = convert_ok(capsys, source, tmp_path / "converted.pth", f"{arch}_R50_1x")
+    detector = Detector.from_path(output)
+    image = (np.random.default_rng(0).random((128, 160, 3)) * 255).astype(np.uint8)
+    found = detector.at_size(128, 160).predict(image, color="BGR")
+    assert len(found) > 0
+    assert COCO_IDS[d2_class] == 63
+    assert set(found.category_ids) == {63} and set(found.class_names) == {"couch"}
+    if arch == "retinanet":  # the logit is exactly the bias: no other class, and no class-0 channel, comes near
+        assert math.isclose(float(found.scores.max()), 1 / (1 + math.exp(-3.0)), rel_tol=1e-5)
+    else:  # softmax of bias 8 against 80 zeros
+        assert math.isclose(float(found.scores.max()), math.exp(8) / (math.exp(8) + 80), rel_tol=1e-5)
