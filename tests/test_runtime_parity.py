@@ -58,9 +58,8 @@ def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, trained, ex
         assert len(row["metrics"]["bbox"]) == 13  # the 12 COCOeval numbers and per-class AP
         assert row["agreement"]["non_finite"] == 0 and row["agreement"]["reference"] > 0
     fp32 = rows[1]["agreement"]
-    # the R-CNN graph takes the best --box-candidates (1000) class scores into NMS, torchvision all of them; a
-    # barely trained model scores every class of every proposal above the threshold, so a few of its
-    # hundreds of detections differ (6 of 316 when written); every matched one agrees to 1e-2 px
+    # the exports take 1800 box candidates, all that 300 proposals x 6 classes make, so the graph keeps what
+    # the eager model keeps; the bound leaves room for near-equal scores trading places at the K-th detection
     assert fp32["matched_fraction"] >= 0.95 and fp32["box_abs_max"] < 1e-2 and abs(rows[1]["delta"]["bbox"]) < 0.01
     if arch == "retinanet":  # whatever this host can do with it: run it, or say exactly why not
         assert rows[5]["kind"] == "tensorrt" and rows[5]["status"] in ("pass", "not run")
@@ -178,7 +177,12 @@ def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, trained,
     for image, got in zip(images, detector.predict(images, batch_size=1)):
         with torch.no_grad():
             want = model([image])[0]
-        ref = {"boxes": want["boxes"].numpy(), "scores": want["scores"].numpy(), "labels": want["labels"].numpy()}
+        # detectron2's rule, which the runtime follows: boxes clipped to the image after NMS, empty ones dropped
+        boxes = want["boxes"].clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.shape[2])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[1])
+        keep = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).numpy()
+        ref = {"boxes": boxes.numpy()[keep], "scores": want["scores"].numpy()[keep], "labels": want["labels"].numpy()[keep]}
         if len(ref["boxes"]) == 0:
             assert len(got) <= 2
             continue
@@ -194,8 +198,10 @@ def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, trained,
         assert got.category_ids == [detector.category_ids[i - 1] for i in got.labels]  # label 1 is the first class
         if arch == "mask_rcnn":
             assert got.masks.shape == (len(got), *image.shape[1:]) and got.masks.dtype == bool
-            mine, theirs = got.masks[g], want["masks"][r, 0].numpy() > 0.5
-            assert (mine & theirs).sum() / max(1, (mine | theirs).sum()) > 0.99
+            mine, theirs = got.masks[g], want["masks"][keep][r, 0].numpy() > 0.5
+            # the runtime pastes as detectron2 (grid_sample at pixel centres), torchvision expands the box by a
+            # pixel and resizes: borders move by up to a pixel, which on these ~100-pixel masks is a few percent
+            assert (mine & theirs).sum() / max(1, (mine | theirs).sum()) > 0.85
     assert compared > 20
 
 
@@ -285,7 +291,7 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"engine bytes")
     assert "has no x.engine.json" in run(capsys, "infer", "--artifact", str(plan), "--source", str(empty))
-    sidecar = {"format": "siefpn-deploy/engine-meta", "schema_version": "2.0", "engine_sha256": "0", "io": [],
+    sidecar = {"format": "siefpn-deploy/engine-meta", "schema_version": "3.0", "engine_sha256": "0", "io": [],
                "model": {}, "tensorrt": {}, "profile": {}}
     (tmp_path / "x.engine.json").write_text(json.dumps(sidecar))
     assert "does not match x.engine.json" in run(capsys, "infer", "--artifact", str(plan), "--source", str(empty))
@@ -293,7 +299,7 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     old.write_bytes(b"engine bytes")
     (tmp_path / "old.engine.json").write_text(json.dumps({**sidecar, "schema_version": "1.3"}))
     line = run(capsys, "infer", "--artifact", str(old), "--source", str(empty))
-    assert "old.engine.json has schema_version '1.3'" in line and "reads 2.x" in line
+    assert "old.engine.json has schema_version '1.3'" in line and "reads 3.x" in line
 
 
 def test_a_meta_of_another_contract_major_version_is_refused(exported, tmp_path, capsys):
@@ -301,10 +307,10 @@ def test_a_meta_of_another_contract_major_version_is_refused(exported, tmp_path,
     copy = tmp_path / "m.onnx"
     shutil.copy(source, copy)
     meta = read_meta(source)
-    for version, expected in (("3.0", "schema_version '3.0'"), (None, "schema_version None")):
+    for version, expected in (("2.0", "schema_version '2.0'"), (None, "schema_version None")):
         written = {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256", "schema_version")}
         write_meta(copy, written if version is None else {**written, "schema_version": version})
         line = run(capsys, "infer", "--artifact", str(copy), "--source", str(copy))
         assert "m.meta.json" in line and expected in line and "re-export" in line
-    write_meta(copy, {**meta, "schema_version": "2.7"})  # a newer minor version of the same contract reads fine
+    write_meta(copy, {**meta, "schema_version": "3.7"})  # a newer minor version of the same contract reads fine
     assert Detector.from_path(copy).contract.max_detections == meta["max_detections"]

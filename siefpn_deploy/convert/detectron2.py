@@ -66,7 +66,7 @@ def read_state(path: str | Path) -> dict[str, Tensor]:
         raise UserError(f"{what} {path} has no model weights (expected {{'model': state_dict}} or a state dict)")
     state = {}
     for name, value in model.items():
-        if not isinstance(name, str) or not isinstance(value, (Tensor, torch.Tensor)) and not hasattr(value, "dtype"):
+        if not isinstance(name, str) or not (isinstance(value, Tensor) or hasattr(value, "dtype")):
             raise UserError(f"{what} {path}: entry {name!r} is a {type(value).__name__}, not a tensor or array")
         state[name.removeprefix("module.")] = torch.as_tensor(value).clone()
     return state
@@ -178,36 +178,42 @@ def _neck_rule(name: str, levels: int, finest: int) -> str | None:
     return None
 
 
+_P = r"\.(?P<p>weight|bias)"  # every head tensor is a weight or a bias: the target keeps the name
+_RETINANET_RULES: tuple[tuple[str, str], ...] = (
+    # (detectron2 pattern, project key); the subnets' odd indices are ReLUs and hold no tensors
+    *((rf"head\.cls_subnet\.{2 * i}{_P}", f"head.classification_head.conv.{i}.0.{{p}}") for i in range(4)),
+    *((rf"head\.bbox_subnet\.{2 * i}{_P}", f"head.regression_head.conv.{i}.0.{{p}}") for i in range(4)),
+    (rf"head\.bbox_pred{_P}", "head.regression_head.bbox_reg.{p}"),
+)
+_RCNN_RULES: tuple[tuple[str, str, Rewrite], ...] = (
+    (rf"proposal_generator\.rpn_head\.conv{_P}", "rpn.head.conv.0.0.{p}", _same),
+    (rf"proposal_generator\.rpn_head\.objectness_logits{_P}", "rpn.head.cls_logits.{p}", _same),
+    (rf"proposal_generator\.rpn_head\.anchor_deltas{_P}", "rpn.head.bbox_pred.{p}", _same),
+    (rf"roi_heads\.box_head\.fc1{_P}", "roi_heads.box_head.fc6.{p}", _same),
+    (rf"roi_heads\.box_head\.fc2{_P}", "roi_heads.box_head.fc7.{p}", _same),
+    (rf"roi_heads\.box_predictor\.cls_score{_P}", "roi_heads.box_predictor.cls_score.{p}", _background_first),
+    (rf"roi_heads\.box_predictor\.bbox_pred{_P}", "roi_heads.box_predictor.bbox_pred.{p}", _zero_slot(4)),
+)
+_MASK_RULES: tuple[tuple[str, str, Rewrite], ...] = (
+    *((rf"roi_heads\.mask_head\.mask_fcn{i}{_P}", f"roi_heads.mask_head.{i - 1}.0.{{p}}", _same) for i in range(1, 5)),
+    (rf"roi_heads\.mask_head\.deconv{_P}", "roi_heads.mask_predictor.conv5_mask.{p}", _same),
+    (rf"roi_heads\.mask_head\.predictor{_P}", "roi_heads.mask_predictor.mask_fcn_logits.{p}", _zero_slot(1)),
+)
+
+
 def _head_rule(name: str, found: Detectron2Model) -> tuple[str, Rewrite] | None:
     if found.architecture == "retinanet":
-        if m := re.fullmatch(r"head\.(cls|bbox)_subnet\.(\d+)\.(weight|bias)", name):
-            branch, index, param = m.groups()
-            if int(index) % 2:
-                return None  # odd indices are ReLUs: a tensor there is not detectron2's head
-            head = "classification_head" if branch == "cls" else "regression_head"
-            return f"head.{head}.conv.{int(index) // 2}.0.{param}", _same
-        if m := re.fullmatch(r"head\.cls_score\.(weight|bias)", name):
-            fill = 0.0 if m.group(1) == "weight" else RETINANET_BACKGROUND_LOGIT
-            return f"head.classification_head.cls_logits.{m.group(1)}", _retinanet_class0(found.anchors_per_location, fill)
-        if m := re.fullmatch(r"head\.bbox_pred\.(weight|bias)", name):
-            return f"head.regression_head.bbox_reg.{m.group(1)}", _same
-        return None
-    rpn = {"conv": "conv.0.0", "objectness_logits": "cls_logits", "anchor_deltas": "bbox_pred"}
-    if m := re.fullmatch(r"proposal_generator\.rpn_head\.(conv|objectness_logits|anchor_deltas)\.(weight|bias)", name):
-        return f"rpn.head.{rpn[m.group(1)]}.{m.group(2)}", _same
-    if m := re.fullmatch(r"roi_heads\.box_head\.fc([12])\.(weight|bias)", name):
-        return f"roi_heads.box_head.fc{int(m.group(1)) + 5}.{m.group(2)}", _same
-    if m := re.fullmatch(r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", name):
-        return f"roi_heads.box_predictor.cls_score.{m.group(1)}", _background_first
-    if m := re.fullmatch(r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", name):
-        return f"roi_heads.box_predictor.bbox_pred.{m.group(1)}", _zero_slot(4)
-    if found.architecture == "mask_rcnn":
-        if m := re.fullmatch(r"roi_heads\.mask_head\.mask_fcn([1-4])\.(weight|bias)", name):
-            return f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{m.group(2)}", _same
-        if m := re.fullmatch(r"roi_heads\.mask_head\.deconv\.(weight|bias)", name):
-            return f"roi_heads.mask_predictor.conv5_mask.{m.group(1)}", _same
-        if m := re.fullmatch(r"roi_heads\.mask_head\.predictor\.(weight|bias)", name):
-            return f"roi_heads.mask_predictor.mask_fcn_logits.{m.group(1)}", _zero_slot(1)
+        rules: list[tuple[str, str, Rewrite]] = [(pattern, key, _same) for pattern, key in _RETINANET_RULES]
+        # the classifier gets its class-0 channel per anchor: weight 0, bias a never-passing logit
+        rules += [(r"head\.cls_score\.(?P<p>weight)", "head.classification_head.cls_logits.{p}",
+                   _retinanet_class0(found.anchors_per_location, 0.0)),
+                  (r"head\.cls_score\.(?P<p>bias)", "head.classification_head.cls_logits.{p}",
+                   _retinanet_class0(found.anchors_per_location, RETINANET_BACKGROUND_LOGIT))]
+    else:
+        rules = list(_RCNN_RULES) + (list(_MASK_RULES) if found.architecture == "mask_rcnn" else [])
+    for pattern, key, rewrite in rules:
+        if m := re.fullmatch(pattern, name):
+            return key.format(**m.groupdict()), rewrite
     return None
 
 

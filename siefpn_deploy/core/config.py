@@ -47,6 +47,8 @@ class ModelConfig:
     RETINANET_HEAD_NORM: str = _choice("", "", "GN")
     # R-CNN box head width (torchvision TwoMLPHead); 1024 in the paper's models
     ROI_BOX_HEAD_DIM: int = 1024
+    # Mask R-CNN mask head conv width (detectron2's ROI_MASK_HEAD.CONV_DIM, 256); 0: the pyramid width
+    ROI_MASK_HEAD_DIM: int = 0
     # detectron2's ROI_BOX_HEAD/ROI_MASK_HEAD.POOLER_TYPE and POOLER_SAMPLING_RATIO: ROIAlignV2 is
     # roi_align(aligned=True) (half-pixel centres); sampling ratio 0 = adaptive, ceil(RoI bin size) per axis
     ROI_POOLER_TYPE: str = _choice("ROIAlignV2", "ROIAlignV2", "ROIAlign")

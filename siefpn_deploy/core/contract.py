@@ -206,7 +206,8 @@ def image_rows(outputs: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
 
 def describe_graph(input_scale_note: str = "0..255 (or 0..1 with --input-range 1)") -> str:
     """The contract as a table for `--help` and docs, rendered from the definitions above."""
-    rows = [(INPUT, "float32", "[B,3,H,W]", f"RGB, {input_scale_note}; H, W multiples of the size divisibility;"),
+    rows = [(INPUT, "float32", "[B,3,H,W]", f"{input_scale_note}; H, W multiples of the size divisibility;"),
+            ("", "", "", "the model's channel order (meta.json color: RGB, or BGR for detectron2's models);"),
             ("", "", "", "normalisation is inside the graph"),
             (NUM_DETS, "int32", "[B]", "detections per image; rows from num_dets on are padding"),
             (BOXES, "float32", "[B,K,4]", "xyxy in input pixels, ordered by score"),

@@ -103,8 +103,9 @@ def build_detector(cfg: Config, *, num_classes: int) -> nn.Module:
     cls = FasterRCNN if m.META_ARCHITECTURE == "faster_rcnn" else MaskRCNN
     masks = {}
     if cls is MaskRCNN:
-        masks = {"mask_head": MaskRCNNHeads(channels, (channels,) * 4, 1),
-                 "mask_predictor": MaskRCNNPredictor(channels, channels, num_classes + 1)}
+        dim = m.ROI_MASK_HEAD_DIM or channels
+        masks = {"mask_head": MaskRCNNHeads(channels, (dim,) * 4, 1),
+                 "mask_predictor": MaskRCNNPredictor(dim, dim, num_classes + 1)}
     detector = cls(backbone, box_head=box_head, box_predictor=box_predictor, **masks, **transform)
     if masks:
         masks["mask_roi_pool"] = build_pooler(cfg, backbone, MASK_POOL_SIZE)

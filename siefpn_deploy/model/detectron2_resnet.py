@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-_BLOCK = re.compile(r"res(\d)\.(\d+)\.(conv[123]|shortcut)(\.norm)?\.(weight|bias|running_mean|running_var)$")
-_C2_BLOCK = re.compile(r"res(\d)_(\d+)_branch(1|2a|2b|2c)(_bn)?_([wsb])$")
+_BLOCK = re.compile(r"res([2-5])\.(\d+)\.(conv[123]|shortcut)(\.norm)?\.(weight|bias|running_mean|running_var)$")
+_C2_BLOCK = re.compile(r"res([2-5])_(\d+)_branch(1|2a|2b|2c)(_bn)?_([wsb])$")
 _C2_CONV = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
 _C2_PARAM = {"w": "weight", "s": "weight", "b": "bias"}
 IGNORED_C2 = ("fc1000_w", "fc1000_b")  # the ImageNet classifier
