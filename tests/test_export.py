@@ -118,7 +118,8 @@ def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, expo
     ckpt = torch.load(trained.weights(arch), weights_only=True)
     assert meta["classes"]["names"] == ckpt["classes"]["names"]
     assert meta["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
-    assert meta["postprocess"]["score_thresh"] == 0.05 and meta["postprocess"]["iou_thresh"] == 0.5
+    cfg = load_config(trained.config(arch))
+    assert meta["postprocess"]["score_thresh"] == cfg.MODEL.SCORE_THRESH_TEST and meta["postprocess"]["iou_thresh"] == 0.5
     assert meta["preprocess"]["input_scale"] == 255.0 and meta["preprocess"]["normalized_in_graph"]
     assert {"torch", "onnx", "torchvision"} <= set(meta["versions"]) and meta["opset"] >= 18
 
