@@ -18,13 +18,11 @@ neighbour serves every RoI whatever its level, and each gathered row is C contig
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ..model.poolers import assign_levels
+from ..model.poolers import assign_levels, level_range
 
 ROI_ALIGN_LOWERINGS = ("onnx", "gather")
 
@@ -33,13 +31,10 @@ class MultiScaleRoIAlign(nn.Module):
     def __init__(self, *, strides: list[int], output_size: int, sampling_ratio: int, aligned: bool,
                  lowering: str = "gather", max_samples: int = 2) -> None:
         super().__init__()
-        levels = [math.log2(s) for s in strides]
-        if any(lv != int(lv) for lv in levels) or levels != sorted(levels):
-            raise ValueError(f"strides must be increasing powers of two, got {strides}")
         if lowering not in ROI_ALIGN_LOWERINGS:
             raise ValueError(f"lowering must be one of {ROI_ALIGN_LOWERINGS}, got {lowering!r}")
         self.strides = list(strides)
-        self.min_level, self.max_level = int(levels[0]), int(levels[-1])
+        self.min_level, self.max_level = level_range(strides)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned

@@ -26,18 +26,25 @@ def assign_levels(boxes: Tensor, *, min_level: int, max_level: int) -> Tensor:
     return (torch.clamp(level, min=min_level, max=max_level) - min_level).to(torch.int64)
 
 
+def level_range(strides: list[int]) -> tuple[int, int]:
+    """(min_level, max_level) of increasing power-of-two strides, e.g. [4, 8, 16, 32] -> (2, 5)."""
+    levels = [math.log2(s) for s in strides]
+    if any(lv != int(lv) for lv in levels) or levels != sorted(levels):
+        raise ValueError(f"strides must be increasing powers of two, got {strides}")
+    return int(levels[0]), int(levels[-1])
+
+
 class ROIPooler(nn.Module):
     """features {name: [B,C,H,W]} + per-image boxes [R_i,4] -> [sum R_i, C, P, P] (torchvision's call signature)."""
 
     def __init__(self, *, featmap_names: list[str], strides: list[int], output_size: int, sampling_ratio: int,
                  aligned: bool) -> None:
         super().__init__()
-        levels = [math.log2(s) for s in strides]
-        if any(lv != int(lv) for lv in levels) or levels != sorted(levels) or len(strides) != len(featmap_names):
-            raise ValueError(f"strides must be increasing powers of two, one per feature map, got {strides}")
+        if len(strides) != len(featmap_names):
+            raise ValueError(f"one stride per feature map: {strides} for {featmap_names}")
         self.featmap_names = list(featmap_names)
         self.strides = list(strides)
-        self.min_level, self.max_level = int(levels[0]), int(levels[-1])
+        self.min_level, self.max_level = level_range(strides)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
