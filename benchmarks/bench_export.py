@@ -18,7 +18,7 @@ from functools import partial
 import torch
 
 from siefpn_deploy.core.config import load_config
-from siefpn_deploy.core.contract import INPUT, GraphContract
+from siefpn_deploy.core.contract import IMAGE_SIZES, INPUT, GraphContract, graph_inputs
 from siefpn_deploy.core.ort import ort_session
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 from siefpn_deploy.core.sidecar import read_meta
@@ -51,10 +51,12 @@ def main() -> None:
             for batch in args.batches:
                 # the runtime's preprocessing with the resize set to fill a size x size canvas
                 fill = Preprocess(contract.preprocess).at_size(size)
-                canvas = fill([dataset.image(i) for i in range(batch)], canvas=(size, size)).images.numpy()
-                eager = measure(partial(eager_backend.run, canvas), warmup=args.warmup, iters=args.iters)
-                onnx_rt = measure(partial(session.run, None, {INPUT: canvas}), warmup=args.warmup, iters=args.iters)
-                dets = int(session.run(None, {INPUT: canvas})[0].sum())
+                canvas = fill([dataset.image(i) for i in range(batch)], canvas=(size, size))
+                feeds = graph_inputs(canvas.images.numpy(), canvas.image_sizes)
+                eager = measure(partial(eager_backend.run, feeds[INPUT], feeds[IMAGE_SIZES]), warmup=args.warmup,
+                                iters=args.iters)
+                onnx_rt = measure(partial(session.run, None, feeds), warmup=args.warmup, iters=args.iters)
+                dets = int(session.run(None, feeds)[0].sum())
                 rows.append([arch, f"{size}x{size}", batch, f"{meta['export']['seconds']:.1f}",
                              f"{onnx_path.stat().st_size / 2**20:.1f}", dets, f"{eager.median_ms:.0f}",
                              f"{onnx_rt.median_ms:.0f}", f"{onnx_rt.median_ms / eager.median_ms:.2f}"])

@@ -13,7 +13,13 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from siefpn_deploy.core import contract
 from siefpn_deploy.core.config import load_config
-from siefpn_deploy.core.contract import GraphContract, PreprocessSpec, check_schema, label_to_category_id
+from siefpn_deploy.core.contract import (
+    GraphContract,
+    PreprocessSpec,
+    check_schema,
+    graph_inputs,
+    label_to_category_id,
+)
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.model import build_detector
 from siefpn_deploy.model.meta import contract_for
@@ -40,6 +46,21 @@ def test_outputs_of_each_architecture():
     assert (empty["labels"] == -1).all() and not empty["num_dets"].any()
 
 
+def test_inputs_and_their_feeds():
+    c = GraphContract(architecture="retinanet", max_detections=50, preprocess=SPEC)
+    assert [(t.name, t.dtype, t.shape) for t in c.inputs()] == [
+        ("images", "float32", ("batch", 3, "height", "width")), ("image_sizes", "int32", ("batch", 2))]
+    assert [i["name"] for i in c.as_meta()["inputs"]] == ["images", "image_sizes"]
+    images = np.zeros((2, 3, 64, 96), np.float64)
+    feeds = graph_inputs(images)  # no sizes: each image fills the canvas
+    assert feeds["images"].dtype == np.float32 and feeds["image_sizes"].dtype == np.int32
+    assert feeds["image_sizes"].tolist() == [[64, 96], [64, 96]]
+    assert graph_inputs(images, [[50, 96], [64, 7]])["image_sizes"].tolist() == [[50, 96], [64, 7]]
+    for bad in ([[65, 96], [64, 96]], [[64, 0], [64, 96]], [[64, 96]], [[64, 97], [1, 1]]):
+        with pytest.raises(UserError, match=r"^image_sizes must be \[2,2\] \(height, width\) pairs within the 64x96"):
+            graph_inputs(images, bad)
+
+
 def test_meta_round_trip_and_refusals():
     c = GraphContract(architecture="faster_rcnn", max_detections=100, preprocess=SPEC)
     meta = c.as_meta()
@@ -50,19 +71,20 @@ def test_meta_round_trip_and_refusals():
         PreprocessSpec.from_meta({**meta["preprocess"], "color": "BRG"})
     with pytest.raises(UserError, match=r"x.meta.json lists outputs .* but a faster_rcnn graph has"):
         GraphContract.from_meta({**meta, "outputs": meta["outputs"][:2]}, source="x.meta.json")
-    with pytest.raises(UserError, match=r"^y.json has schema_version '2.0', but this siefpn-deploy reads 3.x"):
-        check_schema({**meta, "schema_version": "2.0"}, source="y.json")  # 2.x: means in 0..1 units, RGB only
-    check_schema({**meta, "schema_version": "3.9"}, source="y.json")  # minor versions are compatible
+    with pytest.raises(UserError, match=r"^y.json has schema_version '3.0', but this siefpn-deploy reads 4.x"):
+        check_schema({**meta, "schema_version": "3.0"}, source="y.json")  # 3.x: no image_sizes input
+    check_schema({**meta, "schema_version": "4.9"}, source="y.json")  # minor versions are compatible
 
 
 def test_image_rows_keep_real_detections_only():
     outputs = GraphContract(architecture="retinanet", max_detections=4, preprocess=SPEC).empty_outputs(1)
-    outputs["num_dets"][0] = 3
-    outputs["labels"][0, :3] = [2, contract.BACKGROUND_LABEL, 1]  # a RetinaNet head's background logit
-    outputs["scores"][0, :3] = [0.9, 0.5, 0.3]
+    outputs["num_dets"][0] = 4
+    outputs["labels"][0, :4] = [2, contract.BACKGROUND_LABEL, 1, 3]  # a RetinaNet head's background logit
+    outputs["scores"][0, :4] = [0.9, 0.5, 0.3, 0.2]
+    outputs["boxes"][0, :4] = [[0, 0, 5, 5], [1, 1, 4, 4], [2, 2, 3, 9], [64, 3, 64, 9]]  # the last: clipped empty
     rows = contract.image_rows(outputs, 0)
     assert rows["labels"].tolist() == [2, 1] and rows["scores"].tolist() == pytest.approx([0.9, 0.3])
-    assert rows["labels"].dtype == np.int64 and rows["boxes"].shape == (2, 4)
+    assert rows["labels"].dtype == np.int64 and rows["boxes"].tolist() == [[0, 0, 5, 5], [2, 2, 3, 9]]
 
 
 def test_one_label_numbering_from_dataset_to_coco_json():

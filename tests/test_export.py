@@ -20,7 +20,7 @@ from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.ort import ort_session
 from siefpn_deploy.core.sidecar import check_input_shape, read_meta
 from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.data.preprocess import Preprocess
+from siefpn_deploy.data.preprocess import Canvas, Preprocess
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.evaluation.agreement import match_detections
 from siefpn_deploy.export import exporter, verify
@@ -30,11 +30,16 @@ from siefpn_deploy.model.inference import detect_on_canvas
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
 
 
-def canvases(data: Path, shape: tuple[int, int, int, int], preprocess: Preprocess) -> torch.Tensor:
+def canvases(data: Path, shape: tuple[int, int, int, int], preprocess: Preprocess) -> Canvas:
     """`shape[0]` val images preprocessed onto a shape[2:] canvas, RGB 0..1."""
     images, annotations = split_paths(data, "val")
     dataset = CocoDetection(image_dir=images, annotation_file=annotations)
-    return preprocess([dataset.image(i) for i in range(shape[0])], canvas=shape[2:]).images
+    return preprocess([dataset.image(i) for i in range(shape[0])], canvas=shape[2:])
+
+
+def nonempty_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    keep = (rows["boxes"][:, 2] > rows["boxes"][:, 0]) & (rows["boxes"][:, 3] > rows["boxes"][:, 1])
+    return {k: v[keep] for k, v in rows.items()}
 
 
 def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path) -> int:
@@ -49,15 +54,22 @@ def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path)
     compared = 0
     for shape in [(2, 3, 128, 96), (2, 3, 160, 224)]:
         spec = GraphContract.from_meta(read_meta(path), source=str(path)).preprocess
-        batch = canvases(tiny_synth, shape, Preprocess(replace(spec, input_scale=1.0)))
-        got = dict(zip(names, session.run(None, {"images": (batch * 255).numpy()})))
-        for b, want in enumerate(detect_on_canvas(detector, batch)):
+        canvas = canvases(tiny_synth, shape, Preprocess(replace(spec, input_scale=1.0)))
+        sizes = canvas.image_sizes  # the images do not fill these canvases: clipping happens inside them
+        assert (sizes < shape[2:]).any()
+        got = dict(zip(names, session.run(None, {"images": (canvas.images * 255).numpy(), "image_sizes": sizes})))
+        for b, want in enumerate(detect_on_canvas(detector, canvas.images, sizes.tolist())):
             n = int(got["num_dets"][b])
             assert n == len(want["boxes"]), (shape, b)
             ref = {k: want[k].numpy() for k in ("boxes", "scores", "labels")}
             mine = {k: got[k][b, :n] for k in ("boxes", "scores", "labels")}
+            h, w = sizes[b]
+            assert np.all(mine["boxes"][:, 0::2] <= w) and np.all(mine["boxes"][:, 1::2] <= h)  # clipped to the image
+            # boxes wholly in the padding are empty after clipping (runtimes drop them): compare the others
+            ref, mine = nonempty_rows(ref), nonempty_rows(mine)
+            assert len(ref["scores"]) == len(mine["scores"]), (shape, b)
             pairs = match_detections(ref, mine, min_iou=0.99)
-            missed = sorted(set(range(n)) - {r for r, _ in pairs})
+            missed = sorted(set(range(len(ref["scores"]))) - {r for r, _ in pairs})
             kth = ref["scores"].min(initial=0) if n == got["boxes"].shape[1] else -1
             assert all(abs(ref["scores"][r] - kth) < 1e-5 for r in missed), (shape, b, missed)
             r, g = np.array([p[0] for p in pairs], int), np.array([p[1] for p in pairs], int)
@@ -107,8 +119,12 @@ def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, expo
     # --nms onnx uses the standard RoiAlign op (exact for detectron2's adaptive sampling); --nms tensor is plugin-free
     assert ("RoiAlign" in op_types(path)) == (arch != "retinanet")
     assert not {"NonZero", "If", "RoiAlign", "NonMaxSuppression"} & op_types(exported.onnx(arch, "tensor"))
+    assert [i.name for i in model.graph.input] == ["images", "image_sizes"]
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # batch, H, W symbolic
+    sizes = model.graph.input[1].type.tensor_type
+    assert sizes.elem_type == onnx.TensorProto.INT32
+    assert sizes.shape.dim[0].dim_param == dims[0].dim_param and sizes.shape.dim[1].dim_value == 2  # [batch, 2]
     meta = json.loads(path.with_name(path.name[:-5] + ".meta.json").read_text())
     assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     expected = ["num_dets", "boxes", "scores", "labels"] + (["masks"] if arch == "mask_rcnn" else [])
@@ -122,6 +138,20 @@ def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, expo
     assert meta["postprocess"]["score_thresh"] == cfg.MODEL.SCORE_THRESH_TEST and meta["postprocess"]["iou_thresh"] == 0.5
     assert meta["preprocess"]["input_scale"] == 255.0 and meta["preprocess"]["normalized_in_graph"]
     assert {"torch", "onnx", "torchvision"} <= set(meta["versions"]) and meta["opset"] >= 18
+
+
+def test_clip_boxes_clips_each_image_to_its_own_size():
+    """The graph's clip (export.decode.clip_boxes) against torchvision's clip_boxes_to_image, image by image."""
+    from torchvision.ops.boxes import clip_boxes_to_image
+
+    from siefpn_deploy.export.decode import clip_boxes
+
+    boxes = torch.randn(2, 5, 3, 4) * 80 + 40  # [B, N, classes, 4]: some outside either image
+    sizes = torch.tensor([[50, 70], [64, 30]], dtype=torch.int32)
+    got = clip_boxes(boxes, sizes)
+    for b, (h, w) in enumerate(sizes.tolist()):
+        assert torch.equal(got[b], clip_boxes_to_image(boxes[b], (h, w)))
+    assert (got[1, ..., 0::2] <= 30).all() and (got[1, ..., 0::2] == 30).any()  # the bound is image 1's own
 
 
 def tensorrt_backend():

@@ -258,7 +258,8 @@ def test_calibration_cache_is_reused_and_keyed(exported, tmp_path, capsys):
     assert "reusing 4 cached calibration images" in capsys.readouterr().out
     quantize_model(QuantizeOptions(**{**vars(options), "calib_size": (128, 128)}))  # other preprocessing
     assert "cached 4 preprocessed" in capsys.readouterr().out
-    assert len(list((tmp_path / "calib").glob("*.npy"))) == 2
+    assert len(list((tmp_path / "calib").glob("calib-*.sizes.npy"))) == 2
+    assert len(list((tmp_path / "calib").glob("calib-*.npy"))) == 4  # each set: its tensors and its image sizes
     with pytest.raises(UserError, match="would overwrite the source"):
         quantize_model(QuantizeOptions(**{**vars(options), "output": options.onnx}))
     assert engine_meta_path("engines/x.int8.plan").name == "x.int8.engine.json"
@@ -266,3 +267,29 @@ def test_calibration_cache_is_reused_and_keyed(exported, tmp_path, capsys):
     quantize_model(QuantizeOptions(**{**vars(options), "calib_cache": None, "output": tmp_path / "b.onnx"}))
     assert "cached 4 preprocessed" in capsys.readouterr().out and read_meta(tmp_path / "b.onnx")["quantization"][
         "calibration"]["cache"] is None
+
+
+def test_the_calibration_cache_keeps_each_images_size_and_feeds_both_inputs(tiny_synth, tmp_path):
+    """The cached set holds each image's size on the canvas (the graph's image_sizes) beside its tensor; a rerun
+    with the same key reuses both, and the reader feeds both inputs batch by batch."""
+    from siefpn_deploy.core.contract import PreprocessSpec
+    from siefpn_deploy.data.image import find_images, to_tensor
+    from siefpn_deploy.data.preprocess import Preprocess
+    from siefpn_deploy.quantize.calibration import BatchReader, load_or_build
+
+    preprocess = Preprocess(PreprocessSpec(min_size=96, max_size=160, divisibility=32,
+                                           pixel_mean=(103.53, 116.28, 123.675), pixel_std=(1.0, 1.0, 1.0), color="BGR"))
+    images = find_images(split_paths(tiny_synth, "train")[0])[:4]
+    build = lambda: load_or_build(images, preprocess=preprocess, canvas=(128, 160), onnx_sha256="0" * 64,
+                                  cache_dir=tmp_path, log=lambda _: None)
+    first, again = build(), build()
+    assert not first.reused and again.reused
+    want = np.array([preprocess([to_tensor(p)], canvas=(128, 160)).resized_hw[0] for p in images], np.int32)
+    assert (want <= [128, 160]).all() and (want < [128, 160]).any()  # real sizes, not the canvas
+    assert np.array_equal(first.image_sizes, want) and np.array_equal(again.image_sizes, want)
+    assert np.array_equal(np.asarray(again.tensors), np.asarray(first.tensors))
+    reader = BatchReader(again.tensors, again.image_sizes, batch=2)
+    feeds = [reader.get_next() for _ in range(3)]
+    assert feeds[2] is None
+    assert [f["image_sizes"].tolist() for f in feeds[:2]] == [want[:2].tolist(), want[2:].tolist()]
+    assert feeds[1]["images"].shape == (2, 3, 128, 160) and feeds[1]["images"].dtype == np.float32

@@ -297,7 +297,7 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"engine bytes")
     assert "has no x.engine.json" in run(capsys, "infer", "--artifact", str(plan), "--source", str(empty))
-    sidecar = {"format": "siefpn-deploy/engine-meta", "schema_version": "3.0", "engine_sha256": "0", "io": [],
+    sidecar = {"format": "siefpn-deploy/engine-meta", "schema_version": "4.0", "engine_sha256": "0", "io": [],
                "model": {}, "tensorrt": {}, "profile": {}}
     (tmp_path / "x.engine.json").write_text(json.dumps(sidecar))
     assert "does not match x.engine.json" in run(capsys, "infer", "--artifact", str(plan), "--source", str(empty))
@@ -305,7 +305,7 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     old.write_bytes(b"engine bytes")
     (tmp_path / "old.engine.json").write_text(json.dumps({**sidecar, "schema_version": "1.3"}))
     line = run(capsys, "infer", "--artifact", str(old), "--source", str(empty))
-    assert "old.engine.json has schema_version '1.3'" in line and "reads 3.x" in line
+    assert "old.engine.json has schema_version '1.3'" in line and "reads 4.x" in line
 
 
 def test_a_meta_of_another_contract_major_version_is_refused(exported, tmp_path, capsys):

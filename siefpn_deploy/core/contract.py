@@ -4,11 +4,14 @@ Export writes it into NAME.meta.json; quantize and build carry it on; the Python
 training's evaluation, the C++ runtime and Triton serving read it back from there. Nothing else
 restates a name, a shape, K, the mask size or the label numbering.
 
-    input    images    float32 [B,3,H,W]    the model's channel order (`color`: RGB, or BGR for detectron2's
+    inputs   images    float32 [B,3,H,W]    the model's channel order (`color`: RGB, or BGR for detectron2's
                                             MSRA weights), 0..input_scale (255 or 1); H and W multiples of
                                             the divisibility; normalisation happens inside the graph
+             image_sizes int32 [B,2]        (height, width) of each resized image at the canvas's top-left,
+                                            before padding; boxes are clipped to it, as detectron2 clips to
+                                            each image's size (pass (H, W) when the whole canvas is image)
     outputs  num_dets  int32   [B]          detections per image; rows from num_dets on are padding
-             boxes     float32 [B,K,4]      xyxy in input (canvas) pixels, ordered by score
+             boxes     float32 [B,K,4]      xyxy in input (canvas) pixels, inside image_sizes, ordered by score
              scores    float32 [B,K]
              labels    int32   [B,K]        class labels (below); PAD_LABEL in padding rows
              masks     float32 [B,K,M,M]    Mask R-CNN only: each box's mask probabilities, M = MASK_SIZE;
@@ -17,7 +20,8 @@ restates a name, a shape, K, the mask size or the label numbering.
 Labels, one numbering everywhere: a label is 1..C, the dataset's categories sorted by COCO
 category id; PAD_LABEL marks padding. BACKGROUND_LABEL (0) is torchvision's background: the R-CNNs never
 emit it, but a torchvision RetinaNet head keeps a logit for it (trained only ever negative), so at very low
-score thresholds a graph can emit a row labelled 0; runtimes drop such rows (`image_rows`). The
+score thresholds a graph can emit a row labelled 0; runtimes drop such rows, and rows whose box is empty
+after clipping to the image (`image_rows`). The
 dataset's targets, the graph's `labels`, `Detections.labels` and the C++/Triton outputs all use it.
 COCO JSON carries the original ids instead: category_id = classes.category_ids[label - 1]
 (`label_to_category_id`).
@@ -42,9 +46,11 @@ import numpy as np
 from .errors import UserError
 
 # meta.json and NAME.engine.json say which contract they hold; a reader refuses another major version.
-SCHEMA_VERSION = "3.0"  # 3: pixel_mean/std in 0..255 units and a channel order
+SCHEMA_VERSION = "4.0"  # 4: the image_sizes input; 3: pixel_mean/std in 0..255 units and a channel order
 
 INPUT = "images"
+IMAGE_SIZES = "image_sizes"
+INPUT_NAMES = (INPUT, IMAGE_SIZES)
 NUM_DETS, BOXES, SCORES, LABELS, MASKS = "num_dets", "boxes", "scores", "labels", "masks"
 DETECTION_OUTPUTS = (NUM_DETS, BOXES, SCORES, LABELS)
 
@@ -158,7 +164,7 @@ class GraphContract:
         return DETECTION_OUTPUTS + ((MASKS,) if self.has_masks else ())
 
     def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(INPUT, "float32", ("batch", 3, "height", "width"))]
+        return [TensorSpec(INPUT, "float32", ("batch", 3, "height", "width")), TensorSpec(IMAGE_SIZES, "int32", ("batch", 2))]
 
     def outputs(self) -> list[TensorSpec]:
         k = self.max_detections
@@ -194,11 +200,26 @@ class GraphContract:
         return contract
 
 
+def graph_inputs(images: np.ndarray, image_sizes: np.ndarray | Sequence[Sequence[int]] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The feeds of a graph: images [B,3,H,W] float32 and image_sizes [B,2] int32 (default: every image fills
+    the canvas). Sizes outside 1..H x 1..W are a one-line error: the graph would clip boxes to them."""
+    images = np.ascontiguousarray(images, np.float32)
+    b, _, h, w = images.shape
+    sizes = np.tile(np.int32([h, w]), (b, 1)) if image_sizes is None else np.ascontiguousarray(image_sizes, np.int32)
+    if sizes.shape != (b, 2) or (sizes < 1).any() or (sizes[:, 0] > h).any() or (sizes[:, 1] > w).any():
+        raise UserError(f"{IMAGE_SIZES} must be [{b},2] (height, width) pairs within the {h}x{w} canvas, "
+                        f"got {sizes.tolist() if sizes.size <= 8 else list(sizes.shape)}")
+    return {INPUT: images, IMAGE_SIZES: sizes}
+
+
 def image_rows(outputs: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
     """Image b's detections from the padded outputs: the rows before num_dets whose label is a class
-    (not BACKGROUND_LABEL); boxes, scores, labels as int64 and masks if present."""
+    (not BACKGROUND_LABEL) and whose box is not empty (a box wholly in the padding is empty once clipped to
+    image_sizes; detectron2 drops it after clipping too); boxes, scores, labels as int64 and masks if present."""
     n = int(outputs[NUM_DETS][b])
-    keep = outputs[LABELS][b, :n] != BACKGROUND_LABEL
+    boxes = outputs[BOXES][b, :n]
+    keep = (outputs[LABELS][b, :n] != BACKGROUND_LABEL) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     rows = {name: outputs[name][b, :n][keep] for name in (BOXES, SCORES, LABELS, MASKS) if name in outputs}
     rows[LABELS] = rows[LABELS].astype(np.int64)
     return rows
@@ -209,12 +230,14 @@ def describe_graph(input_scale_note: str = "0..255 (or 0..1 with --input-range 1
     rows = [(INPUT, "float32", "[B,3,H,W]", f"{input_scale_note}; H, W multiples of the size divisibility;"),
             ("", "", "", "the model's channel order (meta.json color: RGB, or BGR for detectron2's models);"),
             ("", "", "", "normalisation is inside the graph"),
+            (IMAGE_SIZES, "int32", "[B,2]", "(height, width) of each resized image at the canvas's top-left, before"),
+            ("", "", "", "padding; boxes are clipped to it (pass (H, W) when the image fills the canvas)"),
             (NUM_DETS, "int32", "[B]", "detections per image; rows from num_dets on are padding"),
-            (BOXES, "float32", "[B,K,4]", "xyxy in input pixels, ordered by score"),
+            (BOXES, "float32", "[B,K,4]", "xyxy in input pixels, inside image_sizes, ordered by score"),
             (SCORES, "float32", "[B,K]", ""),
             (LABELS, "int32", "[B,K]", f"class labels 1..C (meta.json's classes[label - 1]); {PAD_LABEL} pads"),
             (MASKS, "float32", f"[B,K,{MASK_SIZE},{MASK_SIZE}]", "Mask R-CNN only: mask probabilities, pasted by the runtime")]
-    return "\n".join(f"  {n:<9} {t:<8} {s:<14} {d}".rstrip() for n, t, s, d in rows) + (
+    return "\n".join(f"  {n:<11} {t:<8} {s:<14} {d}".rstrip() for n, t, s, d in rows) + (
         f"\nK is MODEL.DETECTIONS_PER_IMAGE ({DEFAULT_MAX_DETECTIONS} by default).")
 
 

@@ -6,7 +6,8 @@ MIN/MAX_SIZE_TEST rule (the same `interpolate` call, so the same pixels), then p
 order and place it at the top-left of a canvas filled with the pixel mean. The graph normalises, so the padding becomes exactly
 the zeros that torchvision's batching pads with. The canvas is the batch's largest image padded to
 the size divisibility, or a fixed size (a static engine, a calibration batch), in which case an image
-that would not fit is resized smaller to fit. Boxes go back to image pixels with `Canvas.to_image`.
+that would not fit is resized smaller to fit. Each image's resized size is the graph's `image_sizes` input
+(`Canvas.image_sizes`). Boxes go back to image pixels with `Canvas.to_image`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,6 +31,11 @@ class Canvas:
     images: Tensor
     resized_hw: list[tuple[int, int]]
     original_hw: list[tuple[int, int]]
+
+    @property
+    def image_sizes(self) -> np.ndarray:
+        """The graph's `image_sizes` input: [B,2] int32, each resized image's (height, width) on the canvas."""
+        return np.array(self.resized_hw, dtype=np.int32).reshape(-1, 2)
 
     def to_image(self, boxes: Tensor, index: int) -> Tensor:
         """xyxy boxes [N,4] in canvas pixels -> image `index`'s pixels (torchvision's resize_boxes), clipped to it."""

@@ -32,11 +32,12 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(x, 1, view.expand(idx.shape + x.shape[2:]))
 
 
-def clip_boxes(boxes: Tensor, image_hw: tuple) -> Tensor:
-    """torchvision's clip_boxes_to_image on [...,4] (x to [0,W], y to [0,H])."""
-    x = boxes[..., 0::2].clamp(min=0, max=image_hw[1])
-    y = boxes[..., 1::2].clamp(min=0, max=image_hw[0])
-    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """detectron2's Boxes.clip per image: boxes [B,...,4] xyxy, image_sizes [B,2] (height, width) -> x in [0,W_b],
+    y in [0,H_b]."""
+    limits = image_sizes.flip(-1).to(boxes.dtype).view(boxes.shape[0], *[1] * (boxes.dim() - 2), 2)  # (W, H)
+    xy = boxes.unflatten(-1, (2, 2)).clamp(min=0)  # [..., corner, (x, y)]
+    return torch.minimum(xy, limits.unsqueeze(-2)).flatten(-2)
 
 
 def decode(box_coder, deltas: Tensor, references: Tensor) -> Tensor:

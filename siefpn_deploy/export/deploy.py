@@ -46,10 +46,11 @@ class DeployDetector(nn.Module):
     def output_names(self) -> tuple[str, ...]:
         return self.decoder.output_names
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
+        """images [B,3,H,W] in 0..input_scale, image_sizes [B,2] int32 (height, width) -> the contract's outputs."""
         x = images if self.to_255 == 1.0 else images * self.to_255
         features = list(self.backbone((x - self.mean) / self.std).values())
-        outputs = self.decoder(features, (images.shape[2], images.shape[3]))
+        outputs = self.decoder(features, image_sizes)
         return tuple(outputs[name] for name in self.output_names)
 
 
@@ -60,8 +61,8 @@ class OneStageDecoder(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, features: list[Tensor], image_hw: tuple) -> dict[str, Tensor]:
-        return self.decoder(features, image_hw)
+    def forward(self, features: list[Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+        return self.decoder(features, image_sizes)
 
 
 class TwoStageDecoder(nn.Module):
@@ -75,10 +76,10 @@ class TwoStageDecoder(nn.Module):
         self.roi_levels = roi_levels
         self.output_names = DETECTION_OUTPUTS + ((MASKS,) if masks is not None else ())
 
-    def forward(self, features: list[Tensor], image_hw: tuple) -> dict[str, Tensor]:
-        proposals, proposals_valid = self.rpn(features, image_hw)
+    def forward(self, features: list[Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+        proposals, proposals_valid = self.rpn(features, image_sizes)
         roi_features = features[: self.roi_levels]
-        out = self.boxes(roi_features, proposals, proposals_valid, image_hw)
+        out = self.boxes(roi_features, proposals, proposals_valid, image_sizes)
         if self.masks is not None:
             masks = self.masks(roi_features, out[BOXES], out[LABELS])
             out[MASKS] = masks * (out[LABELS] != PAD_LABEL)[..., None, None].to(masks.dtype)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core.config import Config
-from ..core.contract import INPUT
+from ..core.contract import IMAGE_SIZES, INPUT, INPUT_NAMES
 from ..core.errors import UserError
 from ..core.sidecar import meta_path, write_meta
 from ..model.checkpoint import load_trained_detector
@@ -46,13 +46,14 @@ def _dynamic_shapes(options: ExportOptions) -> dict:
     from torch.export import Dim
 
     dims: dict[int, Any] = {}
+    sizes: dict[int, Any] = {}
     if not options.batch.static:
-        dims[0] = Dim("batch", min=options.batch.min, max=options.batch.max)
+        dims[0] = sizes[0] = Dim("batch", min=options.batch.min, max=options.batch.max)
     div = options.divisibility
     for axis, name, r in ((2, "height", options.height), (3, "width", options.width)):
         if not r.static:
             dims[axis] = div * Dim(f"{name}_{div}", min=r.min // div, max=r.max // div)
-    return {INPUT: dims}
+    return {INPUT: dims, IMAGE_SIZES: sizes}
 
 
 def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
@@ -78,9 +79,10 @@ def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ..
     """torch.onnx's dynamo exporter -> ModelProto (optimised; slimmed with --simplify)."""
     shape = example_shape(options)
     example = torch.rand(shape) * options.input_scale
+    sizes = torch.tensor([shape[2:]] * shape[0], dtype=torch.int32)  # [B,2]: values, never traced as constants
     try:
         program = torch.onnx.export(
-            deploy, (example,), dynamo=True, input_names=[INPUT], output_names=list(deploy.output_names),
+            deploy, (example, sizes), dynamo=True, input_names=list(INPUT_NAMES), output_names=list(deploy.output_names),
             dynamic_shapes=_dynamic_shapes(options), custom_translation_table=ONNX_TRANSLATIONS,
             opset_version=options.opset, verbose=False,
         )

@@ -38,7 +38,7 @@ class RPNDecoder(nn.Module):
         self.pre_nms_top_n = rpn_test_top_n(rpn)[0]
         self.nms = nms  # groups are levels; max_keep is post_nms_top_n
 
-    def forward(self, features: list[Tensor], image_hw: tuple) -> tuple[Tensor, Tensor]:
+    def forward(self, features: list[Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
         objectness, deltas = self.head(features)
         boxes, logits, levels, valid = [], [], [], []
         for level, (obj, delta, feature) in enumerate(zip(objectness, deltas, features)):
@@ -46,7 +46,7 @@ class RPNDecoder(nn.Module):
             top, idx, ok = topk_valid(obj, torch.ones_like(obj, dtype=torch.bool), self.pre_nms_top_n)
             anchors = self.anchors.grid(level, feature).to(feature.dtype)[idx]
             decoded = decode(self.box_coder, gather_rows(_flatten_level(delta, 4), idx), anchors)[:, :, 0]
-            boxes.append(clip_boxes(decoded, image_hw))
+            boxes.append(clip_boxes(decoded, image_sizes))
             logits.append(top)
             levels.append(torch.full_like(idx, level))
             valid.append(ok)
@@ -72,12 +72,12 @@ class BoxDecoder(nn.Module):
         self.nms = nms
 
     def forward(self, features: list[Tensor], proposals: Tensor, proposals_valid: Tensor,
-                image_hw: tuple) -> dict[str, Tensor]:
+                image_sizes: Tensor) -> dict[str, Tensor]:
         b, r = proposals.shape[:2]
         pooled = self.roi_align(features, proposals)  # [B,R,C,7,7]
         logits, deltas = self.box_predictor(self.box_head(pooled.flatten(0, 1)))
         num_classes = logits.shape[-1]
-        boxes = clip_boxes(decode(self.box_coder, deltas.reshape(b, r, -1), proposals), image_hw)[:, :, 1:]
+        boxes = clip_boxes(decode(self.box_coder, deltas.reshape(b, r, -1), proposals), image_sizes)[:, :, 1:]
         scores = torch.softmax(logits, -1).reshape(b, r, num_classes)[:, :, 1:]  # drop background
         labels = torch.arange(1, num_classes, device=scores.device).expand(b, r, -1)
         valid = proposals_valid[..., None] & (scores > self.score_thresh)

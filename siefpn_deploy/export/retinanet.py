@@ -1,5 +1,5 @@
 """RetinaNet's postprocessing in the graph: `model.heads.RetinaNet.postprocess_detections` (detectron2's rules:
-no clipping before NMS), shape-static."""
+no clipping before NMS, boxes clipped to the image after it), shape-static."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 
-from .decode import decode, gather_rows, select_detections, topk_valid
+from ..core.contract import BOXES
+from .decode import clip_boxes, decode, gather_rows, select_detections, topk_valid
 from .nms import BatchedNMS
 
 
 class RetinaNetDecoder(nn.Module):
-    """Per level: sigmoid scores > thresh, top-k candidates, decode; then NMS over all levels. Boxes are clipped
-    after NMS, in the image's own pixels, by the runtime (`Predictor.postprocess`)."""
+    """Per level: sigmoid scores > thresh, top-k candidates, decode; then NMS over all levels, and the kept boxes
+    clipped to each image's size (detectron2 clips them in detector_postprocess, after NMS)."""
 
     def __init__(self, *, detector: RetinaNet, nms: BatchedNMS) -> None:
         super().__init__()
@@ -24,7 +25,7 @@ class RetinaNetDecoder(nn.Module):
         self.topk_candidates = detector.topk_candidates
         self.nms = nms
 
-    def forward(self, features: list[Tensor], image_hw: tuple) -> dict[str, Tensor]:
+    def forward(self, features: list[Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
         boxes, scores, labels, valid = [], [], [], []
         for level, feature in enumerate(features):
             logits = self.head.classification_head([feature])  # [B, h*w*A, K]
@@ -39,4 +40,6 @@ class RetinaNetDecoder(nn.Module):
             labels.append(idx % num_classes)
             valid.append(ok)
         cat = lambda xs: torch.cat(xs, dim=1)
-        return select_detections(self.nms, cat(boxes), cat(scores), cat(labels), cat(valid))
+        out = select_detections(self.nms, cat(boxes), cat(scores), cat(labels), cat(valid))
+        out[BOXES] = clip_boxes(out[BOXES], image_sizes)
+        return out

@@ -1,7 +1,7 @@
 """Export verification: onnx.checker, then ONNX Runtime (CPU) against the PyTorch detector.
 
-Both see the same canvases, made by the runtime's own preprocessing, at two sizes and batch 2 where
-the exported ranges allow.
+Both see the same canvases and image sizes, made by the runtime's own preprocessing, at two sizes and
+batch 2 where the exported ranges allow.
 The reference is the trained torchvision detector itself (`EagerBackend`: eager, with its own
 postprocessing), not the deploy wrapper, so the check covers the in-graph postprocessing too. Both
 sides' outputs are the contract's padded layout, compared image by image.
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..core.config import Config
-from ..core.contract import INPUT, GraphContract, image_rows
+from ..core.contract import IMAGE_SIZES, INPUT, GraphContract, graph_inputs, image_rows
 from ..core.errors import UserError
 from ..core.ort import ort_session
 from ..core.sidecar import check_input_shape
@@ -106,9 +106,10 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
     shapes = verification_shapes(meta)
     for shape in shapes:
         check_input_shape(meta, shape, source=str(path))
-        batch = preprocess([images[i % len(images)] for i in range(shape[0])], canvas=shape[2:]).images.numpy()
-        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT: batch})))
-        ref = reference.run(batch)
+        canvas = preprocess([images[i % len(images)] for i in range(shape[0])], canvas=shape[2:])
+        feeds = graph_inputs(canvas.images.numpy(), canvas.image_sizes)
+        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        ref = reference.run(feeds[INPUT], feeds[IMAGE_SIZES])
         before = Agreement(**{k: getattr(agreement, k) for k in ("reference", "matched", "unmatched")})
         for b in range(shape[0]):
             agreement.add(image_rows(ref, b), image_rows(got, b), min_iou=0.5, score_thresh=post["score_thresh"],

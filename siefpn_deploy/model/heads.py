@@ -1,8 +1,8 @@
 """detectron2's inference rules in torchvision's detectors: the three places where they differ in what
 is kept, so that an imported detectron2 checkpoint gives the official detections.
 
-- RetinaNet: boxes are not clipped before NMS (detectron2 clips once, after NMS, in the image's own
-  pixels: `Predictor.postprocess`); torchvision clips each level's boxes first, which changes IoUs.
+- RetinaNet: boxes are not clipped before NMS (detectron2 clips once, after NMS, to the image's size);
+  torchvision clips each level's boxes first, which changes IoUs.
 - RPN: proposals are kept when non-empty (w > 0 and h > 0; detectron2's MIN_SIZE 0) and suppressed by
   their objectness logits; torchvision drops boxes under 1e-3 px and suppresses by sigmoid(logit),
   which ties for logits above ~17.
@@ -45,7 +45,8 @@ class RetinaNet(TorchvisionRetinaNet):
                 labels.append(candidates % num_classes)
             boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            detections.append({"boxes": box_ops.clip_boxes_to_image(boxes[keep], image_shapes[index]),
+                               "scores": scores[keep], "labels": labels[keep]})
         return detections
 
 

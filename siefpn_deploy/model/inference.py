@@ -19,22 +19,24 @@ from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.image_list import ImageList
 
-from ..core.contract import BOXES, LABELS, MASKS, NUM_DETS, SCORES, GraphContract
+from ..core.contract import BOXES, IMAGE_SIZES, INPUT, LABELS, MASKS, NUM_DETS, SCORES, GraphContract, graph_inputs
 from ..core.errors import UserError
 
 
 @torch.no_grad()
-def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, backbone: Callable[[Tensor], dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
-    """canvas [B,3,H,W] in 0..1, in the model's channel order (H, W multiples of the size divisibility) ->
-    per-image detections in canvas pixels: boxes [N,4], scores [N], labels [N] (the contract's 1..C), and for
-    Mask R-CNN the head's mask probabilities [N,1,M,M] (M = contract.MASK_SIZE).
+def detect_on_canvas(detector: nn.Module, canvas: Tensor, image_sizes: list[tuple[int, int]] | None = None, *,
+                     backbone: Callable[[Tensor], dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
+    """canvas [B,3,H,W] in 0..1, in the model's channel order (H, W multiples of the size divisibility), and each
+    image's (height, width) on it (default: the whole canvas) -> per-image detections in canvas pixels, clipped
+    to the image: boxes [N,4], scores [N], labels [N] (the contract's 1..C), and for Mask R-CNN the head's mask
+    probabilities [N,1,M,M] (M = contract.MASK_SIZE).
     `backbone` replaces the call of detector.backbone (e.g. a CUDA-graph replay of it)."""
     if detector.training:
         raise ValueError("detect_on_canvas needs the detector in eval mode")
     transform = detector.transform
     x = torch.stack([transform.normalize(im) for im in canvas])
     hw = (int(canvas.shape[2]), int(canvas.shape[3]))
-    images = ImageList(x, [hw] * len(x))
+    images = ImageList(x, [(int(h), int(w)) for h, w in image_sizes] if image_sizes is not None else [hw] * len(x))
     features = (backbone or detector.backbone)(images.tensors)
     if isinstance(detector, RetinaNet):
         feats = list(features.values())
@@ -54,7 +56,8 @@ def detect_on_canvas(detector: nn.Module, canvas: Tensor, *, backbone: Callable[
 
 class EagerBackend:
     """A trained torchvision detector, eager PyTorch (CPU or CUDA), as a backend of the graph contract:
-    `run(canvas [B,3,H,W] in 0..input_scale)` -> the same padded outputs an exported graph returns.
+    `run(images [B,3,H,W] in 0..input_scale, image_sizes [B,2])` -> the same padded outputs an exported graph
+    returns for the same feeds (`core.contract.graph_inputs`).
 
     On CUDA it can also run under autocast (`autocast_dtype=torch.float16`) and replay the backbone and
     neck as CUDA graphs (`cuda_graphs=True`, one capture per input shape; see cuda_graphs.py)."""
@@ -86,12 +89,13 @@ class EagerBackend:
         name = name.replace("float16", "fp16").replace("bfloat16", "bf16")
         return name + ("+cuda-graphs" if self.backbone is not None else "")
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        batch = torch.from_numpy(images).to(self.device) / self.contract.preprocess.input_scale
+    def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        feeds = graph_inputs(images, image_sizes)
+        batch = torch.from_numpy(feeds[INPUT]).to(self.device) / self.contract.preprocess.input_scale
         autocast: Any = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
                          if self.autocast_dtype is not None else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            dets = detect_on_canvas(self.detector, batch, backbone=self.backbone)
+            dets = detect_on_canvas(self.detector, batch, feeds[IMAGE_SIZES].tolist(), backbone=self.backbone)
         out = self.contract.empty_outputs(len(dets))
         for i, d in enumerate(dets):
             n = min(len(d["boxes"]), self.contract.max_detections)

@@ -1,7 +1,8 @@
 """`Predictor`: images in, per-image `Detections` in image pixels out, over any backend that runs the
 graph contract (eager PyTorch here; ONNX Runtime and TensorRT in `runtime`).
 
-    images -> Preprocess (the contract's spec) -> canvas [B,3,H,W] -> backend.run -> padded outputs
+    images -> Preprocess (the contract's spec) -> canvas [B,3,H,W] + image_sizes [B,2] -> backend.run
+           -> padded outputs
            -> `Predictor.postprocess`: rows up to num_dets, boxes back to image pixels, masks pasted
               into the image with torchvision's paste_masks_in_image and thresholded
 
@@ -45,7 +46,7 @@ class Backend(Protocol):
     kind: str
     on_gpu: bool
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+    def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -130,11 +131,12 @@ class Predictor:
     def run_canvas(self, canvas: Canvas) -> dict[str, np.ndarray]:
         """The backend on one preprocessed batch, padded (with copies of its last image) up to the smallest
         batch the artifact takes, e.g. a static batch."""
-        images = canvas.images.numpy()
+        images, sizes = canvas.images.numpy(), canvas.image_sizes
         real = len(images)
         if real < self.min_batch:
             images = np.concatenate([images, np.repeat(images[-1:], self.min_batch - real, axis=0)])
-        out = self.backend.run(images)
+            sizes = np.concatenate([sizes, np.repeat(sizes[-1:], self.min_batch - real, axis=0)])
+        out = self.backend.run(images, sizes)
         return {k: v[:real] for k, v in out.items()}
 
     def postprocess(self, outputs: dict[str, np.ndarray], canvas: Canvas) -> list[Detections]:

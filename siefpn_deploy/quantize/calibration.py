@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from ..core.contract import INPUT
+from ..core.contract import graph_inputs
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, read_json, write_json
 from ..core.progress import progress_bar
@@ -59,11 +59,13 @@ def choose(paths: list[Path], count: int) -> list[Path]:
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """Preprocessed calibration images [N,3,H,W] float32, memory-mapped from the cache."""
+    """Preprocessed calibration images [N,3,H,W] float32, memory-mapped from the cache, and their image sizes
+    [N,2] int32 (the graph's second input)."""
 
     path: Path
     images: list[Path]
     tensors: np.ndarray
+    image_sizes: np.ndarray
     reused: bool
 
 
@@ -78,18 +80,24 @@ def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[i
     key = cache_key(onnx_sha256, images, preprocess, canvas)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     npy, sidecar = cache_dir / f"calib-{digest}.npy", cache_dir / f"calib-{digest}.json"
-    if npy.is_file() and sidecar.is_file() and read_json(sidecar, "calibration cache index") == key:
+    sizes_npy = cache_dir / f"calib-{digest}.sizes.npy"
+    # the sidecar is written last: its presence with the same key means both arrays are complete
+    if npy.is_file() and sizes_npy.is_file() and sidecar.is_file() and read_json(sidecar, "calibration cache index") == key:
         log(f"[calib] reusing {len(images)} cached calibration images: {npy}")
-        return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), reused=True)
+        return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), np.load(sizes_npy), reused=True)
+    sizes = np.zeros((len(images), 2), np.int32)
     with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), 3, *canvas))
         for i, path in enumerate(progress_bar(images, desc="preprocess calibration images", unit="img")):
-            out[i] = preprocess([to_tensor(path)], canvas=canvas).images[0].numpy()
+            one = preprocess([to_tensor(path)], canvas=canvas)
+            out[i], sizes[i] = one.images[0].numpy(), one.image_sizes[0]
         out.flush()
         del out
+    with atomic_path(sizes_npy) as tmp, tmp.open("wb") as f:
+        np.save(f, sizes)
     write_json(sidecar, key)
     log(f"[calib] cached {len(images)} preprocessed calibration images ({npy.stat().st_size / 2**20:.0f} MiB): {npy}")
-    return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), reused=False)
+    return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), sizes, reused=False)
 
 
 def check_batch(count: int, batch: int) -> None:
@@ -100,13 +108,13 @@ def check_batch(count: int, batch: int) -> None:
 
 
 class BatchReader(CalibrationDataReader):
-    """An onnxruntime CalibrationDataReader over the cached tensors: {"images": [b,3,H,W]} per call,
-    with a progress bar per calibration pass."""
+    """An onnxruntime CalibrationDataReader over the cached tensors: the graph's feeds ({"images": [b,3,H,W],
+    "image_sizes": [b,2]}) per call, with a progress bar per calibration pass."""
 
-    def __init__(self, tensors: np.ndarray, *, batch: int, desc: str = "calibrate") -> None:
+    def __init__(self, tensors: np.ndarray, image_sizes: np.ndarray, *, batch: int, desc: str = "calibrate") -> None:
         check_batch(len(tensors), batch)
         super().__init__()
-        self.tensors, self.batch, self.desc = tensors, batch, desc
+        self.tensors, self.image_sizes, self.batch, self.desc = tensors, image_sizes, batch, desc
         self.starts = list(range(0, len(tensors) - batch + 1, batch))  # whole batches only
         self.position = 0
         self.bar = None
@@ -121,11 +129,14 @@ class BatchReader(CalibrationDataReader):
         start = self.starts[self.position]
         self.position += 1
         self.bar.update(self.batch)
-        return {INPUT: np.ascontiguousarray(self.tensors[start : start + self.batch])}
+        return self.feeds(start)
 
     def get_first(self) -> dict[str, np.ndarray]:  # ModelOpt's extension: peek without advancing
-        start = self.starts[0]
-        return {INPUT: np.ascontiguousarray(self.tensors[start : start + self.batch])}
+        return self.feeds(self.starts[0])
+
+    def feeds(self, start: int) -> dict[str, np.ndarray]:
+        stop = start + self.batch
+        return graph_inputs(self.tensors[start:stop], self.image_sizes[start:stop])
 
     def rewind(self) -> None:
         if self.bar is not None:

@@ -23,7 +23,7 @@ from ..core.errors import UserError
 from ..core.fileio import atomic_path
 from ..core.sidecar import meta_path, read_meta, write_meta
 from ..data.preprocess import Preprocess
-from .calibration import BatchReader, check_batch, choose, list_images, load_or_build
+from .calibration import BatchReader, CalibrationSet, check_batch, choose, list_images, load_or_build
 from .options import QuantizeOptions
 from .range_check import DATA_MAX, exact, fp16_unsafe_nodes
 
@@ -84,12 +84,12 @@ def quietly(call: Callable[..., T], **kwargs: Any) -> T:
         return call(**kwargs)
 
 
-def _fp16(source: Path, target: Path, calib: np.ndarray, excludes: list[str], log=print) -> list[str]:
+def _fp16(source: Path, target: Path, calib: CalibrationSet, excludes: list[str], log=print) -> list[str]:
     """AutoCast with the range check streamed (range_check.py); returns the nodes that check kept in FP32."""
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    unsafe = fp16_unsafe_nodes(source, calib)
+    unsafe = fp16_unsafe_nodes(source, calib.tensors, calib.image_sizes)
     log(f"[quantize] fp16 range check: {len(unsafe)} nodes see |x| > {DATA_MAX:g} and stay FP32")
     # AutoCast's warnings here are all expected: ops without FP16 kernels in this opset (Range, Not, And)
     # stay FP32, and tiny FP16 initializers are flushed to FP16's smallest subnormal
@@ -114,7 +114,7 @@ def _int8(source: Path, target: Path, reader: BatchReader, method: str, excludes
             high_precision_dtype="fp32", output_path=str(target), log_level="WARNING")
 
 
-def _convert(options: QuantizeOptions, calib: np.ndarray, excludes: list[str], output: Path, log) -> tuple[list[str], int]:
+def _convert(options: QuantizeOptions, calib: CalibrationSet, excludes: list[str], output: Path, log) -> tuple[list[str], int]:
     """AutoCast or PTQ of options.onnx into `output`, atomically: (nodes the FP16 range check kept in FP32,
     Q/DQ node count)."""
     # ModelOpt writes intermediate models beside its input: give it a private copy in a scratch folder
@@ -127,7 +127,7 @@ def _convert(options: QuantizeOptions, calib: np.ndarray, excludes: list[str], o
         if options.precision == "fp16":
             range_kept = _fp16(private, tmp, calib, excludes, log=log)
         else:
-            reader = BatchReader(calib, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
+            reader = BatchReader(calib.tensors, calib.image_sizes, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
             _int8(private, tmp, reader, options.calib_method, excludes)
         qdq = sum(n.op_type in QDQ_OPS for n in load_onnx(tmp).graph.node)
         if options.precision == "int8" and qdq == 0:
@@ -169,7 +169,7 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         log(f"[quantize] {options.precision}: {len(images)} images from {source} at {canvas[0]}x{canvas[1]}, "
             f"{len(excludes)} exclusion patterns")
         t0 = time.perf_counter()
-        range_kept, qdq = _convert(options, calib.tensors, excludes, output, log)
+        range_kept, qdq = _convert(options, calib, excludes, output, log)
     seconds = time.perf_counter() - t0
     new_meta = {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256", "verification")}
     new_meta["precision"] = options.precision

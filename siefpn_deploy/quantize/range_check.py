@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.contract import INPUT
+from ..core.contract import graph_inputs
 from ..core.ort import ort_session
 from ..core.progress import progress_bar
 
@@ -23,8 +23,10 @@ from ..core.progress import progress_bar
 DATA_MAX = 512.0
 
 
-def fp16_unsafe_nodes(onnx_path: Path, images: np.ndarray, *, limit: float = DATA_MAX) -> list[str]:
-    """Names of the main graph's nodes with an input or output above `limit` on any image [N,3,H,W]."""
+def fp16_unsafe_nodes(onnx_path: Path, images: np.ndarray, image_sizes: np.ndarray, *, limit: float = DATA_MAX
+                      ) -> list[str]:
+    """Names of the main graph's nodes with an input or output above `limit` on any image [N,3,H,W] (with its
+    size [N,2])."""
     import onnx
 
     model = onnx.load(str(onnx_path))
@@ -35,8 +37,8 @@ def fp16_unsafe_nodes(onnx_path: Path, images: np.ndarray, *, limit: float = DAT
     session = ort_session(model.SerializeToString(), optimize=False, source=str(onnx_path))  # keep every tensor
     names = [o.name for o in session.get_outputs()]
     largest = dict.fromkeys(names, 0.0)
-    for image in progress_bar(images, desc="fp16 range check", unit="img"):
-        for name, value in zip(names, session.run(None, {INPUT: np.ascontiguousarray(image[None])})):
+    for i in progress_bar(range(len(images)), desc="fp16 range check", unit="img"):
+        for name, value in zip(names, session.run(None, graph_inputs(images[i : i + 1], image_sizes[i : i + 1]))):
             if value.dtype == np.float32 and value.size:
                 largest[name] = max(largest[name], float(np.abs(value).max()))
     hot = {name for name, value in largest.items() if value > limit}

@@ -1,6 +1,6 @@
 """The deployed artifacts' backends: ONNX Runtime for .onnx, TensorRT for .plan. Each runs a preprocessed
-canvas [B,3,H,W] (0..input_scale) and returns the contract's padded outputs as numpy arrays
-(`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
+canvas [B,3,H,W] (0..input_scale) with its image sizes [B,2] and returns the contract's padded outputs as
+numpy arrays (`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.contract import INPUT, GraphContract
+from ..core.contract import INPUT_NAMES, GraphContract, graph_inputs
 from ..core.errors import CannotRunHere, UserError
 from ..core.ort import ort_session
 
@@ -22,16 +22,19 @@ class OnnxRuntimeBackend:
     def __init__(self, path: Path, contract: GraphContract, device: str = "auto", threads: int | None = None) -> None:
         self.session = ort_session(path, device=device, threads=threads)
         self.names = [o.name for o in self.session.get_outputs()]
-        if self.names != list(contract.output_names) or [i.name for i in self.session.get_inputs()] != [INPUT]:
-            raise UserError(f"{path} has outputs {self.names}, but its meta.json says {list(contract.output_names)}")
+        inputs = [i.name for i in self.session.get_inputs()]
+        if self.names != list(contract.output_names) or inputs != list(INPUT_NAMES):
+            raise UserError(f"{path} has inputs {inputs} and outputs {self.names}, but a siefpn-deploy "
+                            f"{contract.architecture} graph has {list(INPUT_NAMES)} and {list(contract.output_names)}; "
+                            "re-export it with this version")
         self.providers = self.session.get_providers()
 
     @property
     def on_gpu(self) -> bool:
         return self.providers[0] != "CPUExecutionProvider"
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.names, self.session.run(None, {INPUT: np.ascontiguousarray(images, np.float32)})))
+    def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.session.run(None, graph_inputs(images, image_sizes))))
 
 
 def check_profile(profile: dict[str, list[int]], shape: tuple[int, ...], *, source: str) -> None:
@@ -76,15 +79,17 @@ class TensorRTBackend:
         self.dtypes = {io["name"]: io["dtype"] for io in engine_meta["io"]}
         self.stream = torch.cuda.Stream()
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         check_profile(self.profile, tuple(images.shape), source=str(self.path))
         torch_dtype = {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32,
                        "int64": torch.int64, "bool": torch.bool}
         with torch.cuda.stream(self.stream):
-            x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).cuda(non_blocking=True)
-            if not self.context.set_input_shape(INPUT, tuple(x.shape)):
-                raise UserError(f"{self.path}: TensorRT refused the input shape {list(x.shape)}")
-            self.context.set_tensor_address(INPUT, x.data_ptr())
+            inputs = {name: torch.from_numpy(v).cuda(non_blocking=True)
+                      for name, v in graph_inputs(images, image_sizes).items()}
+            for name, x in inputs.items():
+                if not self.context.set_input_shape(name, tuple(x.shape)):
+                    raise UserError(f"{self.path}: TensorRT refused the {name} shape {list(x.shape)}")
+                self.context.set_tensor_address(name, x.data_ptr())
             buffers = {}
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))

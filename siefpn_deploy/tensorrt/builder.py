@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..core.contract import INPUT
+from ..core.contract import IMAGE_SIZES, INPUT, INPUT_NAMES
 from ..core.errors import UserError
 
 INSTALL_HINT = (
@@ -54,7 +54,7 @@ def load_backend() -> Backend:
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimization profile for the `images` input: min/opt/max [B,3,H,W]."""
+    """One optimization profile: min/opt/max [B,3,H,W] of `images` (`image_sizes` [B,2] takes its batch)."""
 
     min: tuple[int, ...]
     opt: tuple[int, ...]
@@ -169,10 +169,13 @@ def build_serialized(
     config = builder.create_builder_config()
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     optimization = builder.create_optimization_profile()
-    for tensor in inputs:
-        if tensor.name != INPUT:
-            raise UserError(f"{path} has an input named {tensor.name!r}; a siefpn-deploy graph has one input, `{INPUT}`")
-        optimization.set_shape(tensor.name, profile.min, profile.opt, profile.max)
+    names = [tensor.name for tensor in inputs]
+    if names != list(INPUT_NAMES):
+        raise UserError(f"{path} has inputs {names}; a siefpn-deploy graph has {list(INPUT_NAMES)} "
+                        "(re-export it with this version)")
+    optimization.set_shape(INPUT, profile.min, profile.opt, profile.max)
+    # image_sizes [B,2] follows the batch of the images' profile
+    optimization.set_shape(IMAGE_SIZES, (profile.min[0], 2), (profile.opt[0], 2), (profile.max[0], 2))
     config.add_optimization_profile(optimization)
     if workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
