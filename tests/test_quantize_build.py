@@ -158,8 +158,9 @@ def test_the_runtime_runs_an_engine_within_its_own_profile(quantized, tmp_path):
     class ProfileCheckingBackend:  # stands in for the GPU: checks what the engine would be given
         kind, on_gpu = "tensorrt", True
 
-        def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
             check_profile(profile, images.shape, source=str(engine))
+            assert image_sizes.shape == (len(images), 2) and (image_sizes <= images.shape[2:]).all()
             fed.append(images.shape)
             return GraphContract.from_meta(meta, source=str(engine)).empty_outputs(len(images))
 

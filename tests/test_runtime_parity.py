@@ -18,6 +18,7 @@ from pycocotools.cocoeval import COCOeval
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.contract import SCHEMA_VERSION
 from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
@@ -297,7 +298,7 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"engine bytes")
     assert "has no x.engine.json" in run(capsys, "infer", "--artifact", str(plan), "--source", str(empty))
-    sidecar = {"format": "siefpn-deploy/engine-meta", "schema_version": "4.0", "engine_sha256": "0", "io": [],
+    sidecar = {"format": "siefpn-deploy/engine-meta", "schema_version": SCHEMA_VERSION, "engine_sha256": "0", "io": [],
                "model": {}, "tensorrt": {}, "profile": {}}
     (tmp_path / "x.engine.json").write_text(json.dumps(sidecar))
     assert "does not match x.engine.json" in run(capsys, "infer", "--artifact", str(plan), "--source", str(empty))
@@ -305,7 +306,7 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     old.write_bytes(b"engine bytes")
     (tmp_path / "old.engine.json").write_text(json.dumps({**sidecar, "schema_version": "1.3"}))
     line = run(capsys, "infer", "--artifact", str(old), "--source", str(empty))
-    assert "old.engine.json has schema_version '1.3'" in line and "reads 4.x" in line
+    assert "old.engine.json has schema_version '1.3'" in line and f"reads {SCHEMA_VERSION.split('.')[0]}.x" in line
 
 
 def test_a_meta_of_another_contract_major_version_is_refused(exported, tmp_path, capsys):
@@ -313,10 +314,11 @@ def test_a_meta_of_another_contract_major_version_is_refused(exported, tmp_path,
     copy = tmp_path / "m.onnx"
     shutil.copy(source, copy)
     meta = read_meta(source)
-    for version, expected in (("2.0", "schema_version '2.0'"), (None, "schema_version None")):
+    major = int(SCHEMA_VERSION.split(".")[0])
+    for version, expected in ((f"{major - 1}.0", f"schema_version '{major - 1}.0'"), (None, "schema_version None")):
         written = {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256", "schema_version")}
         write_meta(copy, written if version is None else {**written, "schema_version": version})
         line = run(capsys, "infer", "--artifact", str(copy), "--source", str(copy))
         assert "m.meta.json" in line and expected in line and "re-export" in line
-    write_meta(copy, {**meta, "schema_version": "3.7"})  # a newer minor version of the same contract reads fine
+    write_meta(copy, {**meta, "schema_version": f"{major}.7"})  # a newer minor version of the same contract reads fine
     assert Detector.from_path(copy).contract.max_detections == meta["max_detections"]
