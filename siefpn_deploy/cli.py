@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--engine", metavar="PATH", help="default: engines/NAME.plan (+ NAME.engine.json)")
     build.add_argument("--min-shape", metavar="B,3,H,W", help="default: the exported minimum")
     build.add_argument("--opt-shape", metavar="B,3,H,W", help="default: the smallest batch at the largest size")
-    build.add_argument("--max-shape", metavar="B,3,H,W", help="default: the exported maximum")
+    build.add_argument("--max-shape", metavar="B,3,H,W",
+                       help="default: the exported maximum (image_sizes [B,2] follows these shapes' batch)")
     build.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit (default: TensorRT's)")
     build.add_argument("--timing-cache", default="engines/timing.cache", metavar="PATH",
                        help="read if present, written after the build (default engines/timing.cache; '' disables)")
