@@ -67,6 +67,8 @@ examples:
       --dynamic-size 64 640 MODEL.WEIGHTS output/synth_mask_rcnn_R18/model_final.pth     # for TensorRT-RTX
   siefpn-deploy export --config-file configs/retinanet_R50_1x.yaml --batch 1 --imgsz 800 1344 \\
       --output export/retinanet_R50_800x1344.onnx MODEL.WEIGHTS model_final.pth      # one static shape
+  siefpn-deploy export --format aoti --config-file configs/synth_retinanet_R18.yaml \\
+      MODEL.WEIGHTS output/demo/model_final.pth           # export/synth_retinanet_R18_aoti.pt2, compiled
 
 the graph (siefpn_deploy/core/contract.py):
 {graph}
@@ -75,6 +77,11 @@ It has no data-dependent shapes. With --nms onnx it uses the standard NonMaxSupp
 (ONNX Runtime, OpenVINO, TensorRT 10/11); with --nms tensor it is plugin-free: exact greedy NMS in plain
 tensor ops and RoIAlign as a Gather and a batched MatMul (also TensorRT-RTX, which has neither layer).
 NAME.meta.json beside the ONNX holds everything a runtime needs (see `export/README.md`).
+
+--format aoti compiles the same graph with torch.export and AOTInductor into NAME.pt2 (--device cpu or
+cuda), run by `Detector.from_path`, parity, bench and infer without ONNX Runtime. Its NMS is the same
+exact greedy NMS as a torch.while_loop, and its RoIAlign is torchvision's kernel; the package's own
+metadata holds the meta.json (key siefpn_deploy.meta).
 """
 
 
@@ -131,7 +138,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .core.config import load_config, resolve_config_file
     from .core.contract import ShapeRange
-    from .export.exporter import ExportOptions, default_output_name, export_onnx
+    from .export.exporter import ExportOptions, default_output_name, export_model
     from .export.verify import verification_images
     from .model.meta import default_size_range
 
@@ -144,15 +151,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     default = default_size_range(cfg)
     (h_lo, h_hi), (w_lo, w_hi) = _size_range(args, (default.min, default.max))
     batch = (args.batch, args.batch) if args.batch is not None else (1, args.dynamic_batch)
+    nms = args.nms or ("loop" if args.format == "aoti" else "onnx")
     options = ExportOptions(
-        output=Path(args.output or Path("export") / default_output_name(args.config_file, args.nms)),
+        output=Path(args.output or Path("export") / default_output_name(args.config_file, nms, args.format)),
+        format=args.format, device=args.device,
         batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
-        nms=args.nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
+        nms=nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
         simplify=args.simplify, roi_align=args.roi_align, roi_samples=args.roi_samples,
     )
     options.validate()
     images = None if args.no_verify else verification_images(cfg, count=args.verify_images)
-    export_onnx(cfg, options, config_name=str(resolve_config_file(args.config_file)), verify_images=images)
+    export_model(cfg, options, config_name=str(resolve_config_file(args.config_file)), verify_images=images)
     return 0
 
 
@@ -328,7 +337,7 @@ def _command(sub: Any, name: str, func: Any, *, epilog: str, help: str, descript
 def build_parser() -> argparse.ArgumentParser:
     # the option dataclasses own the defaults; --help shows them, and paths default under the work folders
     from .core.contract import describe_graph
-    from .export.options import ExportOptions
+    from .export.options import FORMATS, PACKAGE_DEVICES, ExportOptions
     from .quantize.options import QuantizeOptions
 
     parser = argparse.ArgumentParser(
@@ -376,14 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = _command(
         sub, "export", _cmd_export, epilog=EPILOG_EXPORT.format(graph=describe_graph()),
-        help="export a trained detector to ONNX (+ meta.json), verified in ONNX Runtime",
+        help="export a trained detector to ONNX or an AOTInductor package (+ meta.json), verified against PyTorch",
         description="Export a trained RetinaNet / Faster R-CNN / Mask R-CNN with its postprocessing to one "
-        "plugin-free ONNX graph with fixed-size outputs, write NAME.meta.json beside it, and check it: "
-        "onnx.checker, then ONNX Runtime against PyTorch on two sizes at batch 2.",
+        "plugin-free ONNX graph with fixed-size outputs (or, with --format aoti, a compiled AOTInductor package), "
+        "write NAME.meta.json beside it, and check it: onnx.checker and ONNX Runtime (or the loaded package) "
+        "against PyTorch on two sizes at batch 2.",
     )
+    export.add_argument("--format", choices=FORMATS, default=ExportOptions.format,
+                        help="onnx: NAME.onnx; aoti: NAME.pt2, compiled by AOTInductor (default onnx)")
+    export.add_argument("--device", choices=PACKAGE_DEVICES, default=ExportOptions.device,
+                        help="--format aoti: the device the package is compiled for (default cpu)")
     export.add_argument("--config-file", metavar="FILE", required=True, help="the config the weights were trained with")
-    export.add_argument("--output", metavar="PATH", help="NAME.onnx to write (default: export/<config name>.onnx, "
-                        "export/<config name>_tensornms.onnx with --nms tensor)")
+    export.add_argument("--output", metavar="PATH", help="NAME.onnx (NAME.pt2) to write (default: export/<config name>.onnx, "
+                        "export/<config name>_tensornms.onnx with --nms tensor, export/<config name>_aoti.pt2 with "
+                        "--format aoti)")
     batch = export.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, metavar="B", help="a static batch size")
     batch.add_argument("--dynamic-batch", type=int, default=ExportOptions.batch.max, metavar="MAX",
@@ -393,9 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a static input size: H [W] (multiples of 32; one value means square)")
     size.add_argument("--dynamic-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                       help="dynamic H and W in MIN..MAX (multiples of 32; default 64..INPUT.MAX_SIZE_TEST padded to 32)")
-    export.add_argument("--nms", choices=["onnx", "tensor"], default=ExportOptions.nms,
+    export.add_argument("--nms", choices=["onnx", "tensor", "loop"],
                         help="onnx: the NonMaxSuppression op (ONNX Runtime, TensorRT 10/11); tensor: exact greedy NMS "
-                        "in plain ops (also TensorRT-RTX). Both equal torchvision's batched_nms (default onnx)")
+                        "in plain ops (also TensorRT-RTX); loop: the same greedy NMS as a torch.while_loop (the only "
+                        "one for --format aoti). All equal torchvision's batched_nms (default onnx, loop for aoti)")
     export.add_argument("--roi-align", choices=["onnx", "gather"],
                         help="R-CNN RoIAlign: onnx, the RoiAlign op (exact for every RoI; ONNX Runtime, OpenVINO, "
                         "TensorRT 10/11); gather, plugin-free Gather/MatMul (also TensorRT-RTX; exact for adaptive "
@@ -413,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="R-CNN box head: best per-class candidates entering NMS, <= 3840 "
                         f"(default {ExportOptions.box_candidates})")
     export.add_argument("--simplify", action="store_true", help="also run onnxslim on the graph")
-    export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    export.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
     export.add_argument("--verify-images", type=int, default=4, metavar="N",
                         help="test-split images the check runs (synthetic renders if the split is absent; default 4)")
     export.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -463,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="COCO AP of every artifact beside PyTorch's, with budgets (exit 1 when one is broken)")
     parity.add_argument("--config-file", required=True, metavar="FILE", help="the config the weights were trained with")
     parity.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
-                        help=".onnx (ONNX Runtime) and .plan (TensorRT) artifacts to compare with PyTorch")
+                        help=".onnx (ONNX Runtime), .pt2 (AOTInductor) and .plan (TensorRT) artifacts to compare with PyTorch")
     parity.add_argument("--dataset", nargs=2, metavar=("IMAGES", "JSON"),
                         help="evaluation images and instances JSON (default: the config's DATASETS.TEST_*)")
     parity.add_argument("--budget", nargs="+", default=[], metavar="PREC=AP",
@@ -478,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = _command(sub, "infer", _cmd_infer, epilog=EPILOG_INFER,
                      help="run any artifact on images: boxes, labels and masks drawn to PNGs, COCO-style JSON")
-    infer.add_argument("--artifact", required=True, metavar="PATH", help=".onnx, .plan or a .pth checkpoint")
+    infer.add_argument("--artifact", required=True, metavar="PATH", help=".onnx, .pt2, .plan or a .pth checkpoint")
     infer.add_argument("--source", required=True, metavar="PATH", help="an image or a folder of images")
     infer.add_argument("--save-vis", metavar="DIR", help="write NAME.png with the detections drawn")
     infer.add_argument("--save-json", metavar="FILE",
@@ -494,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = _command(sub, "bench", _cmd_bench, epilog=EPILOG_BENCH,
                      help="latency (p50/p90/p99), throughput and memory of artifacts over batch sizes and input sizes")
-    bench.add_argument("--artifacts", nargs="+", required=True, metavar="PATH", help=".onnx, .plan or .pth")
+    bench.add_argument("--artifacts", nargs="+", required=True, metavar="PATH", help=".onnx, .pt2, .plan or .pth")
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], metavar="B", help="default 1 4")
     bench.add_argument("--imgsz", type=int, nargs="+", default=[320], metavar="PX", help="default 320")
     bench.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)")

@@ -50,14 +50,15 @@ def ensure_synthetic(data_dir: Path, *, regenerate: bool = False) -> None:
 
 
 def synthetic_export(arch: str, args: argparse.Namespace, *, export_args: list[str]) -> tuple[Path, Path]:
-    """(training run folder, ONNX) of the synthetic preset of `arch`, trained `args.train_iters` iterations on
+    """(training run folder, ONNX or .pt2) of the synthetic preset of `arch`, trained `args.train_iters` iterations on
     `args.data` (generated if missing) and exported into `args.work` with `export_args`, each made once: what
     the benchmark scripts (options: `synthetic_benchmark_arguments`) measure."""
     from .cli import main as cli
 
     data, work, train_iters = Path(args.data), Path(args.work), args.train_iters
     ensure_synthetic(data)
-    run, onnx_path = work / arch, work / f"{arch}_{'_'.join(export_args) or 'default'}.onnx".replace("-", "")
+    suffix = ".pt2" if "aoti" in export_args else ".onnx"  # export --format aoti writes a package
+    run, onnx_path = work / arch, work / f"{arch}_{'_'.join(export_args) or 'default'}{suffix}".replace("-", "")
     if not (run / "model_final.pth").is_file():
         args = ["train", "--config-file", f"configs/synth_{arch}_R18.yaml", *dataset_overrides(data),
                 "OUTPUT_DIR", str(run), "SOLVER.MAX_ITER", str(train_iters), "SOLVER.WARMUP_ITERS", str(train_iters // 4)]

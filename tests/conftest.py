@@ -95,7 +95,7 @@ def trained(tiny_synth, tmp_path_factory) -> Trained:
 
 class Exported:
     """Each (architecture, NMS lowering) exported once per session through the CLI, dynamic batch 1..4
-    and H, W in 64..256: `exported.onnx(arch, nms)`."""
+    and H, W in 64..256: `exported.onnx(arch, nms)`, and the AOTInductor package: `exported.package(arch)`."""
 
     def __init__(self, trained: Trained, root: Path) -> None:
         self.trained, self.root = trained, root
@@ -107,6 +107,16 @@ class Exported:
         if not path.is_file():
             assert main(["export", "--config-file", str(self.trained.config(arch)), "--output", str(path),
                          "--nms", nms, "--dynamic-batch", "4", "--dynamic-size", "64", "256", "--box-candidates", "1800",
+                         "MODEL.WEIGHTS", str(self.trained.weights(arch))]) == 0
+        return path
+
+    def package(self, arch: str) -> Path:
+        from siefpn_deploy.cli import main
+
+        path = self.root / f"{arch}_aoti.pt2"
+        if not path.is_file():
+            assert main(["export", "--format", "aoti", "--config-file", str(self.trained.config(arch)), "--output",
+                         str(path), "--dynamic-batch", "4", "--dynamic-size", "64", "256", "--box-candidates", "1800",
                          "MODEL.WEIGHTS", str(self.trained.weights(arch))]) == 0
         return path
 

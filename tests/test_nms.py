@@ -1,4 +1,5 @@
-"""Both ONNX lowerings of the batched NMS op keep exactly what torchvision's batched_nms keeps."""
+"""Both ONNX lowerings of the batched NMS op, and its AOTInductor form, keep exactly what torchvision's
+batched_nms keeps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from torch.export import Dim
 from torchvision.ops import batched_nms
 
-from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, OnnxNMS, TensorNMS
+from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, LoopNMS, OnnxNMS, TensorNMS
 
 IOU = 0.5
 K = 20
@@ -25,17 +26,32 @@ class NMSOnly(nn.Module):
         return self.nms(boxes, scores, groups, valid)
 
 
-@pytest.fixture(scope="module", params=[OnnxNMS, TensorNMS], ids=["onnx", "tensor"])
+class CompiledPackage:
+    """An AOTInductor package behind ONNX Runtime's `run(None, feeds)`, so every case below runs on it too."""
+
+    def __init__(self, path) -> None:
+        self.run_package = torch._inductor.aoti_load_package(str(path))
+
+    def run(self, _, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [t.numpy() for t in self.run_package(*(torch.from_numpy(v) for v in feeds.values()))]
+
+
+@pytest.fixture(scope="module", params=[OnnxNMS, TensorNMS, LoopNMS], ids=["onnx", "tensor", "aoti"])
 def session(request, tmp_path_factory):
-    """One exported NMS graph per lowering, dynamic in batch and N."""
+    """One exported NMS graph per lowering (an AOTInductor package for LoopNMS), dynamic in batch and N."""
     module = NMSOnly(request.param(iou_threshold=IOU, max_keep=K, num_groups=80)).eval()
     example = random_case(torch.Generator().manual_seed(0), 2, 64, 5)
     n, b = Dim("n", min=1, max=4096), Dim("b", min=1, max=8)
     dims = {"boxes": {0: b, 1: n}, "scores": {0: b, 1: n}, "groups": {0: b, 1: n}, "valid": {0: b, 1: n}}
+    folder = tmp_path_factory.mktemp("nms")
+    if request.param is LoopNMS:
+        program = torch.export.export(module, example, dynamic_shapes=dims)
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "loop.pt2"))
+        return CompiledPackage(path)
     program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dims,
                                 input_names=list(dims), output_names=["keep", "keep_valid"],
                                 custom_translation_table=ONNX_TRANSLATIONS)
-    path = tmp_path_factory.mktemp("nms") / f"{request.param.lowering}.onnx"
+    path = folder / f"{request.param.lowering}.onnx"
     program.save(str(path))
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -69,8 +85,9 @@ def run(session, case) -> list[list[int]]:
 def assert_same(session, case):
     want = expected(*case)
     assert run(session, case) == want
-    keep, ok = NMSOnly(OnnxNMS(iou_threshold=IOU, max_keep=K, num_groups=80))(*case)  # the eager op
-    assert [row[m].tolist() for row, m in zip(keep, ok)] == want
+    for eager in (OnnxNMS, LoopNMS):  # the op's own eager body, and the aten loop run eagerly
+        keep, ok = NMSOnly(eager(iou_threshold=IOU, max_keep=K, num_groups=80))(*case)
+        assert [row[m].tolist() for row, m in zip(keep, ok)] == want
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1,4 +1,5 @@
-"""`NAME.meta.json`: everything a runtime needs to use `NAME.onnx` without the training code.
+"""`NAME.meta.json`: everything a runtime needs to use `NAME.onnx` (or the AOTInductor package `NAME.pt2`)
+without the training code.
 
 Written atomically beside the ONNX; `read_meta` refuses a missing, malformed or mismatched sidecar
 (the sha256 must be the ONNX's) or one of another contract major version (`contract.SCHEMA_VERSION`), and
@@ -21,10 +22,15 @@ ENGINE_SUFFIX = ".plan"  # the one TensorRT engine suffix; its sidecar is NAME.e
 REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
 
 
-def meta_path(onnx_path: str | Path) -> Path:
-    """export/NAME.onnx -> export/NAME.meta.json (NAME may hold dots: NAME.int8.onnx -> NAME.int8.meta.json)."""
-    p = Path(onnx_path)
-    return p.with_name((p.name.removesuffix(".onnx")) + ".meta.json")
+ARTIFACT_SUFFIXES = (".onnx", ".pt2")  # the exported graphs: ONNX, and the AOTInductor package
+
+
+def meta_path(artifact: str | Path) -> Path:
+    """export/NAME.onnx (or NAME.pt2) -> export/NAME.meta.json (NAME may hold dots: NAME.int8.onnx ->
+    NAME.int8.meta.json)."""
+    p = Path(artifact)
+    name = next((p.name.removesuffix(s) for s in ARTIFACT_SUFFIXES if p.name.endswith(s)), p.name)
+    return p.with_name(name + ".meta.json")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -35,9 +41,30 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_key(artifact: str | Path) -> str:
+    """The meta.json key that names the file it describes: "onnx" for NAME.onnx, "package" for NAME.pt2."""
+    return "package" if Path(artifact).name.endswith(".pt2") else "onnx"
+
+
 def write_meta(onnx_path: str | Path, meta: dict[str, Any]) -> Path:
-    meta = {"format": META_FORMAT, "onnx": Path(onnx_path).name, "sha256": sha256_of(onnx_path), **meta}
+    meta = {"format": META_FORMAT, artifact_key(onnx_path): Path(onnx_path).name, "sha256": sha256_of(onnx_path), **meta}
     return write_json(meta_path(onnx_path), meta)
+
+
+def check_meta_free(artifact: str | Path) -> None:
+    """Refuse, in one line, an output whose NAME.meta.json already describes another file (NAME.onnx and
+    NAME.pt2 would share it)."""
+    sidecar = meta_path(artifact)
+    if not sidecar.is_file():
+        return
+    try:
+        existing = read_json(sidecar, sidecar.name)
+    except UserError:
+        return  # unreadable: the export replaces it
+    other = [existing.get(k) for k in ("onnx", "package") if isinstance(existing, dict) and existing.get(k)]
+    if other and other[0] != Path(artifact).name:
+        raise UserError(f"{sidecar} describes {other[0]}; writing {Path(artifact).name} would replace it: choose "
+                        "another --output name")
 
 
 def read_sidecar(artifact: str | Path, sidecar: Path, *, kind: str, fmt: str, sha_key: str, remedy: str,

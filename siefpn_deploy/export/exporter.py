@@ -21,24 +21,27 @@ from torch import nn
 from ..core.config import Config
 from ..core.contract import IMAGE_SIZES, INPUT, INPUT_NAMES
 from ..core.errors import UserError
-from ..core.sidecar import meta_path, write_meta
+from ..core.sidecar import check_meta_free, meta_path, write_meta
 from ..model.checkpoint import load_trained_detector
 from ..model.meta import contract_for, model_meta
 from .deploy import PostprocessSettings, build_deploy_model
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
 from .onnx_passes import name_nodes_by_module, type_loop_bodies
 from .options import MAX_TOPK, ExportOptions
-from .verify import Verification, verify_onnx
+from .verify import Verification, verify_onnx, verify_package
 
 PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # weights above ~1.9 GB go to NAME.onnx.data
 EXAMPLE_BATCH = 2  # >= 2, or the dynamo exporter specialises the batch dimension to 1
 
 
-def default_output_name(config_file: str | Path, nms: str) -> str:
-    """<config name>.onnx; the tensor-NMS variant gets its own name so both can sit side by side."""
+def default_output_name(config_file: str | Path, nms: str, format: str = "onnx") -> str:
+    """<config name>.onnx; the tensor-NMS variant and the AOTInductor package get their own names, so all three
+    (and their meta.json) can sit side by side."""
     path = Path(config_file)
     # a training run's OUTPUT_DIR/config.yaml is named after its folder
     stem = path.parent.name if path.stem == "config" and path.parent.name else path.stem
+    if format == "aoti":
+        return f"{stem}_aoti.pt2"
     return f"{stem}.onnx" if nms == "onnx" else f"{stem}_{nms}nms.onnx"
 
 
@@ -65,14 +68,13 @@ def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
 
 def check_output(output: Path) -> None:
     """Fail before the (slow) trace when the output cannot be written."""
-    if output.suffix != ".onnx":
-        raise UserError(f"--output must end in .onnx, got {output}")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output.parent):
             pass
     except OSError as e:
         raise UserError(f"cannot write to {output.parent} (--output): {e.strerror or e}") from None
+    check_meta_free(output)
 
 
 def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ...]]:
@@ -105,6 +107,57 @@ class ExportResult:
     verification: Verification | None
 
 
+@dataclass
+class Prepared:
+    """What both formats start from: the trained detector, its deploy wrapper and the meta.json so far."""
+
+    detector: nn.Module
+    deploy: nn.Module
+    settings: PostprocessSettings
+    meta: dict[str, Any]
+
+
+def published(output: Path, meta: dict[str, Any], verification: Verification | None, *, log=print) -> ExportResult:
+    """NAME.meta.json written beside the artifact that was just moved into place."""
+    write_meta(output, meta)
+    log(f"[export] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {meta_path(output).name}")
+    return ExportResult(path=output, meta=meta, verification=verification)
+
+
+def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print) -> Prepared:
+    options.validate()
+    if options.divisibility != cfg.INPUT.SIZE_DIVISIBILITY:
+        raise UserError(f"the export's divisibility {options.divisibility} differs from the config's "
+                        f"INPUT.SIZE_DIVISIBILITY {cfg.INPUT.SIZE_DIVISIBILITY}")
+    if not 1 <= cfg.MODEL.DETECTIONS_PER_IMAGE <= MAX_TOPK:
+        raise UserError(f"--max-det must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {cfg.MODEL.DETECTIONS_PER_IMAGE}")
+    check_output(Path(options.output))
+    detector, classes = load_trained_detector(cfg, config_name=config_name)
+    settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
+                                   roi_align=options.roi_align_lowering, roi_samples=options.roi_samples)
+    contract = contract_for(cfg, input_scale=options.input_scale)
+    deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess)
+    meta = model_meta(cfg, detector, classes, batch=options.batch, height=options.height, width=options.width,
+                      input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates)
+    if cfg.MODEL.META_ARCHITECTURE != "retinanet":
+        meta["postprocess"]["roi_align"] = {
+            "lowering": settings.roi_align, "type": cfg.MODEL.ROI_POOLER_TYPE,
+            "sampling_ratio": cfg.MODEL.ROI_POOLER_SAMPLING_RATIO,
+            # the gather lowering is exact for RoIs whose bins are at most this many feature pixels a side
+            "adaptive_bound": settings.roi_samples if settings.roi_align == "gather" else None}
+    b, h, w = options.batch, options.height, options.width
+    log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}): batch {b.min}..{b.max}, "
+        f"H {h.min}..{h.max}, W {w.min}..{w.max}, nms={options.nms}; this takes a minute or two")
+    return Prepared(detector=detector, deploy=deploy, settings=settings, meta=meta)
+
+
+def export_model(cfg: Config, options: ExportOptions, *, config_name: str, verify_images: list[torch.Tensor] | None,
+                 log=print) -> ExportResult:
+    """`export --format onnx|aoti`."""
+    write = export_package if options.format == "aoti" else export_onnx
+    return write(cfg, options, config_name=config_name, verify_images=verify_images, log=log)
+
+
 def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify_images: list[torch.Tensor] | None,
                 log=print) -> ExportResult:
     """Trace, save to a private staging folder, verify there (unless verify_images is None), then move
@@ -112,34 +165,12 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     verification leaves an existing NAME.onnx untouched."""
     import onnx
 
-    options.validate()
-    if options.divisibility != cfg.INPUT.SIZE_DIVISIBILITY:
-        raise UserError(f"the export's divisibility {options.divisibility} differs from the config's "
-                        f"INPUT.SIZE_DIVISIBILITY {cfg.INPUT.SIZE_DIVISIBILITY}")
-    if not 1 <= cfg.MODEL.DETECTIONS_PER_IMAGE <= MAX_TOPK:
-        raise UserError(f"--max-det must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {cfg.MODEL.DETECTIONS_PER_IMAGE}")
-    output = Path(options.output)
-    check_output(output)
-    detector, classes = load_trained_detector(cfg, config_name=config_name)
-    settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
-                                   roi_align=options.roi_align_lowering, roi_samples=options.roi_samples)
-    contract = contract_for(cfg, input_scale=options.input_scale)
-    deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess)
-    b, h, w = options.batch, options.height, options.width
-    log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}): batch {b.min}..{b.max}, "
-        f"H {h.min}..{h.max}, W {w.min}..{w.max}, nms={options.nms}; this takes a minute or two")
+    job = prepare(cfg, options, config_name=config_name, log=log)
+    output, meta = Path(options.output), job.meta
     t0 = time.perf_counter()
-    model, shape = trace(deploy, options)
+    model, shape = trace(job.deploy, options)
     export_seconds = time.perf_counter() - t0
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    meta = {**model_meta(cfg, detector, classes, batch=options.batch, height=options.height, width=options.width,
-                         input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates)}
-    if cfg.MODEL.META_ARCHITECTURE != "retinanet":
-        meta["postprocess"]["roi_align"] = {
-            "lowering": settings.roi_align, "type": cfg.MODEL.ROI_POOLER_TYPE,
-            "sampling_ratio": cfg.MODEL.ROI_POOLER_SAMPLING_RATIO,
-            # the gather lowering is exact for RoIs whose bins are at most this many feature pixels a side
-            "adaptive_bound": settings.roi_samples if settings.roi_align == "gather" else None}
     meta["opset"] = opset
     meta["versions"]["onnx"] = onnx.__version__
     large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
@@ -154,13 +185,35 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
         onnx.save_model(model, staged, save_as_external_data=large, location=output.name + ".data" if large else None)
         verification = None
         if verify_images is not None:
-            verification = verify_onnx(staged, meta, detector, verify_images, log=log)
+            verification = verify_onnx(staged, meta, job.detector, verify_images, log=log)
             meta["verification"] = verification.as_dict()
         if large:
             os.replace(stage / (output.name + ".data"), output.with_name(output.name + ".data"))
         os.replace(staged, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_meta(output, meta)
-    log(f"[export] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {meta_path(output).name}")
-    return ExportResult(path=output, meta=meta, verification=verification)
+    return published(output, meta, verification, log=log)
+
+
+def export_package(cfg: Config, options: ExportOptions, *, config_name: str, verify_images: list[torch.Tensor] | None,
+                   log=print) -> ExportResult:
+    """torch.export of the same deploy wrapper, compiled by AOTInductor into NAME.pt2 (staged, verified, then
+    moved into place with NAME.meta.json, as for ONNX). The package's own metadata carries the contract."""
+    from .aoti import compile_package
+
+    job = prepare(cfg, options, config_name=config_name, log=log)
+    output, meta = Path(options.output), job.meta
+    meta["opset"] = None  # not an ONNX graph
+    meta["versions"]["torch_inductor"] = torch.__version__
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        staged = stage / output.name
+        meta["export"] = compile_package(job.deploy, options, staged, meta, log=log)
+        verification = None
+        if verify_images is not None:
+            verification = verify_package(staged, meta, job.detector, verify_images, device=options.device, log=log)
+            meta["verification"] = verification.as_dict()
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return published(output, meta, verification, log=log)

@@ -1,4 +1,5 @@
-"""NMS in the deploy graph: one op with two interchangeable ONNX lowerings, selected by `--nms`.
+"""NMS in the deploy graph: one op with two interchangeable ONNX lowerings, selected by `--nms`, and a
+plain-PyTorch form for the AOTInductor package.
 
     batched_nms(boxes [B,N,4], scores [B,N], groups [B,N] int64, valid [B,N] bool)
         -> keep [B,K] int64 (indices into N), keep_valid [B,K] bool
@@ -16,6 +17,10 @@ In PyTorch the op runs torchvision's NMS kernel. In ONNX the strategy module low
 
 Both lowerings sort with ONNX TopK, which orders equal scores by index as batched_nms's stable sort
 does, and suppress on `IoU > threshold` within a group with torchvision's arithmetic.
+
+- `LoopNMS` (`export --format aoti`): a compiled package cannot call the op's Python body, so the same
+  greedy steps as `TensorNMS` run as a `torch.while_loop` in aten ops, which torch.export captures and
+  AOTInductor compiles; it stops after K kept boxes or when nothing is alive.
 """
 
 from __future__ import annotations
@@ -79,7 +84,54 @@ class TensorNMS(BatchedNMS):
     lowering = "tensor"
 
 
-STRATEGIES: dict[str, type[BatchedNMS]] = {cls.lowering: cls for cls in (OnnxNMS, TensorNMS)}  # options.NMS_LOWERINGS
+class LoopNMS(BatchedNMS):
+    """The greedy NMS of `TensorNMS` in aten ops (a torch.while_loop), for torch.export and AOTInductor."""
+
+    lowering = "loop"
+
+    def forward(self, boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        return greedy_batched_nms(boxes, scores, groups, valid, self.iou_threshold, self.max_keep)
+
+
+STRATEGIES: dict[str, type[BatchedNMS]] = {cls.lowering: cls for cls in (OnnxNMS, TensorNMS, LoopNMS)}  # options.NMS_LOWERINGS
+
+
+def greedy_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
+                       max_keep: int) -> tuple[Tensor, Tensor]:
+    """`batched_nms`'s contract in aten ops: boxes [B,N,4], scores [B,N], groups [B,N], valid [B,N] -> keep [B,K]
+    int64, keep_valid [B,K] bool. Each step keeps every image's best alive box and suppresses what it overlaps
+    (IoU > threshold, same group) in torchvision's arithmetic; at most K steps."""
+    n = scores.shape[1]
+    keys = torch.where(valid, scores, LOWEST)
+    # separate copies, not two views of `boxes`: the loop's captured inputs must not alias
+    lo, hi = boxes[..., :2].clone(), boxes[..., 2:].clone()  # [B,N,2]
+    areas = (hi - lo).prod(-1)  # [B,N]
+    position = torch.arange(n, device=scores.device)[None]  # [1,N]
+
+    def alive_left(step: Tensor, alive: Tensor, kept: Tensor) -> Tensor:
+        return (step < max_keep) & alive.any()
+
+    def step_once(step: Tensor, alive: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        masked = torch.where(alive, keys, LOWEST)
+        i = masked.argmax(dim=1, keepdim=True)  # [B,1]: the first maximum, so ties go to the lower index
+        ok = masked.gather(1, i) > LOWEST  # false once an image has nothing alive
+        wh = (torch.minimum(hi.gather(1, i[..., None].expand(-1, -1, 2)), hi)
+              - torch.maximum(lo.gather(1, i[..., None].expand(-1, -1, 2)), lo)).clamp(min=0)
+        inter = wh[..., 0] * wh[..., 1]
+        iou = inter / (areas.gather(1, i) + areas - inter)
+        hit = position == i  # i itself leaves the alive set even when its IoU with itself is NaN (zero area)
+        suppressed = ((iou > iou_threshold) & (groups == groups.gather(1, i))) | hit
+        return step + 1, alive & ~suppressed, kept | (hit & ok)
+
+    start = (torch.zeros((), dtype=torch.int64, device=scores.device), valid.clone(), torch.zeros_like(valid))
+    _, _, kept = torch._higher_order_ops.while_loop(alive_left, step_once, start)
+    # the kept boxes by score, ties by index (a stable sort: torch.topk does not promise an order among ties),
+    # padded with invalid slots
+    pad = keys.new_full((keys.shape[0], max_keep), LOWEST)
+    ranked = torch.sort(torch.cat([torch.where(kept, keys, LOWEST), pad], dim=1), dim=1, descending=True, stable=True)
+    top, keep = ranked.values[:, :max_keep], ranked.indices[:, :max_keep]
+    ok = top > LOWEST
+    return torch.where(ok, keep, torch.zeros_like(keep)), ok
 
 
 LOWEST = float(np.finfo(np.float32).min)  # the invalid key: finite, so no inf arithmetic in any runtime

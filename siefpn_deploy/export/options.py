@@ -9,9 +9,12 @@ from ..core.contract import ShapeRange
 from ..core.errors import UserError
 
 MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
-NMS_LOWERINGS = ("onnx", "tensor")  # export.nms.STRATEGIES, by name
+FORMATS = ("onnx", "aoti")  # NAME.onnx, or an AOTInductor package NAME.pt2
+NMS_LOWERINGS = {"onnx": ("onnx", "tensor"), "aoti": ("loop",)}  # per format: export.nms.STRATEGIES, by name
 ROI_ALIGN_LOWERINGS = ("onnx", "gather")  # export.roi_align; by default the one that goes with --nms
-ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather"}
+# "onnx" is torchvision's roi_align op: the ONNX RoiAlign op in a graph, torchvision's kernel in a package
+ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather", "loop": "onnx"}
+PACKAGE_DEVICES = ("cpu", "cuda")
 DEFAULT_BATCH = ShapeRange(1, 8)
 DEFAULT_SIZE = ShapeRange(64, 1344)
 
@@ -19,6 +22,7 @@ DEFAULT_SIZE = ShapeRange(64, 1344)
 @dataclass(frozen=True)
 class ExportOptions:
     output: Path
+    format: str = "onnx"
     batch: ShapeRange = DEFAULT_BATCH
     height: ShapeRange = DEFAULT_SIZE
     width: ShapeRange = DEFAULT_SIZE
@@ -30,14 +34,25 @@ class ExportOptions:
     simplify: bool = False
     roi_align: str | None = None  # None: "onnx" with --nms onnx, "gather" (plugin-free) with --nms tensor
     roi_samples: int = 2  # the gather lowering's bound on adaptive RoIAlign samples per bin and axis
+    device: str = "cpu"  # the AOTInductor package's device
 
     @property
     def roi_align_lowering(self) -> str:
         return self.roi_align or ROI_ALIGN_FOR_NMS[self.nms]
 
     def validate(self) -> None:
-        if self.nms not in NMS_LOWERINGS:
-            raise UserError(f"--nms must be one of {', '.join(NMS_LOWERINGS)}, got {self.nms!r}")
+        if self.format not in FORMATS:
+            raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        suffix = ".pt2" if self.format == "aoti" else ".onnx"
+        if Path(self.output).suffix != suffix:
+            raise UserError(f"--output must end in {suffix} for --format {self.format}, got {self.output}")
+        if self.nms not in NMS_LOWERINGS[self.format]:
+            raise UserError(f"--nms must be one of {', '.join(NMS_LOWERINGS[self.format])} for --format {self.format}, "
+                            f"got {self.nms!r}")
+        if self.device not in PACKAGE_DEVICES or (self.device != "cpu" and self.format != "aoti"):
+            raise UserError(f"--device is the AOTInductor package's (cpu or cuda; --format aoti), got {self.device!r}")
+        if self.format == "aoti" and (self.simplify or self.opset is not None):
+            raise UserError("--simplify and --opset are ONNX options; a --format aoti package has neither")
         if self.roi_align is not None and self.roi_align not in ROI_ALIGN_LOWERINGS:
             raise UserError(f"--roi-align must be one of {', '.join(ROI_ALIGN_LOWERINGS)}, got {self.roi_align!r}")
         if not 1 <= self.roi_samples <= 16:

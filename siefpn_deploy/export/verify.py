@@ -1,4 +1,5 @@
-"""Export verification: onnx.checker, then ONNX Runtime (CPU) against the PyTorch detector.
+"""Export verification: onnx.checker, then ONNX Runtime (CPU), or the AOTInductor package as the runtime loads
+it, against the PyTorch detector.
 
 Both see the same canvases and image sizes, made by the runtime's own preprocessing, at two sizes and
 batch 2 where the exported ranges allow.
@@ -9,6 +10,7 @@ sides' outputs are the contract's padded layout, compared image by image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.aoti import load_package
 from ..core.config import Config
 from ..core.contract import IMAGE_SIZES, INPUT, GraphContract, graph_inputs, image_rows
 from ..core.errors import UserError
@@ -91,6 +94,7 @@ def verification_images(cfg: Config, *, count: int = 4, log=print) -> list[torch
 
 def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, images: list[torch.Tensor], *,
                 log=print) -> Verification:
+    """onnx.checker, then the graph in ONNX Runtime against the eager detector (`verify_against_eager`)."""
     import onnx
 
     try:
@@ -98,6 +102,23 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
     except Exception as e:  # noqa: BLE001 - onnx.checker's ValidationError and protobuf's errors alike
         raise UserError(f"onnx.checker rejects {path}: {str(e).strip().splitlines()[0]}") from None
     session = ort_session(path)
+    names = [o.name for o in session.get_outputs()]
+    return verify_against_eager(lambda feeds: dict(zip(names, session.run(None, feeds))), path, meta, detector,
+                                images, runtime="ONNX Runtime", log=log)
+
+
+def verify_package(path: str | Path, meta: dict[str, Any], detector: nn.Module, images: list[torch.Tensor], *,
+                   device: str = "cpu", log=print) -> Verification:
+    """The AOTInductor package, loaded as the runtime loads it, against the eager detector."""
+    contract = GraphContract.from_meta(meta, source=str(path))
+    run = load_package(path, contract.output_names, device=device)
+    return verify_against_eager(run, path, meta, detector, images, runtime="the AOTInductor package", log=log)
+
+
+def verify_against_eager(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], path: str | Path,
+                         meta: dict[str, Any], detector: nn.Module, images: list[torch.Tensor], *, runtime: str,
+                         log=print) -> Verification:
+    """`run(feeds) -> outputs` against `EagerBackend` on the same canvases and image sizes, image by image."""
     contract = GraphContract.from_meta(meta, source=str(path))
     reference = EagerBackend(detector, contract, torch.device("cpu"))
     post = meta["postprocess"]
@@ -108,14 +129,14 @@ def verify_onnx(path: str | Path, meta: dict[str, Any], detector: nn.Module, ima
         check_input_shape(meta, shape, source=str(path))
         canvas = preprocess([images[i % len(images)] for i in range(shape[0])], canvas=shape[2:])
         feeds = graph_inputs(canvas.images.numpy(), canvas.image_sizes)
-        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        got = run(feeds)
         ref = reference.run(feeds[INPUT], feeds[IMAGE_SIZES])
         before = Agreement(**{k: getattr(agreement, k) for k in ("reference", "matched", "unmatched")})
         for b in range(shape[0]):
             agreement.add(image_rows(ref, b), image_rows(got, b), min_iou=0.5, score_thresh=post["score_thresh"],
                           max_det=contract.max_detections)
         log(f"[verify] {list(shape)}: {agreement.matched - before.matched}/{agreement.reference - before.reference} "
-            f"PyTorch detections matched in ONNX Runtime")
+            f"PyTorch detections matched in {runtime}")
     result = Verification(shapes=[list(s) for s in shapes], agreement=agreement)
     log(f"[verify] {agreement.summary()}")
     if agreement.reference == 0:

@@ -124,7 +124,7 @@ def _precision(path: Path) -> str:
 
 
 def _kind(path: Path) -> str:
-    return {".onnx": "onnxruntime", ENGINE_SUFFIX: "tensorrt"}.get(path.suffix, "pytorch")
+    return {".onnx": "onnxruntime", ".pt2": "aoti", ENGINE_SUFFIX: "tensorrt"}.get(path.suffix, "pytorch")
 
 
 def environment() -> dict[str, Any]:

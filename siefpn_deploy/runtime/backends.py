@@ -1,4 +1,5 @@
-"""The deployed artifacts' backends: ONNX Runtime for .onnx, TensorRT for .plan. Each runs a preprocessed
+"""The deployed artifacts' backends: ONNX Runtime for .onnx, AOTInductor for .pt2, TensorRT for .plan. Each runs a
+preprocessed
 canvas [B,3,H,W] (0..input_scale) with its image sizes [B,2] and returns the contract's padded outputs as
 numpy arrays (`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
 """
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.aoti import load_package
 from ..core.contract import INPUT_NAMES, GraphContract, graph_inputs
 from ..core.errors import CannotRunHere, UserError
 from ..core.ort import ort_session
@@ -35,6 +37,27 @@ class OnnxRuntimeBackend:
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.session.run(None, graph_inputs(images, image_sizes))))
+
+
+class PackageBackend:
+    """An AOTInductor package (NAME.pt2), run in this process by torch's AOTInductor runtime: compiled code,
+    no ONNX Runtime. It runs on the device it was compiled for (meta.json export.device)."""
+
+    kind = "aoti"
+
+    def __init__(self, path: Path, contract: GraphContract, device: str) -> None:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise CannotRunHere(f"{path} was compiled for CUDA and there is no CUDA device here; export a CPU "
+                                "package with --format aoti --device cpu")
+        self.device = device
+        self.run_package = load_package(path, contract.output_names, device=device)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return self.run_package(graph_inputs(images, image_sizes))
 
 
 def check_profile(profile: dict[str, list[int]], shape: tuple[int, ...], *, source: str) -> None:

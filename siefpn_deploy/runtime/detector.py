@@ -1,4 +1,4 @@
-"""`Detector`: one interface for every artifact (checkpoint, .onnx, .plan).
+"""`Detector`: one interface for every artifact (checkpoint, .onnx, .pt2, .plan).
 
     det = Detector.from_path("export/demo.onnx")                 # or engines/NAME.plan, or a .pth
     results = det.predict(["a.jpg", "b.jpg"])                    # paths, HWC arrays or CHW tensors
@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
+from ..core.aoti import PACKAGE_SUFFIX
 from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
 from ..core.sidecar import ENGINE_SUFFIX, read_meta
 from ..model.checkpoint import load_checkpoint, load_trained_detector
 from ..model.predictor import Detections, Predictor
-from .backends import OnnxRuntimeBackend, TensorRTBackend
+from .backends import OnnxRuntimeBackend, PackageBackend, TensorRTBackend
 
 __all__ = ["Detections", "Detector"]
 
@@ -41,13 +42,20 @@ class Detector(Predictor):
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "auto", config: str | Path | None = None,
                   threads: int | None = None) -> Detector:
-        """`.onnx` (ONNX Runtime), `.plan` (TensorRT), or `.pth` (PyTorch; `config` or the config.yaml
-        beside it). device: auto, cpu or cuda."""
+        """`.onnx` (ONNX Runtime), `.pt2` (AOTInductor package), `.plan` (TensorRT), or `.pth` (PyTorch; `config`
+        or the config.yaml beside it). device: auto, cpu or cuda."""
         path = Path(path)
         if path.suffix == ".onnx":
             meta = read_meta(path)
             contract = GraphContract.from_meta(meta, source=str(path))
             return cls(OnnxRuntimeBackend(path, contract, device=device, threads=threads), meta, path)
+        if path.suffix == PACKAGE_SUFFIX:
+            meta = read_meta(path)
+            compiled_for = meta["export"]["device"]
+            if device not in ("auto", compiled_for):
+                raise UserError(f"{path} was compiled for {compiled_for}; it cannot run on --device {device}")
+            contract = GraphContract.from_meta(meta, source=str(path))
+            return cls(PackageBackend(path, contract, compiled_for), meta, path)
         if path.suffix == ENGINE_SUFFIX:
             from ..tensorrt.plan import read_engine_meta
 
@@ -55,7 +63,7 @@ class Detector(Predictor):
             return cls(TensorRTBackend(path, engine_meta), engine_model_meta(engine_meta), path)
         if path.suffix in CHECKPOINT_SUFFIXES:
             return cls.from_checkpoint(path, config=config, device=device)
-        raise UserError(f"unknown artifact {path}: expected .onnx, {ENGINE_SUFFIX} or a .pth checkpoint")
+        raise UserError(f"unknown artifact {path}: expected .onnx, {PACKAGE_SUFFIX}, {ENGINE_SUFFIX} or a .pth checkpoint")
 
     @classmethod
     def from_checkpoint(cls, weights: Path, *, config: str | Path | None, device: str = "auto",

@@ -1,0 +1,56 @@
+"""`export --format aoti`: the deploy wrapper through torch.export and AOTInductor into one NAME.pt2.
+
+The package holds the same graph as NAME.onnx (the contract's two inputs and padded outputs, dynamic batch
+and H, W multiples of the divisibility, normalisation, decoding and NMS inside). Two lowerings differ from
+the ONNX ones because a compiled package runs aten kernels, not Python: NMS is `export.nms.LoopNMS` (a
+torch.while_loop of the greedy steps) and RoIAlign calls torchvision's roi_align kernel. The package's own
+metadata holds the meta.json written beside it (key `siefpn_deploy.meta`), so a C++ program that has only
+the package still reads the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.contract import IMAGE_SIZES, INPUT
+from ..core.errors import UserError
+from .exporter import _dynamic_shapes, example_shape
+from .options import ExportOptions
+
+PACKAGE_META_KEY = "siefpn_deploy.meta"  # the package metadata entry holding meta.json's text
+
+
+def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta: dict[str, Any], *,
+                    log=print) -> dict[str, Any]:
+    """torch.export (symbolic batch, H, W) -> aoti_compile_and_package into `path`; returns meta's "export"."""
+    device = torch.device(options.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: there is no CUDA device here; compile a CPU package with --device cpu")
+    shape = example_shape(options)
+    example = (torch.rand(shape, device=device) * options.input_scale,
+               torch.tensor([shape[2:]] * shape[0], dtype=torch.int32, device=device))
+    deploy = deploy.to(device)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(deploy, example, dynamic_shapes=_dynamic_shapes(options))
+    except Exception as e:  # torch.export's messages are pages long; keep the first line
+        raise UserError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from e
+    traced = time.perf_counter() - t0
+    log(f"[export] torch.export in {traced:.1f} s; compiling with AOTInductor for {device.type} (a minute or more)")
+    package_meta = {PACKAGE_META_KEY: json.dumps({**meta, "inputs_order": [INPUT, IMAGE_SIZES]})}
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                 inductor_configs={"aot_inductor.metadata": package_meta})
+    except Exception as e:  # a compiler failure is reported in one line, the cause chained
+        raise UserError(f"AOTInductor compilation failed: {str(e).strip().splitlines()[0]}") from e
+    compiled = time.perf_counter() - t0 - traced
+    log(f"[export] compiled in {compiled:.1f} s")
+    return {"seconds": round(traced + compiled, 2), "trace_seconds": round(traced, 2),
+            "compile_seconds": round(compiled, 2), "example_shape": list(shape), "device": device.type}
