@@ -12,8 +12,6 @@ import torch
 
 from .errors import UserError
 
-PACKAGE_SUFFIX = ".pt2"
-
 
 def load_package(path: str | Path, output_names: tuple[str, ...], *, device: str = "cpu"
                  ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:

@@ -19,10 +19,11 @@ from .fileio import read_json, write_json
 
 META_FORMAT = "siefpn-deploy/onnx-meta"
 ENGINE_SUFFIX = ".plan"  # the one TensorRT engine suffix; its sidecar is NAME.engine.json
+PACKAGE_SUFFIX = ".pt2"  # the AOTInductor package; its sidecar is NAME.meta.json, as for NAME.onnx
 REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
 
 
-ARTIFACT_SUFFIXES = (".onnx", ".pt2")  # the exported graphs: ONNX, and the AOTInductor package
+ARTIFACT_SUFFIXES = (".onnx", PACKAGE_SUFFIX)  # the exported graphs: ONNX, and the AOTInductor package
 
 
 def meta_path(artifact: str | Path) -> Path:
@@ -43,7 +44,7 @@ def sha256_of(path: str | Path) -> str:
 
 def artifact_key(artifact: str | Path) -> str:
     """The meta.json key that names the file it describes: "onnx" for NAME.onnx, "package" for NAME.pt2."""
-    return "package" if Path(artifact).name.endswith(".pt2") else "onnx"
+    return "package" if Path(artifact).name.endswith(PACKAGE_SUFFIX) else "onnx"
 
 
 def write_meta(onnx_path: str | Path, meta: dict[str, Any]) -> Path:

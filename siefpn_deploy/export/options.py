@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.contract import ShapeRange
 from ..core.errors import UserError
+from ..core.sidecar import PACKAGE_SUFFIX
 
 MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
 FORMATS = ("onnx", "aoti")  # NAME.onnx, or an AOTInductor package NAME.pt2
@@ -43,7 +44,7 @@ class ExportOptions:
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        suffix = ".pt2" if self.format == "aoti" else ".onnx"
+        suffix = PACKAGE_SUFFIX if self.format == "aoti" else ".onnx"
         if Path(self.output).suffix != suffix:
             raise UserError(f"--output must end in {suffix} for --format {self.format}, got {self.output}")
         if self.nms not in NMS_LOWERINGS[self.format]:

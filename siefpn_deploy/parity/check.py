@@ -16,7 +16,7 @@ import numpy as np
 from ..core.contract import BOXES, LABELS, SCORES
 from ..core.errors import CannotRunHere, UserError
 from ..core.reporting import machine
-from ..core.sidecar import ENGINE_SUFFIX
+from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX
 from ..data import CocoDetection
 from ..evaluation.agreement import Agreement
 from ..evaluation.loop import Evaluation, evaluate_predictor
@@ -124,7 +124,7 @@ def _precision(path: Path) -> str:
 
 
 def _kind(path: Path) -> str:
-    return {".onnx": "onnxruntime", ".pt2": "aoti", ENGINE_SUFFIX: "tensorrt"}.get(path.suffix, "pytorch")
+    return {".onnx": "onnxruntime", PACKAGE_SUFFIX: "aoti", ENGINE_SUFFIX: "tensorrt"}.get(path.suffix, "pytorch")
 
 
 def environment() -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """The deployed artifacts' backends: ONNX Runtime for .onnx, AOTInductor for .pt2, TensorRT for .plan. Each runs a
-preprocessed
-canvas [B,3,H,W] (0..input_scale) with its image sizes [B,2] and returns the contract's padded outputs as
-numpy arrays (`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
+preprocessed canvas [B,3,H,W] (0..input_scale) with its image sizes [B,2] and returns the contract's padded outputs
+as numpy arrays (`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
 """
 
 from __future__ import annotations

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from ..core.aoti import PACKAGE_SUFFIX
 from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
-from ..core.sidecar import ENGINE_SUFFIX, read_meta
+from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta
 from ..model.checkpoint import load_checkpoint, load_trained_detector
 from ..model.predictor import Detections, Predictor
 from .backends import OnnxRuntimeBackend, PackageBackend, TensorRTBackend
