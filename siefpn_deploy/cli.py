@@ -153,8 +153,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     batch = (args.batch, args.batch) if args.batch is not None else (1, args.dynamic_batch)
     nms = args.nms or ("loop" if args.format == "aoti" else "onnx")
     options = ExportOptions(
-        output=Path(args.output or Path("export") / default_output_name(args.config_file, nms, args.format)),
-        format=args.format, device=args.device,
+        output=Path(args.output or Path("export") / default_output_name(args.config_file, nms, args.format,
+                                                                         args.precision)),
+        format=args.format, device=args.device, precision=args.precision,
         batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
         nms=nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
         simplify=args.simplify, roi_align=args.roi_align, roi_samples=args.roi_samples,
@@ -306,12 +307,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .runtime.bench import gau_memory, markdown, run_bench, write_bench_report
 
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
-                       iters=args.iters, device=args.device, config=args.config_file)
+                       iters=args.iters, device=args.device, config=args.config_file, cpp=args.cpp)
     if args.gau_memory:
         report["gau_memory"] = gau_memory(device="cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     written = write_bench_report(report, Path(args.report))
     print(markdown(report))
     print(f"[bench] wrote {', '.join(map(str, written))}")
+    return 0
+
+
+EPILOG_CPP = """\
+examples:
+  siefpn-deploy cpp build                                   # engines/cpp/build/siefpn-infer and libsiefpn.so
+  engines/cpp/build/siefpn-infer --artifact export/demo_aoti.pt2 --source datasets/synth/val \\
+      --annotations datasets/synth/annotations/instances_val.json --json out/cpp_results.json
+  engines/cpp/build/siefpn-infer --artifact export/demo_aoti.pt2 --bench --batch 1 4 --size 384
+  siefpn-deploy bench --artifacts export/demo_aoti.pt2 --cpp --imgsz 384   # Python and C++ side by side
+
+The build uses the system C++ compiler and pip-installed pieces only: cmake, ninja and nlohmann-json (the
+[cpp] extra), LibTorch's headers and libraries from the installed torch wheel, and torchvision's image
+decoders. The TensorRT backend is compiled when NvInfer.h and libnvinfer are found (--tensorrt auto), or
+required (--tensorrt on, with --tensorrt-root). See engines/cpp/README.md for the C++ API.
+"""
+
+
+def _cmd_cpp_build(args: argparse.Namespace) -> int:
+    from .runtime.cpp import CppBuild, default_build_dir
+
+    CppBuild(build_dir=Path(args.build_dir) if args.build_dir else default_build_dir(), tensorrt=args.tensorrt,
+             tensorrt_root=Path(args.tensorrt_root) if args.tensorrt_root else None, jobs=args.jobs).run()
     return 0
 
 
@@ -337,7 +361,7 @@ def _command(sub: Any, name: str, func: Any, *, epilog: str, help: str, descript
 def build_parser() -> argparse.ArgumentParser:
     # the option dataclasses own the defaults; --help shows them, and paths default under the work folders
     from .core.contract import describe_graph
-    from .export.options import FORMATS, PACKAGE_DEVICES, ExportOptions
+    from .export.options import FORMATS, PACKAGE_DEVICES, PACKAGE_PRECISIONS, ExportOptions
     from .quantize.options import QuantizeOptions
 
     parser = argparse.ArgumentParser(
@@ -395,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx: NAME.onnx; aoti: NAME.pt2, compiled by AOTInductor (default onnx)")
     export.add_argument("--device", choices=PACKAGE_DEVICES, default=ExportOptions.device,
                         help="--format aoti: the device the package is compiled for (default cpu)")
+    export.add_argument("--precision", choices=PACKAGE_PRECISIONS, default=ExportOptions.precision,
+                        help="--format aoti --device cuda: fp16 compiles the network under CUDA autocast (inputs and "
+                        "outputs stay float32; verified against eager FP16 autocast); default fp32")
     export.add_argument("--config-file", metavar="FILE", required=True, help="the config the weights were trained with")
     export.add_argument("--output", metavar="PATH", help="NAME.onnx (NAME.pt2) to write (default: export/<config name>.onnx, "
                         "export/<config name>_tensornms.onnx with --nms tensor, export/<config name>_aoti.pt2 with "
@@ -518,7 +545,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     bench.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     bench.add_argument("--gau-memory", action="store_true", help="also measure the GAU attention at 800x1333")
+    bench.add_argument("--cpp", action="store_true",
+                       help="also time each .pt2 through the C++ runtime (siefpn-infer; `siefpn-deploy cpp build` first)")
     bench.add_argument("--report", default="reports/bench", metavar="DIR", help="default reports/bench")
+
+    cpp = sub.add_parser("cpp", help="the C++ runtime (engines/cpp): build libsiefpn and siefpn-infer")
+    cpp_sub = cpp.add_subparsers(dest="cpp_command", required=True, metavar="ACTION")
+    cpp_build = _command(cpp_sub, "build", _cmd_cpp_build, epilog=EPILOG_CPP,
+                         help="configure and build engines/cpp with CMake and Ninja (no root needed)",
+                         description="Build libsiefpn (siefpn::Detector: .pt2 packages through LibTorch's AOTInductor "
+                         "runtime, .plan engines through TensorRT) and the siefpn-infer CLI.")
+    cpp_build.add_argument("--build-dir", metavar="DIR", help="default engines/cpp/build")
+    cpp_build.add_argument("--tensorrt", choices=["auto", "on", "off"], default="auto",
+                           help="the TensorRT backend: auto (when found), on (required) or off (default auto)")
+    cpp_build.add_argument("--tensorrt-root", metavar="DIR", help="a TensorRT install with include/ and lib/")
+    cpp_build.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: ninja's)")
 
     demo = sub.add_parser(
         "demo", help="the end-to-end job on the embedded synthetic dataset",

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from siefpn_deploy.cli import main
-from siefpn_deploy.core.sidecar import read_meta
+from siefpn_deploy.core.sidecar import PACKAGE_META_KEY, read_meta
 from siefpn_deploy.evaluation.agreement import Agreement
-from siefpn_deploy.export.aoti import PACKAGE_META_KEY
 from siefpn_deploy.runtime import Detector
 
 ARCH = "mask_rcnn"

@@ -20,6 +20,9 @@ from .fileio import read_json, write_json
 META_FORMAT = "siefpn-deploy/onnx-meta"
 ENGINE_SUFFIX = ".plan"  # the one TensorRT engine suffix; its sidecar is NAME.engine.json
 PACKAGE_SUFFIX = ".pt2"  # the AOTInductor package; its sidecar is NAME.meta.json, as for NAME.onnx
+ENGINE_META_SUFFIX = ".engine.json"  # NAME.plan -> NAME.engine.json
+PACKAGE_META_KEY = "siefpn_deploy.meta"  # the package's own metadata entry holding meta.json's text
+# (engines/cpp/CMakeLists.txt reads the four constants above from this file: keep them plain string literals)
 REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes", "opset")
 
 

@@ -20,10 +20,9 @@ from torch import nn
 
 from ..core.contract import IMAGE_SIZES, INPUT
 from ..core.errors import UserError
+from ..core.sidecar import PACKAGE_META_KEY
 from .exporter import _dynamic_shapes, example_shape
 from .options import ExportOptions
-
-PACKAGE_META_KEY = "siefpn_deploy.meta"  # the package metadata entry holding meta.json's text
 
 
 def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta: dict[str, Any], *,
@@ -44,7 +43,10 @@ def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta:
         raise UserError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from e
     traced = time.perf_counter() - t0
     log(f"[export] torch.export in {traced:.1f} s; compiling with AOTInductor for {device.type} (a minute or more)")
-    package_meta = {PACKAGE_META_KEY: json.dumps({**meta, "inputs_order": [INPUT, IMAGE_SIZES]})}
+    # the package's own copy of meta.json, for a program that has only the package (the C++ runtime): the
+    # device it runs on is part of it; the compile times and the verification are written to meta.json after
+    package_meta = {PACKAGE_META_KEY: json.dumps({**meta, "export": {"device": device.type},
+                                                  "inputs_order": [INPUT, IMAGE_SIZES]})}
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=str(path),
                                                  inductor_configs={"aot_inductor.metadata": package_meta})

@@ -32,10 +32,14 @@ class PostprocessSettings:
 
 
 class DeployDetector(nn.Module):
-    def __init__(self, *, backbone: nn.Module, decoder: nn.Module, preprocess: PreprocessSpec) -> None:
+    def __init__(self, *, backbone: nn.Module, decoder: nn.Module, preprocess: PreprocessSpec,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
+        # a reduced-precision package (export --format aoti --precision fp16): the network under autocast, as
+        # the eager fp16-autocast baseline runs it; the outputs keep the contract's dtypes
+        self.autocast_dtype = autocast_dtype
         # the contract's normalisation: input -> 0..255, then (x - mean) / std in 0..255 units (detectron2's
         # arithmetic exactly, at the default input range 255)
         self.to_255 = 255.0 / float(preprocess.input_scale)
@@ -49,9 +53,12 @@ class DeployDetector(nn.Module):
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         """images [B,3,H,W] in 0..input_scale, image_sizes [B,2] int32 (height, width) -> the contract's outputs."""
         x = images if self.to_255 == 1.0 else images * self.to_255
-        features = list(self.backbone((x - self.mean) / self.std).values())
-        outputs = self.decoder(features, image_sizes)
-        return tuple(outputs[name] for name in self.output_names)
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            features = list(self.backbone((x - self.mean) / self.std).values())
+            outputs = self.decoder(features, image_sizes)
+        out = (outputs[name] for name in self.output_names)
+        return tuple(t.float() if t.is_floating_point() else t for t in out)
 
 
 class OneStageDecoder(nn.Module):
@@ -86,9 +93,10 @@ class TwoStageDecoder(nn.Module):
         return out
 
 
-def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, preprocess: PreprocessSpec
-                       ) -> DeployDetector:
-    """Wrap a trained torchvision RetinaNet / FasterRCNN / MaskRCNN (in eval mode) for export."""
+def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, preprocess: PreprocessSpec,
+                       autocast_dtype: torch.dtype | None = None) -> DeployDetector:
+    """Wrap a trained torchvision RetinaNet / FasterRCNN / MaskRCNN (in eval mode) for export (optionally under
+    autocast to `autocast_dtype`)."""
     strides = [spec.stride for spec in detector.backbone.output_shape().values()]
     if isinstance(detector, RetinaNet):
         nms = settings.nms(iou_threshold=detector.nms_thresh, max_keep=detector.detections_per_img,
@@ -121,4 +129,5 @@ def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, pr
         )
     else:
         raise TypeError(f"cannot export a {type(detector).__name__}: expected RetinaNet, FasterRCNN or MaskRCNN")
-    return DeployDetector(backbone=detector.backbone, decoder=decoder, preprocess=preprocess).eval()
+    return DeployDetector(backbone=detector.backbone, decoder=decoder, preprocess=preprocess,
+                          autocast_dtype=autocast_dtype).eval()

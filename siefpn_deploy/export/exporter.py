@@ -32,16 +32,17 @@ from .verify import Verification, verify_onnx, verify_package
 
 PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # weights above ~1.9 GB go to NAME.onnx.data
 EXAMPLE_BATCH = 2  # >= 2, or the dynamo exporter specialises the batch dimension to 1
+AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16}  # ExportOptions.precision -> the package's autocast
 
 
-def default_output_name(config_file: str | Path, nms: str, format: str = "onnx") -> str:
-    """<config name>.onnx; the tensor-NMS variant and the AOTInductor package get their own names, so all three
+def default_output_name(config_file: str | Path, nms: str, format: str = "onnx", precision: str = "fp32") -> str:
+    """<config name>.onnx; the tensor-NMS variant and the AOTInductor packages get their own names, so all of them
     (and their meta.json) can sit side by side."""
     path = Path(config_file)
     # a training run's OUTPUT_DIR/config.yaml is named after its folder
     stem = path.parent.name if path.stem == "config" and path.parent.name else path.stem
     if format == "aoti":
-        return f"{stem}_aoti.pt2"
+        return f"{stem}_aoti.pt2" if precision == "fp32" else f"{stem}_aoti_{precision}.pt2"
     return f"{stem}.onnx" if nms == "onnx" else f"{stem}_{nms}nms.onnx"
 
 
@@ -136,9 +137,11 @@ def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print)
     settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
                                    roi_align=options.roi_align_lowering, roi_samples=options.roi_samples)
     contract = contract_for(cfg, input_scale=options.input_scale)
-    deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess)
+    deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess,
+                                autocast_dtype=AUTOCAST_DTYPES[options.precision])
     meta = model_meta(cfg, detector, classes, batch=options.batch, height=options.height, width=options.width,
                       input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates)
+    meta["precision"] = options.precision
     if cfg.MODEL.META_ARCHITECTURE != "retinanet":
         meta["postprocess"]["roi_align"] = {
             "lowering": settings.roi_align, "type": cfg.MODEL.ROI_POOLER_TYPE,
@@ -211,7 +214,8 @@ def export_package(cfg: Config, options: ExportOptions, *, config_name: str, ver
         meta["export"] = compile_package(job.deploy, options, staged, meta, log=log)
         verification = None
         if verify_images is not None:
-            verification = verify_package(staged, meta, job.detector, verify_images, device=options.device, log=log)
+            verification = verify_package(staged, meta, job.detector, verify_images, device=options.device,
+                                          autocast_dtype=AUTOCAST_DTYPES[options.precision], log=log)
             meta["verification"] = verification.as_dict()
         os.replace(staged, output)
     finally:

@@ -16,6 +16,7 @@ ROI_ALIGN_LOWERINGS = ("onnx", "gather")  # export.roi_align; by default the one
 # "onnx" is torchvision's roi_align op: the ONNX RoiAlign op in a graph, torchvision's kernel in a package
 ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather", "loop": "onnx"}
 PACKAGE_DEVICES = ("cpu", "cuda")
+PACKAGE_PRECISIONS = ("fp32", "fp16")  # fp16: the network under CUDA autocast, inside the package
 DEFAULT_BATCH = ShapeRange(1, 8)
 DEFAULT_SIZE = ShapeRange(64, 1344)
 
@@ -36,6 +37,7 @@ class ExportOptions:
     roi_align: str | None = None  # None: "onnx" with --nms onnx, "gather" (plugin-free) with --nms tensor
     roi_samples: int = 2  # the gather lowering's bound on adaptive RoIAlign samples per bin and axis
     device: str = "cpu"  # the AOTInductor package's device
+    precision: str = "fp32"  # the AOTInductor package's arithmetic: fp32, or fp16 (CUDA autocast)
 
     @property
     def roi_align_lowering(self) -> str:
@@ -52,6 +54,11 @@ class ExportOptions:
                             f"got {self.nms!r}")
         if self.device not in PACKAGE_DEVICES or (self.device != "cpu" and self.format != "aoti"):
             raise UserError(f"--device is the AOTInductor package's (cpu or cuda; --format aoti), got {self.device!r}")
+        if self.precision not in PACKAGE_PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PACKAGE_PRECISIONS)}, got {self.precision!r}")
+        if self.precision != "fp32" and (self.format != "aoti" or self.device != "cuda"):
+            raise UserError(f"--precision {self.precision} is for CUDA packages (--format aoti --device cuda); for "
+                            "ONNX use `siefpn-deploy quantize --precision fp16`")
         if self.format == "aoti" and (self.simplify or self.opset is not None):
             raise UserError("--simplify and --opset are ONNX options; a --format aoti package has neither")
         if self.roi_align is not None and self.roi_align not in ROI_ALIGN_LOWERINGS:

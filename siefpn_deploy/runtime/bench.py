@@ -116,8 +116,27 @@ def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Det
     return out
 
 
+def cpp_settings(path: Path, detector: Detector, *, batches: list[int], size: int, warmup: int, iters: int
+                 ) -> list[Setting]:
+    """The same package and synthetic scenes through the C++ runtime (siefpn-infer --bench), timed in C++."""
+    import tempfile
+
+    from PIL import Image
+
+    from .cpp import cpp_bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, image in enumerate(synthetic_images(max(batches), size)):
+            Image.fromarray(image).save(Path(tmp) / f"{i:04d}.png")  # lossless: C++ decodes the same pixels
+        found = cpp_bench(path, batches=batches, size=size, warmup=warmup, iters=iters,
+                          threads=torch.get_num_threads(), source=Path(tmp))
+    return [Setting(path.name, f"c++ {detector.kind} {detector.precision}", r["batch"], size, r["model"], r["e2e"],
+                    r["peak_rss_mib"], None) for r in found]
+
+
 def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], warmup: int, iters: int, device: str,
-              config: str | None = None, log=print) -> dict[str, Any]:
+              config: str | None = None, cpp: bool = False, log=print) -> dict[str, Any]:
+    """Every artifact's variants over batches and sizes; with `cpp`, each .pt2 also through the C++ runtime."""
     rows, skipped = [], []
     for path in artifacts:
         try:
@@ -136,11 +155,24 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
                     setting = bench_detector(detector, label=path.name, variant=variant, batch=batch, size=size,
                                              warmup=warmup, iters=iters)
                     rows.append(setting.row())
-                    r = rows[-1]
-                    log(f"[bench] {path.name} {variant} b{batch} {size}px: model p50 {r['model_p50_ms']:.1f} ms, "
-                        f"end-to-end p50 {r['e2e_p50_ms']:.1f} ms, {r['e2e_images_per_s']:.1f} img/s")
+                    log_row(rows[-1], log)
+                if cpp and detector.kind == "aoti":
+                    runnable = [b for b in batches if not outside_range(detector.meta, (b, 3, size, size))]
+                    try:
+                        for setting in cpp_settings(path, detector, batches=runnable, size=size, warmup=warmup,
+                                                    iters=iters) if runnable else []:
+                            rows.append(setting.row())
+                            log_row(rows[-1], log)
+                    except CannotRunHere as e:
+                        skipped.append({"artifact": str(path), "reason": f"c++: {e}"})
+                        log(f"[bench] {path}: c++ not run: {e}")
     return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters, "device": device,
             "machine": machine()}
+
+
+def log_row(r: dict[str, Any], log) -> None:
+    log(f"[bench] {r['artifact']} {r['variant']} b{r['batch']} {r['size']}px: model p50 {r['model_p50_ms']:.1f} ms, "
+        f"end-to-end p50 {r['e2e_p50_ms']:.1f} ms, {r['e2e_images_per_s']:.1f} img/s")
 
 
 def write_bench_report(report: dict[str, Any], folder: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 from ..core.contract import SCHEMA_VERSION
 from ..core.errors import UserError
 from ..core.fileio import atomic_write, write_json
-from ..core.sidecar import ENGINE_SUFFIX, outside_range, read_meta, read_sidecar
+from ..core.sidecar import ENGINE_META_SUFFIX, ENGINE_SUFFIX, outside_range, read_meta, read_sidecar
 from .builder import Profile, build_serialized, load_backend, parse_onnx
 
 ENGINE_FORMAT = "siefpn-deploy/engine-meta"
@@ -25,7 +25,7 @@ ENGINE_FORMAT = "siefpn-deploy/engine-meta"
 def engine_meta_path(engine: str | Path) -> Path:
     """engines/NAME.plan -> engines/NAME.engine.json."""
     p = Path(engine)
-    return p.with_name(p.name.removesuffix(p.suffix) + ".engine.json")
+    return p.with_name(p.name.removesuffix(p.suffix) + ENGINE_META_SUFFIX)
 
 
 def engine_name(onnx: Path) -> str:

@@ -1,0 +1,114 @@
+#include "contract.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+namespace siefpn {
+namespace {
+
+using nlohmann::json;
+
+// A value from meta, or BadInput naming the key: a meta.json of another tool or version fails in one line.
+const json& at(const json& node, const char* key, const std::string& source) {
+  if (!node.is_object() || !node.contains(key)) {
+    throw BadInput(source + " does not describe a siefpn-deploy graph (missing \"" + key + "\")");
+  }
+  return node.at(key);
+}
+
+template <typename T>
+T value(const json& node, const char* key, const std::string& source) {
+  try {
+    return at(node, key, source).get<T>();
+  } catch (const json::exception&) {
+    throw BadInput(source + ": \"" + key + "\" has the wrong type");
+  }
+}
+
+ShapeRange range(const json& shapes, const char* name, const std::string& source) {
+  const json& r = at(shapes, name, source);
+  return {value<int>(r, "min", source), value<int>(r, "max", source)};
+}
+
+}  // namespace
+
+Contract Contract::from_meta(const json& meta, const std::string& source) {
+  const std::string version = meta.is_object() && meta.contains("schema_version") && meta["schema_version"].is_string()
+                                  ? meta["schema_version"].get<std::string>() : std::string("none");
+  const std::string major = std::to_string(SIEFPN_SCHEMA_MAJOR);
+  if (version.substr(0, version.find('.')) != major) {
+    throw BadInput(source + " has schema_version " + version + ", but this siefpn runtime reads " + major +
+                   ".x; re-export the model with this version");
+  }
+  Contract c;
+  c.architecture = value<std::string>(meta, "architecture", source);
+  c.max_detections = value<int>(meta, "max_detections", source);
+  for (const auto& t : at(meta, "inputs", source)) c.input_names.push_back(value<std::string>(t, "name", source));
+  // each output's rank by role: num_dets [B], boxes [B,K,4], scores [B,K], labels [B,K], masks [B,K,M,M]
+  const std::array<std::size_t, 5> ranks{1, 3, 2, 2, 4};
+  const json& outputs = at(meta, "outputs", source);
+  if (!outputs.is_array() || outputs.size() < 4 || outputs.size() > 5) {
+    throw BadInput(source + " lists " + std::to_string(outputs.size()) + " outputs; a siefpn-deploy graph has 4 or 5");
+  }
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    const json& shape = at(outputs[i], "shape", source);
+    if (!shape.is_array() || shape.size() != ranks[i]) {
+      throw BadInput(source + ": output " + std::to_string(i) + " has a shape of rank " + std::to_string(shape.size()) +
+                     ", the contract's has rank " + std::to_string(ranks[i]));
+    }
+    c.output_names.push_back(value<std::string>(outputs[i], "name", source));
+  }
+  if (c.input_names.size() != 2) throw BadInput(source + " must list 2 inputs (images, image_sizes)");
+  if (c.has_masks()) c.mask_size = outputs[kMasks]["shape"][2].get<int>();
+
+  const json& labels = at(meta, "labels", source);
+  c.first_label = value<int>(labels, "first", source);
+  c.mask_threshold = value<float>(labels, "mask_threshold", source);
+  c.background_label = c.first_label - 1;  // the contract: 0 is torchvision's background, classes are 1..C
+
+  const json& pre = at(meta, "preprocess", source);
+  const json& resize = at(pre, "resize", source);
+  c.preprocess.min_size = value<int>(resize, "min_size", source);
+  c.preprocess.max_size = value<int>(resize, "max_size", source);
+  c.preprocess.divisibility = value<int>(pre, "divisibility", source);
+  c.preprocess.pixel_mean = value<std::array<double, 3>>(pre, "pixel_mean", source);
+  c.preprocess.input_scale = value<double>(pre, "input_scale", source);
+  const std::string color = value<std::string>(pre, "color", source);
+  if (color != "RGB" && color != "BGR") throw BadInput(source + ": preprocess color must be RGB or BGR, got " + color);
+  c.preprocess.bgr = color == "BGR";
+  if (value<std::string>(pre, "placement", source) != "top-left" || value<std::string>(pre, "layout", source) != "NCHW") {
+    throw BadInput(source + ": only NCHW canvases with images at the top-left are supported");
+  }
+
+  const json& shapes = at(meta, "shapes", source);
+  c.batch = range(shapes, "batch", source);
+  c.height = range(shapes, "height", source);
+  c.width = range(shapes, "width", source);
+
+  const json& classes = at(meta, "classes", source);
+  c.class_names = value<std::vector<std::string>>(classes, "names", source);
+  c.category_ids = value<std::vector<int>>(classes, "category_ids", source);
+  if (c.class_names.size() != c.category_ids.size() || c.class_names.empty()) {
+    throw BadInput(source + ": classes.names and classes.category_ids must be non-empty lists of one length");
+  }
+  return c;
+}
+
+json read_json_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw BadInput(what + " not found: " + path);
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw BadInput("cannot read " + what + " " + path + ": not valid JSON (" + e.what() + ")");
+  }
+}
+
+std::string sidecar_path(const std::string& artifact, const std::string& suffix, const std::string& sidecar_suffix) {
+  const std::filesystem::path p(artifact);
+  std::string name = p.filename().string();
+  if (name.size() > suffix.size() && name.ends_with(suffix)) name.resize(name.size() - suffix.size());
+  return (p.parent_path() / (name + sidecar_suffix)).string();
+}
+
+}  // namespace siefpn

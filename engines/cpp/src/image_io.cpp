@@ -1,0 +1,116 @@
+// Image files in: torchvision's decoders (libjpeg-turbo, libpng, libwebp shipped in its wheel), called
+// through the dispatcher. The Python runtime decodes with PIL (data/image.py: EXIF orientation applied, then
+// RGB); both libraries give the same pixels for these formats (tests/test_cpp.py checks it).
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "siefpn/detector.hpp"
+#include "torchvision_ops.hpp"
+
+namespace siefpn {
+
+void load_torchvision_library(const std::string& name) {
+  static std::mutex mutex;
+  static std::set<std::string> loaded;  // dlopen'ed handles stay for the process: the ops register globally
+  std::lock_guard<std::mutex> lock(mutex);
+  if (loaded.count(name)) return;
+  if (loaded.empty()) {  // what torchvision's libraries list as needed beyond LibTorch (see CMakeLists.txt)
+    std::string preload = SIEFPN_TORCHVISION_PRELOAD;
+    for (std::size_t start = 0, end; start < preload.size(); start = end + 1) {
+      end = std::min(preload.find(':', start), preload.size());
+      const std::string lib = preload.substr(start, end - start);
+      if (std::filesystem::exists(lib)) dlopen(lib.c_str(), RTLD_LAZY | RTLD_GLOBAL);  // a failure shows below
+    }
+    loaded.insert("");
+  }
+  const char* env = std::getenv("SIEFPN_TORCHVISION_DIR");
+  const std::filesystem::path dir = env && *env ? env : SIEFPN_TORCHVISION_DIR;
+  std::string tried;
+  for (const std::string& file : {name + "_stable.so", name + ".so"}) {
+    const auto path = dir / file;
+    if (!std::filesystem::exists(path)) continue;
+    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) != nullptr) {
+      loaded.insert(name);
+      return;
+    }
+    tried = path.string() + ": " + dlerror();
+  }
+  throw RuntimeFailure("cannot load torchvision's " + name + " library from " + dir.string() +
+                       (tried.empty() ? " (not found; set SIEFPN_TORCHVISION_DIR)" : " (" + tried + ")"));
+}
+
+namespace {
+
+// "decode_jpeg, /path/to/decode_jpeg.cpp:171, Image is incomplete or truncated" -> the reason alone, one line
+std::string decoder_message(const std::string& what) {
+  std::string line = what.substr(0, what.find('\n'));
+  const std::size_t source = line.find(".cpp:");
+  if (source != std::string::npos) {
+    const std::size_t comma = line.find(", ", source);
+    if (comma != std::string::npos) line = line.substr(comma + 2);
+  }
+  return line.substr(0, line.find(". "));  // the first sentence
+}
+
+}  // namespace
+
+Image read_image(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!std::filesystem::is_regular_file(path) || !in) throw BadInput("image not found: " + path);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.empty()) throw BadInput("cannot read image " + path + ": the file is empty");
+  load_torchvision_library("image");
+  static const auto decode = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("image::decode_image", "")
+                                 .typed<at::Tensor(const at::Tensor&, int64_t, bool)>();
+  const at::Tensor data = at::from_blob(bytes.data(), {static_cast<int64_t>(bytes.size())}, at::kByte);
+  constexpr int64_t kReadRGB = 3;  // torchvision.io.ImageReadMode.RGB: gray repeated, alpha dropped
+  at::Tensor chw;
+  try {
+    chw = decode.call(data, kReadRGB, /*apply_exif_orientation=*/true);
+  } catch (const std::exception& e) {  // c10::Error, or std::runtime_error through the stable ABI
+    throw BadInput("cannot read image " + path + ": " + decoder_message(e.what()));
+  }
+  if (chw.scalar_type() != at::kByte || chw.dim() != 3 || chw.size(0) != 3) {
+    throw BadInput("cannot read image " + path + ": only 8-bit images are supported");
+  }
+  Image image;
+  image.height = static_cast<int>(chw.size(1));
+  image.width = static_cast<int>(chw.size(2));
+  image.pixels.resize(chw.numel());
+  at::from_blob(image.pixels.data(), {image.height, image.width, 3}, at::kByte).copy_(chw.permute({1, 2, 0}));
+  return image;
+}
+
+void write_png(const std::string& path, const Image& image) {
+  if (image.format != PixelFormat::RGB || image.pixels.size() != static_cast<std::size_t>(image.height) * image.width * 3) {
+    throw BadInput("write_png takes an RGB image with height * width * 3 pixels");
+  }
+  load_torchvision_library("image");
+  static const auto encode = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("image::encode_png", "")
+                                 .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  const at::Tensor hwc = at::from_blob(const_cast<std::uint8_t*>(image.pixels.data()), {image.height, image.width, 3},
+                                       at::kByte);
+  const at::Tensor png = encode.call(hwc.permute({2, 0, 1}).contiguous(), /*compression_level=*/6).contiguous();
+  const std::filesystem::path target(path);
+  if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path());
+  const std::filesystem::path tmp = target.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(png.data_ptr<std::uint8_t>()), png.numel());
+    if (!out) throw RuntimeFailure("cannot write " + tmp.string());
+  }
+  std::filesystem::rename(tmp, target);
+}
+
+}  // namespace siefpn
