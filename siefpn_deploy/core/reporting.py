@@ -24,9 +24,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def source_commit() -> str | None:
     """The git commit of the siefpn-deploy checkout being measured (with "+changes" when it has
-    uncommitted ones), or None outside a git checkout."""
+    uncommitted ones), or None outside a git checkout. $SIEFPN_SOURCE_COMMIT names it for a copy of the tree
+    without its .git (the lent GPU machine's)."""
+    import os
     import subprocess
 
+    if os.environ.get("SIEFPN_SOURCE_COMMIT"):
+        return os.environ["SIEFPN_SOURCE_COMMIT"]
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,

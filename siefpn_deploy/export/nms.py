@@ -100,7 +100,9 @@ def greedy_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
                        max_keep: int) -> tuple[Tensor, Tensor]:
     """`batched_nms`'s contract in aten ops: boxes [B,N,4], scores [B,N], groups [B,N], valid [B,N] -> keep [B,K]
     int64, keep_valid [B,K] bool. Each step keeps every image's best alive box and suppresses what it overlaps
-    (IoU > threshold, same group) in torchvision's arithmetic; at most K steps."""
+    (IoU > threshold, same group) in torchvision's arithmetic; at most K steps. In float32 always: a package
+    compiled under FP16 autocast hands it half-precision scores, where LOWEST does not fit."""
+    boxes, scores = boxes.float(), scores.float()
     n = scores.shape[1]
     keys = torch.where(valid, scores, LOWEST)
     # separate copies, not two views of `boxes`: the loop's captured inputs must not alias
