@@ -76,17 +76,33 @@ class CppBuild:
                 log(f"[cpp] {step}: {' '.join(cmd[1:])}")
                 out.write(f"$ {' '.join(cmd)}\n")
                 out.flush()
-                done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-                if done.returncode != 0:
+                with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                    for line in proc.stdout:  # everything to the log; ninja's [n/total] steps as progress
+                        out.write(line)
+                        if step == "build" and line.startswith("[") and "/" in line.split("]")[0]:
+                            log(f"[cpp] {line.rstrip()}")
+                if proc.returncode != 0:
+                    out.flush()
                     raise UserError(f"the C++ {step} failed ({_first_error(log_path)}); full log: {log_path}")
         log(f"[cpp] built {self.binary} and {self.build_dir / 'libsiefpn.so'}")
         return self.binary
 
 
 def _first_error(log_path: Path) -> str:
-    lines = log_path.read_text(errors="replace").splitlines()
-    hit = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "no output")
-    return " ".join(hit.split())[:300]
+    """The first error in a build log: CMake's message (the indented lines after "CMake Error at ..."), or the
+    compiler's "file:line: error: ..." line; the commands echoed into the log are not read."""
+    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if not ln.startswith("$ ")]
+    for i, line in enumerate(lines):
+        if line.startswith("CMake Error"):
+            message = []
+            for following in lines[i + 1:]:
+                if following.strip() == "" and message:
+                    break
+                message.append(following.strip())
+            return " ".join(" ".join(message).split())[:300] or line
+        if ": error:" in line or ": fatal error:" in line:
+            return " ".join(line.split())[:300]
+    return " ".join((lines[-1] if lines else "no output").split())[:300]
 
 
 def infer_binary(build_dir: Path | None = None) -> Path:
