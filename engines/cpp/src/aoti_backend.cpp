@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include <ATen/Context.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include "backend.hpp"
@@ -61,6 +62,8 @@ class AotiBackend final : public Backend {
 
   std::vector<at::Tensor> run(const at::Tensor& images, const at::Tensor& image_sizes) override {
     const at::Device target = device_ == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+    // no autograd bookkeeping on the ops the package calls through the dispatcher (as Python's inference_mode)
+    c10::InferenceMode no_autograd;
     std::vector<at::Tensor> outputs;
     try {
       outputs = loader_->run({images.to(target), image_sizes.to(target)});

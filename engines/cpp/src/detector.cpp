@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 
 #include "backend.hpp"
 #include "postprocess.hpp"
@@ -54,6 +55,7 @@ Detector Detector::load(const std::string& path, const LoadOptions& options) {
 }
 
 PreparedBatch Detector::prepare(std::span<const ImageView> images) const {
+  c10::InferenceMode no_autograd;
   const Contract& c = impl_->backend->contract();
   if (images.empty()) throw BadInput("no images to prepare");
   if (static_cast<int>(images.size()) > c.batch.max) {
@@ -68,6 +70,7 @@ PreparedBatch Detector::prepare(std::span<const ImageView> images) const {
 }
 
 RawOutputs Detector::infer(const PreparedBatch& batch) {
+  c10::InferenceMode no_autograd;
   const Contract& c = impl_->backend->contract();
   at::Tensor images = batch.impl_->canvas.images, sizes = batch.impl_->canvas.image_sizes;
   const int64_t real = images.size(0);
@@ -82,6 +85,7 @@ RawOutputs Detector::infer(const PreparedBatch& batch) {
 }
 
 std::vector<ImageDetections> Detector::postprocess(const RawOutputs& outputs, const PreparedBatch& batch) const {
+  c10::InferenceMode no_autograd;
   return detections_from_outputs(outputs.impl_->outputs, batch.impl_->canvas, impl_->backend->contract());
 }
 
