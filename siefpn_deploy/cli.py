@@ -331,6 +331,31 @@ required (--tensorrt on, with --tensorrt-root). See engines/cpp/README.md for th
 """
 
 
+EPILOG_TRITON_REPO = """\
+examples:
+  siefpn-deploy triton-repo --artifacts export/demo.onnx engines/demo.fp16.plan --output model_repository
+  siefpn-deploy triton-repo --artifacts export/demo.onnx --output model_repository --instance-kind cpu \\
+      --instances 2 --max-batch 4 --dynamic-batching-delay-us 2000
+
+One model per artifact: MODEL/config.pbtxt (platform onnxruntime_onnx or tensorrt_plan; the contract's
+input and output names, dtypes and dims; max_batch_size from the artifact's batch range or the engine's
+profile; dynamic batching; an instance group), MODEL/1/model.onnx|model.plan and MODEL/meta.json. Every
+config.pbtxt is parsed into Triton's own ModelConfig protobuf (from tritonclient) before anything is written.
+Copy the folder to a Triton fleet unchanged: its README.md says how.
+"""
+
+
+def _cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .serve.repository import RepositoryOptions, write_repository
+
+    write_repository([Path(a) for a in args.artifacts], RepositoryOptions(
+        output=Path(args.output), max_batch=args.max_batch, instances=args.instances,
+        instance_kind=args.instance_kind, delay_us=args.dynamic_batching_delay_us))
+    print(f"[triton-repo] wrote {args.output} ({len(args.artifacts)} model(s)); serve it with "
+          f"tritonserver --model-repository={args.output}")
+    return 0
+
+
 def _cmd_cpp_build(args: argparse.Namespace) -> int:
     from .runtime.cpp import CppBuild, default_build_dir
 
@@ -548,6 +573,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cpp", action="store_true",
                        help="also time each .pt2 through the C++ runtime (siefpn-infer; `siefpn-deploy cpp build` first)")
     bench.add_argument("--report", default="reports/bench", metavar="DIR", help="default reports/bench")
+
+    repo = _command(sub, "triton-repo", _cmd_triton_repo, epilog=EPILOG_TRITON_REPO,
+                    help="write a Triton Inference Server model repository (config.pbtxt from the graph contract)")
+    repo.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
+                      help=".onnx (onnxruntime_onnx) and .plan (tensorrt_plan) artifacts with their meta.json")
+    repo.add_argument("--output", default="model_repository", metavar="DIR", help="default model_repository")
+    repo.add_argument("--max-batch", type=int, metavar="N",
+                      help="max_batch_size (default: the artifact's largest batch, an engine's profile maximum)")
+    repo.add_argument("--instances", type=int, default=1, metavar="N", help="model instances per GPU (or in all on "
+                      "the CPU); default 1")
+    repo.add_argument("--instance-kind", choices=["gpu", "cpu"], default="gpu",
+                      help="KIND_GPU or KIND_CPU (an engine: gpu only); default gpu")
+    repo.add_argument("--dynamic-batching-delay-us", type=int, default=100, metavar="D",
+                      help="the longest a request waits for others to batch with, in microseconds (default 100)")
 
     cpp = sub.add_parser("cpp", help="the C++ runtime (engines/cpp): build libsiefpn and siefpn-infer")
     cpp_sub = cpp.add_subparsers(dest="cpp_command", required=True, metavar="ACTION")

@@ -209,7 +209,7 @@ def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_fil
     before = out.read_bytes()
 
     # a check that fails: the error says so in one line, and the file from the first export stays
-    monkeypatch.setattr(verify, "SCORE_ATOL", -1.0)
+    monkeypatch.setattr(verify, "FP32_TOLERANCES", verify.Tolerances(score_abs=-1.0))
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: verification of") and len(err.strip().splitlines()) == 1

@@ -53,12 +53,16 @@ class DeployDetector(nn.Module):
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         """images [B,3,H,W] in 0..input_scale, image_sizes [B,2] int32 (height, width) -> the contract's outputs."""
         x = images if self.to_255 == 1.0 else images * self.to_255
-        with torch.autocast(images.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            features = list(self.backbone((x - self.mean) / self.std).values())
-            outputs = self.decoder(features, image_sizes)
-        out = (outputs[name] for name in self.output_names)
+        if self.autocast_dtype is None:  # FP32: no autocast scope at all, so the ONNX graph's node names stay put
+            return self._run(x, image_sizes)
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+            out = self._run(x, image_sizes)
         return tuple(t.float() if t.is_floating_point() else t for t in out)
+
+    def _run(self, x: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
+        features = list(self.backbone((x - self.mean) / self.std).values())
+        outputs = self.decoder(features, image_sizes)
+        return tuple(outputs[name] for name in self.output_names)
 
 
 class OneStageDecoder(nn.Module):

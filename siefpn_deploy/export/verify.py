@@ -44,6 +44,7 @@ class Tolerances:
     unmatched_borderline: int = 0  # reference detections left unmatched that lie at the score threshold
 
 
+FP32_TOLERANCES = Tolerances()
 # An FP16 package against eager FP16 autocast: the same arithmetic class, but other kernels and fusions round
 # differently in half precision, so a detection at the score threshold may fall either side of it.
 FP16_TOLERANCES = Tolerances(box_rel=1e-2, score_abs=1e-2, mask_abs=5e-2, unmatched_borderline=2)
@@ -135,12 +136,13 @@ def verify_package(path: str | Path, meta: dict[str, Any], detector: nn.Module, 
 
 def verify_against_eager(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], path: str | Path,
                          meta: dict[str, Any], detector: nn.Module, images: list[torch.Tensor], *, runtime: str,
-                         reference: EagerBackend | None = None, tolerances: Tolerances = Tolerances(),
+                         reference: EagerBackend | None = None, tolerances: Tolerances | None = None,
                          log=print) -> Verification:
     """`run(feeds) -> outputs` against `EagerBackend` (default: FP32 on the CPU) on the same canvases and image
     sizes, image by image."""
     contract = GraphContract.from_meta(meta, source=str(path))
     reference = reference or EagerBackend(detector, contract, torch.device("cpu"))
+    tolerances = tolerances or FP32_TOLERANCES
     post = meta["postprocess"]
     preprocess = Preprocess(contract.preprocess)
     agreement = Agreement()

@@ -1,0 +1,86 @@
+"""`siefpn-deploy triton-repo`: a Triton model repository whose config.pbtxt files Triton's own ModelConfig schema
+(tritonclient's protobuf) accepts, with the artifact's I/O from its meta.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.core.contract import GraphContract
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.core.sidecar import meta_path, read_meta
+from siefpn_deploy.serve.repository import ModelIO, RepositoryOptions, Tensor, model_config, parse_config
+
+ARCH = "mask_rcnn"  # its ONNX has every output (masks too); test_aoti.py and test_cpp.py export it as well
+DTYPES = {"float32": model_config_pb2.TYPE_FP32, "int32": model_config_pb2.TYPE_INT32}
+
+
+def read_config(folder):
+    return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def test_the_repository_states_the_contract_in_triton_s_schema(exported, tmp_path, capsys):
+    onnx = exported.onnx(ARCH, "onnx")
+    assert main(["triton-repo", "--artifacts", str(onnx), "--output", str(tmp_path / "repo"), "--instance-kind", "cpu",
+                 "--instances", "2", "--dynamic-batching-delay-us", "500"]) == 0
+    model = tmp_path / "repo" / "mask_rcnn_onnx_onnx"
+    config = read_config(model)
+    meta = read_meta(onnx)
+    contract = GraphContract.from_meta(meta, source=str(onnx))
+    assert config.name == model.name and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == meta["shapes"]["batch"]["max"] == 4
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("images", model_config_pb2.TYPE_FP32, [3, -1, -1]), ("image_sizes", model_config_pb2.TYPE_INT32, [2])]
+    # every output of the contract, in its order, with its dtype and per-image dims (num_dets: a scalar per image)
+    got = [(o.name, o.data_type, list(o.dims), list(o.reshape.shape)) for o in config.output]
+    want = [(o.name, DTYPES[o.dtype], list(o.shape[1:]) or [1], []) for o in contract.outputs()]
+    assert got == want and config.output[0].HasField("reshape")
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.instance_group[0].count == 2 and config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert (model / "1" / "model.onnx").read_bytes() == onnx.read_bytes()
+    assert json.loads((model / "meta.json").read_text())["classes"] == meta["classes"]
+    assert "tritonserver --model-repository" in (tmp_path / "repo" / "README.md").read_text()
+
+
+def test_a_static_batch_is_served_unbatched_and_bad_configs_are_caught():
+    io = ModelIO(inputs=(Tensor("images", "float32", (3, 320, 320)), Tensor("image_sizes", "int32", (2,))),
+                 outputs=(Tensor("num_dets", "int32", ()), Tensor("boxes", "float32", (100, 4))), batch=(2, 2), meta={})
+    config = parse_config(model_config("m", "tensorrt_plan", io, RepositoryOptions(output=None)), source="m")
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [list(t.dims) for t in (*config.input, *config.output)] == [[2, 3, 320, 320], [2, 2], [2], [2, 100, 4]]
+    with pytest.raises(UserError, match="not a valid Triton ModelConfig"):
+        parse_config('name: "m" max_batch_size: "four"', source="m/config.pbtxt")
+    with pytest.raises(UserError, match="Triton batches from 1"):
+        model_config("m", "tensorrt_plan", ModelIO(io.inputs, io.outputs, (2, 4), {}), RepositoryOptions(output=None))
+
+
+def test_bad_artifacts_are_one_line_and_leave_the_repository_as_it_was(exported, tmp_path, capsys):
+    onnx = exported.onnx(ARCH, "onnx")
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--artifacts", str(onnx), "--output", str(repo)]) == 0
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    capsys.readouterr()
+
+    def refused(*argv: str) -> str:
+        assert main(["triton-repo", *argv, "--output", str(repo)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+        return err
+
+    stale = tmp_path / "stale.onnx"
+    shutil.copy(onnx, stale)
+    meta = json.loads(meta_path(onnx).read_text())
+    meta_path(stale).write_text(json.dumps(meta))  # its sha256 is the original's: fine; then break the file
+    stale.write_bytes(b"not the exported graph")
+    assert "does not match" in refused("--artifacts", str(onnx), str(stale))
+    (tmp_path / "x.pt2").write_bytes(b"PK")
+    assert "serve a .pt2" in refused("--artifacts", str(tmp_path / "x.pt2"))
+    assert "outside" in refused("--artifacts", str(onnx), "--max-batch", "9")
+    assert "not found" in refused("--artifacts", str(tmp_path / "none.onnx"))
+    assert "same model twice" in refused("--artifacts", str(onnx), str(onnx))
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before  # nothing half-written
