@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .core.contract import describe_graph
     from .export.options import FORMATS, PACKAGE_DEVICES, PACKAGE_PRECISIONS, ExportOptions
     from .quantize.options import QuantizeOptions
+    from .runtime.cpp import TENSORRT_CHOICES
 
     parser = argparse.ArgumentParser(
         prog="siefpn-deploy",
@@ -595,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Build libsiefpn (siefpn::Detector: .pt2 packages through LibTorch's AOTInductor "
                          "runtime, .plan engines through TensorRT) and the siefpn-infer CLI.")
     cpp_build.add_argument("--build-dir", metavar="DIR", help="default engines/cpp/build")
-    cpp_build.add_argument("--tensorrt", choices=["auto", "on", "off"], default="auto",
+    cpp_build.add_argument("--tensorrt", choices=TENSORRT_CHOICES, default="auto",
                            help="the TensorRT backend: auto (when found), on (required) or off (default auto)")
     cpp_build.add_argument("--tensorrt-root", metavar="DIR", help="a TensorRT install with include/ and lib/")
     cpp_build.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: ninja's)")

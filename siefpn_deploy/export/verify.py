@@ -127,11 +127,12 @@ def verify_package(path: str | Path, meta: dict[str, Any], detector: nn.Module, 
     against eager FP16 autocast on the same device, with FP16_TOLERANCES)."""
     contract = GraphContract.from_meta(meta, source=str(path))
     run = load_package(path, contract.output_names, device=device)
-    if autocast_dtype is None:
-        return verify_against_eager(run, path, meta, detector, images, runtime="the AOTInductor package", log=log)
-    reference = EagerBackend(detector, contract, torch.device(device), autocast_dtype=autocast_dtype)
+    reference, tolerances = None, None  # verify_against_eager's defaults: eager FP32 on the CPU, FP32_TOLERANCES
+    if autocast_dtype is not None:
+        reference = EagerBackend(detector, contract, torch.device(device), autocast_dtype=autocast_dtype)
+        tolerances = FP16_TOLERANCES
     return verify_against_eager(run, path, meta, detector, images, runtime="the AOTInductor package", log=log,
-                                reference=reference, tolerances=FP16_TOLERANCES)
+                                reference=reference, tolerances=tolerances)
 
 
 def verify_against_eager(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], path: str | Path,

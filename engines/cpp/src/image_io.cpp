@@ -102,12 +102,16 @@ void write_png(const std::string& path, const Image& image) {
   const at::Tensor hwc = at::from_blob(const_cast<std::uint8_t*>(image.pixels.data()), {image.height, image.width, 3},
                                        at::kByte);
   const at::Tensor png = encode.call(hwc.permute({2, 0, 1}).contiguous(), /*compression_level=*/6).contiguous();
+  write_file(path, std::string_view(reinterpret_cast<const char*>(png.data_ptr<std::uint8_t>()), png.numel()));
+}
+
+void write_file(const std::string& path, std::string_view bytes) {
   const std::filesystem::path target(path);
   if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path());
   const std::filesystem::path tmp = target.string() + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(png.data_ptr<std::uint8_t>()), png.numel());
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     if (!out) throw RuntimeFailure("cannot write " + tmp.string());
   }
   std::filesystem::rename(tmp, target);

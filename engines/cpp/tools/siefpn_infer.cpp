@@ -212,17 +212,6 @@ json coco_records(const siefpn::ImageDetections& image, const json& name, bool r
   return out;
 }
 
-void write_text_atomic(const fs::path& path, const std::string& text) {
-  if (path.has_parent_path()) fs::create_directories(path.parent_path());
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) throw siefpn::RuntimeFailure("cannot write " + tmp.string());
-  }
-  fs::rename(tmp, path);
-}
-
 // A canvas as a .npy file (format 1.0, little-endian float32, C order) for comparison with Python.
 void write_npy(const fs::path& path, const siefpn::PreparedBatch& batch) {
   const auto s = batch.shape();
@@ -236,7 +225,7 @@ void write_npy(const fs::path& path, const siefpn::PreparedBatch& batch) {
   bytes.push_back(static_cast<char>(header.size() >> 8));
   bytes += header;
   bytes.append(reinterpret_cast<const char*>(batch.data()), sizeof(float) * s[0] * s[1] * s[2] * s[3]);
-  write_text_atomic(path, bytes);
+  siefpn::write_file(path, bytes);
 }
 
 // Boxes (2 px outlines) and masks (half-blended) in a colour per label, onto a copy of the image.
@@ -302,7 +291,7 @@ int run_infer(const Args& a, siefpn::Detector& det) {
     }
     progress(end, files.size(), "[siefpn-infer]");
   }
-  if (!a.json_out.empty()) write_text_atomic(a.json_out, records.dump());
+  if (!a.json_out.empty()) siefpn::write_file(a.json_out, records.dump());
   std::cout << "[siefpn-infer] " << count << " detections in " << files.size() << " images ("
             << det.backend() << ", " << det.device() << ")" << (a.json_out.empty() ? "" : "; JSON: " + a.json_out)
             << (a.vis.empty() ? "" : "; drawn into " + a.vis) << "\n";
@@ -378,7 +367,7 @@ int run_bench(const Args& a, siefpn::Detector& det) {
     rows.push_back({{"backend", det.backend()}, {"device", det.device()}, {"batch", b}, {"size", size},
                     {"model_ms", model}, {"e2e_ms", e2e}, {"peak_rss_mib", peak_rss_mib()}});
   }
-  if (!a.json_out.empty()) write_text_atomic(a.json_out, rows.dump(1));
+  if (!a.json_out.empty()) siefpn::write_file(a.json_out, rows.dump(1));
   return 0;
 }
 

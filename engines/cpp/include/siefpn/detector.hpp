@@ -19,6 +19,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "siefpn/error.hpp"
@@ -49,8 +50,11 @@ struct Image {
 // A missing, unreadable or corrupt file is a BadInput naming it.
 Image read_image(const std::string& path);
 
-// Encode an RGB image as PNG (torchvision's encoder) and write it atomically (a temporary file renamed).
+// Encode an RGB image as PNG (torchvision's encoder) and write it with write_file.
 void write_png(const std::string& path, const Image& image);
+
+// Write `bytes` to `path` atomically: a temporary file beside it, renamed onto it (parent folders are made).
+void write_file(const std::string& path, std::string_view bytes);
 
 struct Detection {
   std::array<float, 4> box{};     // xyxy in the original image's pixels
