@@ -356,6 +356,72 @@ def _cmd_triton_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_SERVE = """\
+examples:
+  siefpn-deploy serve --artifact export/demo.onnx                  # HTTP :8000, gRPC :8001, metrics :8002
+  siefpn-deploy serve --artifact engines/demo.fp16.plan --max-batch 16 --max-queue-delay-us 5000 --instances 2
+  curl localhost:8000/v2/health/ready && curl localhost:8002/metrics
+  siefpn-deploy client --url localhost:8000 --source datasets/synth/val --concurrency 8
+
+A real Triton Inference Server (tritonserver from the nvidia-pytriton wheel, no container) runs the model in
+this process through its Python backend, with dynamic batching, HTTP and gRPC, health and readiness endpoints,
+statistics and Prometheus metrics. Any artifact kind is served (.onnx, .pt2, .plan, or a .pth), and it takes
+encoded images: input `image` (BYTES [1], a JPEG/PNG/WebP file per row); outputs num_dets, boxes (original
+image pixels), scores, labels, category_ids, class_names, image_size, masks (Mask R-CNN: COCO RLE counts) and
+error (why an image was refused; it fails only its own row). SIGINT or SIGTERM stop it gracefully: requests in
+flight finish, then it exits 0. Setup: pip install -e ".[serve]" && pip install --no-deps nvidia-pytriton==0.7.0
+(its wheel pins numpy<2; its stub gets a numpy<2 environment of its own, built on first use: see
+siefpn_deploy/serve/python_env.py). To hand a fleet the ONNX or engine itself, see `siefpn-deploy triton-repo`.
+"""
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .runtime.detector import Detector
+    from .serve.options import ServeOptions
+    from .serve.server import DetectorServer, check_options
+
+    options = ServeOptions(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+        max_image_pixels=args.max_image_pixels, exit_timeout_s=args.exit_timeout, model_name=args.model_name,
+        python_env=Path(args.python_env) if args.python_env else None,
+        log_file=Path(args.log_file) if args.log_file else None)
+    check_options(options)  # before loading the artifact, which can take a while
+    detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file, threads=args.threads)
+    stop = threading.Event()
+    # this process is the server: SIGINT and SIGTERM end the wait, then the server drains and stops
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    with DetectorServer(detector, options) as server:
+        server.wait(stop)
+    print("[serve] stopped")
+    return 0
+
+
+EPILOG_CLIENT = """\
+examples:
+  siefpn-deploy client --url localhost:8000 --source datasets/synth/val --concurrency 8
+  siefpn-deploy client --url localhost:8001 --grpc --source datasets/synth/val \\
+      --annotations datasets/synth/annotations/instances_val.json --save-json out/served_results.json
+
+Sends each image's file bytes to a `siefpn-deploy serve` server (tritonclient, HTTP or gRPC), CONCURRENCY
+requests at a time, and prints throughput and latency percentiles. --save-json writes what
+`siefpn-deploy infer --save-json` writes: COCO results with --annotations (COCO.loadRes takes them).
+"""
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from .serve.client import run_client
+
+    run_client(args.url, Path(args.source), grpc=args.grpc, model=args.model,
+               annotations=Path(args.annotations) if args.annotations else None,
+               save_json=Path(args.save_json) if args.save_json else None, concurrency=args.concurrency)
+    return 0
+
+
 def _cmd_cpp_build(args: argparse.Namespace) -> int:
     from .runtime.cpp import CppBuild, default_build_dir
 
@@ -389,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.options import FORMATS, PACKAGE_DEVICES, PACKAGE_PRECISIONS, ExportOptions
     from .quantize.options import QuantizeOptions
     from .runtime.cpp import TENSORRT_CHOICES
+    from .serve.options import ServeOptions
 
     parser = argparse.ArgumentParser(
         prog="siefpn-deploy",
@@ -588,6 +655,45 @@ def build_parser() -> argparse.ArgumentParser:
                       help="KIND_GPU or KIND_CPU (an engine: gpu only); default gpu")
     repo.add_argument("--dynamic-batching-delay-us", type=int, default=100, metavar="D",
                       help="the longest a request waits for others to batch with, in microseconds (default 100)")
+
+    serve = _command(sub, "serve", _cmd_serve, epilog=EPILOG_SERVE,
+                     help="serve any artifact with a local Triton Inference Server (dynamic batching, HTTP, gRPC)")
+    serve.add_argument("--artifact", required=True, metavar="PATH", help=".onnx, .pt2, .plan or a .pth checkpoint")
+    serve.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    serve.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: its own)")
+    serve.add_argument("--host", default=ServeOptions.host, help=f"address to listen on (default {ServeOptions.host})")
+    serve.add_argument("--http-port", type=int, default=ServeOptions.http_port, metavar="P", help="default 8000")
+    serve.add_argument("--grpc-port", type=int, default=ServeOptions.grpc_port, metavar="P", help="default 8001")
+    serve.add_argument("--metrics-port", type=int, default=ServeOptions.metrics_port, metavar="P",
+                       help="Prometheus metrics at /metrics (default 8002)")
+    serve.add_argument("--max-batch", type=int, default=ServeOptions.max_batch, metavar="N",
+                       help=f"images the dynamic batcher merges into one batch (default {ServeOptions.max_batch})")
+    serve.add_argument("--max-queue-delay-us", type=int, default=ServeOptions.max_queue_delay_us, metavar="D",
+                       help="the longest a request waits for others to batch with, in microseconds "
+                       f"(default {ServeOptions.max_queue_delay_us})")
+    serve.add_argument("--instances", type=int, default=ServeOptions.instances, metavar="N",
+                       help="model instances running batches at once (default 1)")
+    serve.add_argument("--max-image-pixels", type=int, default=ServeOptions.max_image_pixels, metavar="N",
+                       help="larger images are refused from their header, before decoding "
+                       f"(default {ServeOptions.max_image_pixels})")
+    serve.add_argument("--exit-timeout", type=int, default=ServeOptions.exit_timeout_s, metavar="S",
+                       help=f"on SIGINT/SIGTERM, how long in-flight requests may take (default {ServeOptions.exit_timeout_s})")
+    serve.add_argument("--model-name", metavar="NAME", help="the Triton model name (default: from the file name)")
+    serve.add_argument("--python-env", metavar="DIR", help="the Python-backend stub's environment (default: built "
+                       "once under ~/.cache/siefpn-deploy)")
+    serve.add_argument("--log-file", metavar="FILE", help="tritonserver's log (default: a file in the temp folder)")
+
+    client = _command(sub, "client", _cmd_client, epilog=EPILOG_CLIENT,
+                      help="send images to a `serve` server (HTTP or gRPC): detections as COCO JSON, latency")
+    client.add_argument("--url", default="localhost:8000", help="host:port (default localhost:8000; gRPC: :8001)")
+    client.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
+    client.add_argument("--model", metavar="NAME", help="the model (default: the server's only one)")
+    client.add_argument("--source", required=True, metavar="PATH", help="an image or a folder of images")
+    client.add_argument("--annotations", metavar="JSON", help="COCO instances file listing the images: --save-json "
+                        "then writes COCO results with true image ids")
+    client.add_argument("--save-json", metavar="FILE", help="write the detections as JSON")
+    client.add_argument("--concurrency", type=int, default=1, metavar="N", help="requests in flight (default 1)")
 
     cpp = sub.add_parser("cpp", help="the C++ runtime (engines/cpp): build libsiefpn and siefpn-infer")
     cpp_sub = cpp.add_subparsers(dest="cpp_command", required=True, metavar="ACTION")

@@ -6,12 +6,13 @@ export verification, the runtime and the benchmarks all call it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.contract import COLOR_ORDERS
 from ..core.errors import UserError, one_line
@@ -30,17 +31,33 @@ def find_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image as RGB, EXIF orientation applied first."""
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file as RGB, EXIF orientation applied first (see `decode_image`)."""
+    return _decode(path, str(path), max_pixels)
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, WebP, ... as bytes) as RGB, EXIF orientation applied first. An image of
+    more than `max_pixels` pixels is refused from its header, before it is decoded (a server's memory bound)."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: str | Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise UserError(f"image {name} is {img.width}x{img.height}, more than the {max_pixels} pixels "
+                                "allowed")
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # converting such a palette straight to RGB makes PIL warn
             return img.convert("RGB")
+    except UnidentifiedImageError:  # its message names a BytesIO object for bytes
+        raise UserError(f"cannot read image {name}: not an image file PIL can decode "
+                        f"({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {one_line(e)}") from None
+        raise UserError(f"cannot read image {name}: {one_line(e)}") from None
 
 
 def to_tensor(image: Any, color: str = "RGB") -> torch.Tensor:

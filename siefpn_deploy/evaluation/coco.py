@@ -25,10 +25,25 @@ def coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray, category_
         for b, s, c in zip(xywh, np.asarray(scores).tolist(), category_ids)
     ]
     if masks is not None and results:
-        rles = mask_util.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
-        for r, rle in zip(results, rles):
-            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        for r, rle in zip(results, rle_encode(masks)):
+            r["segmentation"] = rle
     return results
+
+
+def rle_encode(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Binary masks [N,H,W] -> COCO compressed RLEs {"size": [H, W], "counts": str}, as results files hold them."""
+    if len(masks) == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
+    return [{"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")} for rle in rles]
+
+
+def rle_decode(rles: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+    """`rle_encode`'s inverse: bool [N,H,W] (an empty [0,H,W] for no RLEs)."""
+    if not rles:
+        return np.zeros((0, height, width), bool)
+    coded = [{"size": list(r["size"]), "counts": r["counts"].encode("ascii")} for r in rles]
+    return mask_util.decode(coded).transpose(2, 0, 1).astype(bool)
 
 
 class Scored(Protocol):

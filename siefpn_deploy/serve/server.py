@@ -1,0 +1,183 @@
+"""`siefpn-deploy serve`: a real Triton Inference Server on this machine, serving a `Detector` of any artifact.
+
+    client --HTTP/gRPC--> tritonserver (dynamic batcher) --> Python-backend stub (PyTriton's proxy model)
+           --ZeroMQ + shared memory--> `DetectorModel` in this process --> Detector.predict
+
+No container: the nvidia-pytriton wheel ships `tritonserver` and its Python backend. Triton gives the HTTP
+and gRPC endpoints, /v2/health/live and /v2/health/ready, Prometheus metrics on the metrics port, request
+statistics and the dynamic batcher; this process gives the model. Whatever the artifact (.onnx, .pt2, .plan or
+a .pth), the served model takes encoded images and returns detections in original-image pixels (protocol.py).
+
+Stopping (`DetectorServer.__exit__`) stops tritonserver first, which refuses new requests and waits up to
+`exit_timeout_s` for the ones in flight; their batches still run here, so they complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from ..core.errors import UserError
+from ..data.image import decode_image
+from ..runtime.detector import Detector
+from . import protocol
+from .options import ServeOptions
+from .python_env import ensure_python_env
+from .repository import model_name
+
+
+class DetectorModel:
+    """The callable Triton runs on each batch: requests (each `image` [n,1] bytes) -> one response per request."""
+
+    def __init__(self, detector: Detector, *, max_image_pixels: int) -> None:
+        self.detector = detector
+        self.max_image_pixels = max_image_pixels
+
+    def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        decoded: list[list[tuple[Any, str]]] = []  # per request, per row: (PIL image or None, error)
+        for request in requests:
+            blobs = np.asarray(request[protocol.IMAGE], dtype=object).reshape(-1)
+            decoded.append([self._decode(blob, row) for row, blob in enumerate(blobs)])
+        images = [im for rows in decoded for im, _ in rows if im is not None]
+        # one call for the whole batch: Detector.predict fills canvases of up to the artifact's batch
+        found = iter(self.detector.predict(images, batch_size=len(images)) if images else [])
+        responses = []
+        for rows in decoded:
+            packed = [protocol.pack(self.detector.contract, next(found), (im.height, im.width)) if im is not None
+                      else protocol.pack(self.detector.contract, None, (0, 0), error) for im, error in rows]
+            responses.append({name: np.stack([row[name] for row in packed]) for name in packed[0]} if packed
+                             else {f.name: np.zeros((0, *f.shape), f.dtype if f.dtype is not np.bytes_ else object)
+                                   for f in protocol.outputs(self.detector.contract)})
+        return responses
+
+    def _decode(self, blob: Any, row: int) -> tuple[Any, str]:
+        try:
+            data = bytes(blob) if not isinstance(blob, bytes) else blob
+            return decode_image(data, name=f"in row {row}", max_pixels=self.max_image_pixels), ""
+        except (UserError, TypeError) as e:
+            return None, str(e)
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """A one-line error when something already listens on host:port (SO_REUSEADDR: a socket in TIME_WAIT from
+    an earlier run does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            raise UserError(f"{option} {port}: {host}:{port} {why}") from None
+
+
+def check_options(options: ServeOptions) -> None:
+    """Sane numbers, and three different ports that are free (cheap: the CLI checks before it loads the artifact)."""
+    if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0 or options.max_image_pixels < 1:
+        raise UserError("--max-batch, --instances and --max-image-pixels must be >= 1, --max-queue-delay-us >= 0")
+    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
+    if len(set(ports.values())) != len(ports):
+        raise UserError(f"--http-port, --grpc-port and --metrics-port must differ, got {list(ports.values())}")
+    for option, port in ports.items():
+        check_port_free(options.host, port, option)
+
+
+PYTRITON = "nvidia-pytriton==0.7.0"
+
+
+def require_pytriton() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        raise UserError(f"serve needs tritonserver from the {PYTRITON} wheel: pip install -e \".[serve]\" && "
+                        f"pip install --no-deps {PYTRITON} (its wheel pins numpy<2, which this project does not use)")
+
+
+def tensor(field: protocol.Field) -> Any:
+    from pytriton.model_config import Tensor
+
+    return Tensor(name=field.name, dtype=field.dtype, shape=field.shape)
+
+
+class DetectorServer:
+    """tritonserver serving `detector`, for the life of a `with` block:
+
+        with DetectorServer(Detector.from_path("export/demo.onnx"), ServeOptions(http_port=8000)) as server:
+            server.wait(stop_event)      # until stop_event is set (the CLI sets it on SIGINT/SIGTERM)
+    """
+
+    def __init__(self, detector: Detector, options: ServeOptions, *, log=print) -> None:
+        self.detector = detector
+        self.options = options
+        self.name = options.model_name or model_name(detector.path)
+        self.log = log
+        self.log_file = options.log_file or Path(tempfile.gettempdir()) / f"siefpn-serve-{self.name}.log"
+        self._triton: Any = None
+
+    def __enter__(self) -> Self:
+        o = self.options
+        check_options(o)
+        require_pytriton()
+        env = ensure_python_env(o.python_env, log=self.log)
+        from pytriton.exceptions import PyTritonError
+        from pytriton.model_config import DynamicBatcher, ModelConfig
+        from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
+
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
+                              metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s, log_file=self.log_file)
+        # PyTriton guards these APIs with a token only it holds; statistics are read-only (Triton itself leaves
+        # them open) and show clients the batches executed, so they stay open; loading models stays closed
+        security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+        triton = Triton(config=config, security_config=security)
+        model = DetectorModel(self.detector, max_image_pixels=o.max_image_pixels)
+        triton.bind(model_name=self.name, infer_func=[model] * o.instances,
+                    inputs=[tensor(f) for f in protocol.inputs()],
+                    outputs=[tensor(f) for f in protocol.outputs(self.detector.contract)],
+                    config=ModelConfig(max_batch_size=o.max_batch,
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us)))
+        use_python_env(triton, env)
+        self._triton = triton
+        try:
+            triton.run()
+        except (PyTritonError, RuntimeError, OSError) as e:  # a port taken meanwhile, a stub that failed: see the log
+            triton.stop()
+            self._triton = None
+            raise UserError(f"tritonserver did not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
+                            f" its log: {self.log_file}") from None
+        host = "localhost" if o.host in ("0.0.0.0", "127.0.0.1") else o.host
+        self.log(f"[serve] {self.name} ({self.detector.kind}, {self.detector.path.name}) is ready: "
+                 f"http://{host}:{o.http_port} (gRPC {host}:{o.grpc_port}, metrics http://{host}:{o.metrics_port}/metrics);"
+                 f" max batch {o.max_batch}, queue delay {o.max_queue_delay_us} us, {o.instances} instance(s); "
+                 f"Triton's log: {self.log_file}")
+        return self
+
+    def alive(self) -> bool:
+        return self._triton is not None and self._triton.is_alive()
+
+    def wait(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+        """Serve until `stop` is set; a UserError if tritonserver or the proxy dies first."""
+        while not stop.wait(poll_s):
+            if not self.alive():
+                raise UserError(f"tritonserver stopped unexpectedly; its log: {self.log_file}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._triton is not None:
+            self.log(f"[serve] stopping: in-flight requests finish first (up to {self.options.exit_timeout_s} s)")
+            self._triton.stop()
+            self._triton = None
+
+
+def use_python_env(triton: Any, env: Path) -> None:
+    """Run the bound models' stubs in `env` (see python_env.py) through the Python backend's EXECUTION_ENV_PATH.
+
+    PyTriton 0.7 has no public option for a model's backend parameters. Its Model builds its Triton config once
+    and caches it (Model._get_triton_model_config); this fills that cache before `run()` and adds the parameter
+    to it. nvidia-pytriton is pinned to 0.7.0, and tests/test_serve.py fails if this stops taking effect."""
+    for model in triton._model_manager.models:
+        model._get_triton_model_config().backend_parameters["EXECUTION_ENV_PATH"] = str(env)
