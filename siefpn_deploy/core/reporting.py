@@ -81,7 +81,7 @@ def write_report(folder: str | Path, name: str, *, data: dict[str, Any], markdow
 
 
 def write_benchmark_report(path: str | Path, *, title: str, body: str, command: str,
-                           data: dict[str, Any] | None = None) -> str:
+                           data: dict[str, Any] | None = None, plot: Callable[[Any], None] | None = None) -> str:
     """A benchmark script's result: markdown titled with the date, machine, versions and commit, its body
     (tables and notes) and the command that measured it, printed and written as path (.md) beside a .json."""
     import onnxruntime
@@ -92,5 +92,5 @@ def write_benchmark_report(path: str | Path, *, title: str, body: str, command: 
               f"Command: `{command}`\n")
     print("\n" + report)
     write_report(path.parent, path.stem, data={"title": title, "machine": m, "command": command, **(data or {})},
-                 markdown=report)
+                 markdown=report, plot=plot)
     return report

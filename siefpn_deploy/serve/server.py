@@ -27,6 +27,7 @@ from ..core.errors import UserError
 from ..data.image import decode_image
 from ..runtime.detector import Detector
 from . import protocol
+from .launch import READY
 from .options import ServeOptions
 from .python_env import ensure_python_env
 from .repository import model_name
@@ -151,7 +152,7 @@ class DetectorServer:
             raise UserError(f"tritonserver did not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
                             f" its log: {self.log_file}") from None
         host = "localhost" if o.host in ("0.0.0.0", "127.0.0.1") else o.host
-        self.log(f"[serve] {self.name} ({self.detector.kind}, {self.detector.path.name}) is ready: "
+        self.log(f"[serve] {self.name} ({self.detector.kind}, {self.detector.path.name}) {READY}: "
                  f"http://{host}:{o.http_port} (gRPC {host}:{o.grpc_port}, metrics http://{host}:{o.metrics_port}/metrics);"
                  f" max batch {o.max_batch}, queue delay {o.max_queue_delay_us} us, {o.instances} instance(s); "
                  f"Triton's log: {self.log_file}")

@@ -1,0 +1,201 @@
+"""`siefpn-deploy serve` and `client`: a real tritonserver (nvidia-pytriton's) on loopback ports, serving the tiny
+Mask R-CNN ONNX through ONNX Runtime, run as its own process the way a user runs it.
+
+The module's server is shared by the tests in file order; the last one stops it with SIGTERM."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.data.image import find_images, load_image
+from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.runtime.detector import Detector
+from siefpn_deploy.serve import protocol
+from siefpn_deploy.serve.client import DetectorClient, RequestError, run_load
+from siefpn_deploy.serve.launch import free_loopback_ports, serve_process
+from siefpn_deploy.serve.options import ServeOptions
+from siefpn_deploy.serve.python_env import ensure_python_env
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pytriton") is None,
+    reason="nvidia-pytriton is not installed (the README's test command installs it: pip install --no-deps "
+    "nvidia-pytriton==0.7.0)")
+
+ARCH = "mask_rcnn"  # every output, masks too
+MAX_PIXELS = 200 * 200  # the tiny synthetic images are at most 160x160
+EXIT_TIMEOUT_S = 5
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, options: ServeOptions, log: Path, onnx: Path) -> None:
+        self.proc, self.options, self.log, self.onnx = proc, options, log, onnx
+        self.http, self.grpc = f"127.0.0.1:{options.http_port}", f"127.0.0.1:{options.grpc_port}"
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def python_env(tmp_path_factory) -> Path:
+    """The stub's numpy<2 environment, built once for the module (pip, from the index or pip's cache)."""
+    return ensure_python_env(tmp_path_factory.mktemp("stub") / "env")
+
+
+@pytest.fixture(scope="module")
+def server(exported, python_env, tmp_path_factory):
+    onnx = exported.onnx(ARCH, "onnx")
+    work = tmp_path_factory.mktemp("serve")
+    http, grpc, metrics = free_loopback_ports(3)
+    options = ServeOptions(host="127.0.0.1", http_port=http, grpc_port=grpc, metrics_port=metrics,
+                           max_image_pixels=MAX_PIXELS, exit_timeout_s=EXIT_TIMEOUT_S, python_env=python_env,
+                           log_file=work / "tritonserver.log")
+    with serve_process(onnx, options, log=work / "serve.out", extra=["--threads", "1"]) as proc:
+        yield Server(proc, options, work / "serve.out", onnx)
+
+
+@pytest.fixture(scope="module")
+def val_images(tiny_synth) -> list[Path]:
+    return find_images(split_paths(tiny_synth, "val")[0])
+
+
+def assert_same(served, local, what: str) -> None:
+    assert len(served) == len(local), what
+    np.testing.assert_allclose(served.boxes, local.boxes, rtol=0, atol=1e-3, err_msg=what)
+    np.testing.assert_allclose(served.scores, local.scores, rtol=0, atol=1e-5, err_msg=what)
+    assert served.labels.tolist() == local.labels.tolist(), what
+    assert served.category_ids == local.category_ids and served.class_names == local.class_names, what
+    assert served.masks.shape == local.masks.shape and (served.masks == local.masks).all(), what
+
+
+def test_served_detections_equal_the_in_process_detector_over_http_and_grpc(server, val_images):
+    # the stub runs in the numpy<2 environment (under NumPy 2 its outputs come back empty)
+    assert f"Using Python execution env {server.options.python_env}" in server.options.log_file.read_text()
+    local = Detector.from_path(server.onnx, device="cpu", threads=1)
+    expected = [local.predict(load_image(p)) for p in val_images]
+    assert sum(len(d) for d in expected) > 0  # the tiny model detects: equality is not vacuous
+    for url, grpc in ((server.http, False), (server.grpc, True)):
+        with DetectorClient(url, grpc=grpc) as client:
+            assert client.model == "mask_rcnn_onnx_onnx"
+            for path, want in zip(val_images, expected):  # one at a time: each batch is the one image
+                (got,) = client.detect([path.read_bytes()], sources=[path.name])
+                assert_same(got, want, f"{path.name} over {'gRPC' if grpc else 'HTTP'}")
+
+
+def test_the_client_command_writes_coco_results_like_infer(server, tiny_synth, tmp_path, capsys):
+    images, annotations = (str(p) for p in split_paths(tiny_synth, "val"))
+    served, local = tmp_path / "served.json", tmp_path / "local.json"
+    assert main(["client", "--url", server.grpc, "--grpc", "--source", images, "--annotations", annotations,
+                 "--save-json", str(served)]) == 0
+    assert "p50" in capsys.readouterr().out
+    assert main(["infer", "--artifact", str(server.onnx), "--source", images, "--annotations", annotations,
+                 "--save-json", str(local), "--device", "cpu"]) == 0
+    a, b = json.loads(served.read_text()), json.loads(local.read_text())
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert (x["image_id"], x["category_id"], x["segmentation"]) == (y["image_id"], y["category_id"], y["segmentation"])
+        np.testing.assert_allclose(x["bbox"] + [x["score"]], y["bbox"] + [y["score"]], atol=2e-2)
+
+
+def test_load_200_requests_at_concurrency_8_without_errors_and_with_merged_batches(server, val_images, capsys):
+    payloads = [p.read_bytes() for p in val_images]
+    with DetectorClient(server.http) as client:
+        before = client.batch_stats()
+        result = run_load(server.http, payloads, requests=200, concurrency=8, timeout_s=60)
+        after = client.batch_stats()
+    assert result.errors == [] and len(result.seconds) == 200
+    executed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * n for size, n in executed.items()) == 200  # every image ran, once
+    assert max(size for size, n in executed.items() if n) > 1, executed  # the dynamic batcher merged requests
+    with capsys.disabled():
+        print(f"\n[serve load] 200 requests, concurrency 8: p50 {result.p_ms(50):.1f} ms, p99 {result.p_ms(99):.1f} ms,"
+              f" {result.throughput:.1f} img/s; batches executed {dict(sorted(executed.items()))}")
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_requests_get_errors_and_the_next_request_is_answered(server, val_images):
+    good = val_images[0].read_bytes()
+    with DetectorClient(server.http) as client:
+        (want,) = client.detect([good])
+        bad = {
+            "wrong dtype": lambda: client.infer_raw({protocol.IMAGE: np.zeros((1, 1), np.float32)}),
+            "wrong rank": lambda: client.infer_raw({protocol.IMAGE: np.array([[[good]]], dtype=object)}),
+            "wrong shape": lambda: client.infer_raw({protocol.IMAGE: np.array([[good, good]], dtype=object)}),
+            "too large": lambda: client.detect([png(400, 300)]),
+            "not an image": lambda: client.detect([b"GIF89a, or so it says"]),
+            "empty batch": lambda: client.infer_raw({protocol.IMAGE: np.zeros((0, 1), dtype=object)}),
+        }
+        reasons = {}
+        for what, send in bad.items():
+            with pytest.raises(RequestError) as e:
+                send()
+            reasons[what] = str(e.value)
+            assert len(reasons[what].splitlines()) == 1, reasons[what]
+            (again,) = client.detect([good])  # the server still answers, and answers right
+            assert_same(again, want, f"after {what}")
+        assert "BYTES" in reasons["wrong dtype"] and "shape" in reasons["wrong rank"]
+        assert "400x300" in reasons["too large"] and "not an image" in reasons["not an image"]
+        # one bad image in a request of several: only its row is refused
+        rows = client.infer_raw({protocol.IMAGE: np.array([[good], [b"junk"], [good]], dtype=object)})
+        assert [protocol.text(e) for e in rows[protocol.ERROR].reshape(-1)][1] and not rows[protocol.ERROR][0][0]
+        assert_same(protocol.unpack(rows, 2), want, "the row after a bad one")
+
+
+def test_a_taken_port_and_an_unreachable_server_are_one_line_errors(server, capsys):
+    port = int(server.http.rsplit(":", 1)[1])
+    assert main(["serve", "--artifact", str(server.onnx), "--host", "127.0.0.1", "--http-port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --http-port {port}: 127.0.0.1:{port} is already in use"
+    with pytest.raises(UserError, match="cannot reach a Triton server"):
+        DetectorClient(f"127.0.0.1:{free_loopback_ports(1)[0]}")
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_exits_0_in_time(server, val_images):
+    assert server.proc.poll() is None
+    payload = val_images[0].read_bytes()
+    outcomes: list[str] = []
+    first = threading.Event()
+
+    def request() -> None:
+        try:
+            with DetectorClient(server.http, timeout_s=60) as client:
+                for _ in range(4):
+                    client.detect([payload])
+                    outcomes.append("ok")
+                    first.set()
+        except UserError as e:  # refused once the server stops taking requests: a clean error, not a hang
+            outcomes.append(f"refused: {e}")
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for t in threads:
+        t.start()
+    assert first.wait(60)
+    sent = time.monotonic()
+    os.kill(server.proc.pid, signal.SIGTERM)
+    rc = server.proc.wait(timeout=EXIT_TIMEOUT_S + 30)  # tritonserver waits up to --exit-timeout for connections
+    took = time.monotonic() - sent
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+    assert rc == 0, server.output()[-2000:]
+    assert took < EXIT_TIMEOUT_S + 30
+    assert "[serve] stopped" in server.output()
+    assert outcomes.count("ok") >= 1 and all(o == "ok" or o.startswith("refused") for o in outcomes), outcomes
