@@ -14,6 +14,7 @@ from siefpn_deploy.cli import main
 from siefpn_deploy.core.contract import GraphContract
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.sidecar import meta_path, read_meta
+from siefpn_deploy.serve.python_env import READY, ensure_python_env
 from siefpn_deploy.serve.repository import ModelIO, RepositoryOptions, Tensor, model_config, parse_config
 
 ARCH = "mask_rcnn"  # its ONNX has every output (masks too); test_aoti.py and test_cpp.py export it as well
@@ -84,3 +85,10 @@ def test_bad_artifacts_are_one_line_and_leave_the_repository_as_it_was(exported,
     assert "not found" in refused("--artifacts", str(tmp_path / "none.onnx"))
     assert "same model twice" in refused("--artifacts", str(onnx), str(onnx))
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before  # nothing half-written
+
+
+def test_a_half_built_stub_environment_is_refused_not_used(tmp_path):
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)  # a build that died before writing READY
+    with pytest.raises(UserError, match=f"not a finished stub environment \\(no {READY}\\)"):
+        ensure_python_env(env, log=lambda _: None)

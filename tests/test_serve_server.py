@@ -28,7 +28,7 @@ from siefpn_deploy.serve import protocol
 from siefpn_deploy.serve.client import DetectorClient, RequestError, run_load
 from siefpn_deploy.serve.launch import free_loopback_ports, serve_process
 from siefpn_deploy.serve.options import ServeOptions
-from siefpn_deploy.serve.python_env import ensure_python_env
+from siefpn_deploy.serve.python_env import ensure_python_env, shared_libpython
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("pytriton") is None,
@@ -83,7 +83,11 @@ def assert_same(served, local, what: str) -> None:
 
 def test_served_detections_equal_the_in_process_detector_over_http_and_grpc(server, val_images):
     # the stub runs in the numpy<2 environment (under NumPy 2 its outputs come back empty)
-    assert f"Using Python execution env {server.options.python_env}" in server.options.log_file.read_text()
+    env = server.options.python_env
+    assert f"Using Python execution env {env}" in server.options.log_file.read_text()
+    assert [p.name for p in env.glob("lib/python3.*/site-packages/numpy-1.*.dist-info")]  # NumPy 1, for the stub
+    libpython = shared_libpython()
+    assert libpython is None or (env / "lib" / libpython.name).resolve() == libpython.resolve()
     local = Detector.from_path(server.onnx, device="cpu", threads=1)
     expected = [local.predict(load_image(p)) for p in val_images]
     assert sum(len(d) for d in expected) > 0  # the tiny model detects: equality is not vacuous

@@ -41,8 +41,10 @@ def _triton_module(grpc: bool) -> Any:
 
 def _reason(e: Exception) -> str:
     """A tritonclient error as one line (the server's message, without PyTriton's traceback)."""
-    text = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip() and not ln.startswith(("Traceback", "File "))]
+    text = str(e.message() if hasattr(e, "message") and callable(e.message) else e)
+    text = text.split("\nAt:\n")[0]  # the Python backend appends the stub's frames after "At:"
+    # a traceback's own lines are indented or start with "Traceback"; its last unindented line is the error
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln[0].isspace() and not ln.startswith("Traceback")]
     return one_line(Exception(lines[-1] if lines else text))
 
 

@@ -128,6 +128,7 @@ class DetectorServer:
         from pytriton.exceptions import PyTritonError
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
+        from tritonclient.utils import InferenceServerException
 
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
@@ -146,7 +147,8 @@ class DetectorServer:
         self._triton = triton
         try:
             triton.run()
-        except (PyTritonError, RuntimeError, OSError) as e:  # a port taken meanwhile, a stub that failed: see the log
+        except (PyTritonError, InferenceServerException, RuntimeError, OSError) as e:  # a port taken meanwhile, a
+            # model that failed to load (its stub's traceback is in the log)
             triton.stop()
             self._triton = None
             raise UserError(f"tritonserver did not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
