@@ -127,6 +127,27 @@ class DetectorClient:
         self.close()
 
 
+class ThreadClients:
+    """One DetectorClient per worker thread (tritonclient's HTTP client is not thread-safe), all closed together."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self.url, self.kwargs = url, kwargs
+        self._local = threading.local()
+        self._all: list[DetectorClient] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> DetectorClient:
+        if not hasattr(self._local, "client"):
+            self._local.client = DetectorClient(self.url, **self.kwargs)
+            with self._lock:
+                self._all.append(self._local.client)
+        return self._local.client
+
+    def close(self) -> None:
+        for client in self._all:
+            client.close()
+
+
 @dataclass
 class LoadResult:
     concurrency: int
@@ -147,18 +168,13 @@ def run_load(url: str, payloads: Sequence[bytes], *, requests: int, concurrency:
              model: str | None = None, timeout_s: float = 120.0) -> LoadResult:
     """`requests` requests of one image each (payloads in turn), `concurrency` at a time, each thread with its
     own connection; it ends when all have answered (each within `timeout_s`). Errors are counted, not raised."""
-    local = threading.local()
-    clients: list[DetectorClient] = []
-    lock = threading.Lock()
+    clients = ThreadClients(url, grpc=grpc, model=model, timeout_s=timeout_s)
 
     def one(i: int) -> tuple[float, str]:
-        if not hasattr(local, "client"):
-            local.client = DetectorClient(url, grpc=grpc, model=model, timeout_s=timeout_s)
-            with lock:
-                clients.append(local.client)
+        client = clients.get()
         start = time.perf_counter()
         try:
-            local.client.detect([payloads[i % len(payloads)]])
+            client.detect([payloads[i % len(payloads)]])
         except UserError as e:
             return time.perf_counter() - start, str(e)
         return time.perf_counter() - start, ""
@@ -175,8 +191,7 @@ def run_load(url: str, payloads: Sequence[bytes], *, requests: int, concurrency:
                     result.seconds.append(seconds)
     finally:
         result.wall_s = time.perf_counter() - start
-        for client in clients:
-            client.close()
+        clients.close()
     return result
 
 
@@ -189,26 +204,21 @@ def run_client(url: str, source: Path, *, grpc: bool = False, model: str | None 
         raise UserError(f"--concurrency must be >= 1, got {concurrency}")
     files = image_files(source)
     image_ids = image_ids_by_name(annotations, files, source) if annotations is not None else None
-    local = threading.local()
-    clients: list[DetectorClient] = []
-    first = DetectorClient(url, grpc=grpc, model=model)  # a one-line error now if the server is not there
-    clients.append(first)
-    lock = threading.Lock()
+    with DetectorClient(url, grpc=grpc, model=model) as first:  # a one-line error now if the server is not there
+        model = first.model
+    clients = ThreadClients(url, grpc=grpc, model=model)
 
     def one(path: Path) -> tuple[Path, Detections, float]:
-        if not hasattr(local, "client"):
-            local.client = DetectorClient(url, grpc=grpc, model=first.model)
-            with lock:
-                clients.append(local.client)
+        client = clients.get()
         start = time.perf_counter()
-        dets = local.client.detect([path.read_bytes()], sources=[str(path)])[0]
+        dets = client.detect([path.read_bytes()], sources=[str(path)])[0]
         return path, dets, time.perf_counter() - start
 
     found: dict[Path, Detections] = {}
     seconds: list[float] = []
     start = time.perf_counter()
     try:
-        with progress_bar(total=len(files), desc=f"client {first.model}", unit="img") as bar, \
+        with progress_bar(total=len(files), desc=f"client {model}", unit="img") as bar, \
                 ThreadPoolExecutor(max_workers=concurrency) as pool:
             for future in as_completed([pool.submit(one, p) for p in files]):
                 path, dets, took = future.result()
@@ -216,8 +226,7 @@ def run_client(url: str, source: Path, *, grpc: bool = False, model: str | None 
                 seconds.append(took)
                 bar.update(1)
     finally:
-        for client in clients:
-            client.close()
+        clients.close()
     wall = time.perf_counter() - start
     latency = Latency(tuple(seconds))
     records: list[dict] = []
@@ -229,7 +238,7 @@ def run_client(url: str, source: Path, *, grpc: bool = False, model: str | None 
                                                                                         if k != "image_id"}})
     if save_json is not None:
         write_json(save_json, records, indent=None)
-    log(f"[client] {len(records)} detections in {len(files)} images from {url} ({first.model}, "
+    log(f"[client] {len(records)} detections in {len(files)} images from {url} ({model}, "
         f"{'gRPC' if grpc else 'HTTP'}, concurrency {concurrency}): {len(files) / wall:.1f} img/s, latency p50 "
         f"{latency.percentile(50) * 1e3:.1f} ms, p99 {latency.percentile(99) * 1e3:.1f} ms"
         + (f"; JSON: {save_json}" if save_json else ""))
