@@ -341,7 +341,9 @@ One model per artifact: MODEL/config.pbtxt (platform onnxruntime_onnx or tensorr
 input and output names, dtypes and dims; max_batch_size from the artifact's batch range or the engine's
 profile; dynamic batching; an instance group), MODEL/1/model.onnx|model.plan and MODEL/meta.json. Every
 config.pbtxt is parsed into Triton's own ModelConfig protobuf (from tritonclient) before anything is written.
-Copy the folder to a Triton fleet unchanged: its README.md says how.
+Copy the folder to a Triton fleet unchanged: its README.md says how. --ensemble adds NAME_ensemble, which takes
+encoded images (JPEG, PNG, ...) and returns `siefpn-deploy serve`'s outputs (boxes in original-image pixels,
+category ids, RLE masks), so `siefpn-deploy client --model NAME_ensemble` talks to it.
 """
 
 
@@ -350,7 +352,8 @@ def _cmd_triton_repo(args: argparse.Namespace) -> int:
 
     write_repository([Path(a) for a in args.artifacts], RepositoryOptions(
         output=Path(args.output), max_batch=args.max_batch, instances=args.instances,
-        instance_kind=args.instance_kind, delay_us=args.dynamic_batching_delay_us))
+        instance_kind=args.instance_kind, delay_us=args.dynamic_batching_delay_us, ensemble=args.ensemble,
+        max_image_pixels=args.max_image_pixels))
     print(f"[triton-repo] wrote {args.output} ({len(args.artifacts)} model(s)); serve it with "
           f"tritonserver --model-repository={args.output}")
     return 0
@@ -655,6 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="KIND_GPU or KIND_CPU (an engine: gpu only); default gpu")
     repo.add_argument("--dynamic-batching-delay-us", type=int, default=100, metavar="D",
                       help="the longest a request waits for others to batch with, in microseconds (default 100)")
+    repo.add_argument("--ensemble", action="store_true",
+                      help="also NAME_ensemble: encoded images in, `serve`'s detections out (Python-backend pre- and "
+                      "postprocessing around the model; Triton's Python environment needs siefpn-deploy)")
+    repo.add_argument("--max-image-pixels", type=int, default=ServeOptions.max_image_pixels, metavar="N",
+                      help="--ensemble: larger images are refused before decoding "
+                      f"(default {ServeOptions.max_image_pixels})")
 
     serve = _command(sub, "serve", _cmd_serve, epilog=EPILOG_SERVE,
                      help="serve any artifact with a local Triton Inference Server (dynamic batching, HTTP, gRPC)")

@@ -1,7 +1,8 @@
 """`siefpn-deploy serve` and `client`: a real tritonserver (nvidia-pytriton's) on loopback ports, serving the tiny
 Mask R-CNN ONNX through ONNX Runtime, run as its own process the way a user runs it.
 
-The module's server is shared by the tests in file order; the last one stops it with SIGTERM."""
+The module's server is shared by the tests in file order; the SIGTERM test stops it. The last test runs a
+`triton-repo --ensemble` repository in the bundled tritonserver."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -26,9 +29,9 @@ from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.runtime.detector import Detector
 from siefpn_deploy.serve import protocol
 from siefpn_deploy.serve.client import DetectorClient, RequestError, run_load
-from siefpn_deploy.serve.launch import free_loopback_ports, serve_process
+from siefpn_deploy.serve.launch import free_loopback_ports, serve_process, tritonserver_process
 from siefpn_deploy.serve.options import ServeOptions
-from siefpn_deploy.serve.python_env import ensure_python_env, shared_libpython
+from siefpn_deploy.serve.python_env import activate_script, ensure_python_env, shared_libpython
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("pytriton") is None,
@@ -203,3 +206,44 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0_in_time(server, val_
     assert took < EXIT_TIMEOUT_S + 30
     assert "[serve] stopped" in server.output()
     assert outcomes.count("ok") >= 1 and all(o == "ok" or o.startswith("refused") for o in outcomes), outcomes
+
+
+def add_parameter(config: Path, key: str, value: str) -> None:
+    config.write_text(config.read_text() + f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
+
+
+def test_the_ensemble_runs_in_triton_and_equals_the_in_process_detector(exported, python_env, val_images,
+                                                                        tmp_path):
+    """`triton-repo --ensemble`, served by nvidia-pytriton's tritonserver: the pre- and postprocessing models and
+    the ensemble's scheduling run as written. That server has no ONNX Runtime backend, so the model step is a
+    Python-backend stand-in running the same model.onnx with ONNX Runtime (tests/triton_onnx_model.py)."""
+    onnx = exported.onnx(ARCH, "onnx")
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--artifacts", str(onnx), "--output", str(repo), "--instance-kind", "cpu",
+                 "--ensemble", "--max-image-pixels", str(MAX_PIXELS)]) == 0
+    name = "mask_rcnn_onnx_onnx"
+    # Triton's Python environment with siefpn-deploy in it (a fleet installs it in its image): the stub's NumPy-1
+    # environment plus this interpreter's site-packages
+    env = tmp_path / "env"
+    shutil.copytree(python_env, env, symlinks=True)
+    (env / "bin" / "activate").write_text(activate_script(env))
+    site = next(env.glob("lib/python3.*/site-packages"))
+    (site / "zz_siefpn.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    model = repo / name / "config.pbtxt"
+    model.write_text(model.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
+    shutil.copy(Path(__file__).with_name("triton_onnx_model.py"), repo / name / "1" / "model.py")
+    for folder in (name, f"{name}_preprocess", f"{name}_postprocess"):
+        add_parameter(repo / folder / "config.pbtxt", "EXECUTION_ENV_PATH", str(env))
+    http, grpc, metrics = free_loopback_ports(3)
+    options = ServeOptions(host="127.0.0.1", http_port=http, grpc_port=grpc, metrics_port=metrics, exit_timeout_s=5)
+    local = Detector.from_path(onnx, device="cpu")
+    with tritonserver_process(repo, options, work=tmp_path, log=tmp_path / "tritonserver.log"), \
+            DetectorClient(f"127.0.0.1:{http}", model=f"{name}_ensemble") as client:
+        for path in val_images:
+            (got,) = client.detect([path.read_bytes()], sources=[path.name])
+            assert_same(got, local.predict(load_image(path)), f"{path.name} through the ensemble")
+        for bad, why in ((b"not an image", "not an image"), (png(400, 300), "400x300")):
+            with pytest.raises(RequestError, match=why):
+                client.detect([bad])
+            (again,) = client.detect([val_images[0].read_bytes()])
+            assert len(again) == len(local.predict(load_image(val_images[0])))

@@ -1,11 +1,19 @@
-"""`siefpn-deploy serve` as a child process, for benchmarks and tests that need a server the way a user runs it.
+"""Servers as child processes, for benchmarks and tests that need them the way a user runs them.
 
     with serve_process("export/demo.onnx", ServeOptions(host="127.0.0.1", http_port=p1, ...), log=Path("serve.out")) as proc:
-        ...                                   # the server is ready; SIGTERM proc to stop it gracefully
+        ...                                   # `siefpn-deploy serve` is ready; SIGTERM proc to stop it gracefully
+
+    with tritonserver_process(Path("model_repository"), ServeOptions(...), work=Path("w"), log=Path("t.log")):
+        ...                                   # nvidia-pytriton's tritonserver on a model repository
+
+The bundled tritonserver has the Python backend and no other: it loads Python-backend models (the ensemble's
+pre- and postprocessing steps), not ONNX Runtime or TensorRT ones.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,3 +75,60 @@ def serve_process(artifact: str | Path, options: ServeOptions, *, log: Path, ext
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def bundled_tritonserver(work: Path) -> Path:
+    """A runnable copy of nvidia-pytriton's tritonserver in work/tritonserver, its Python backend given this
+    interpreter's stub (what PyTriton itself prepares per server)."""
+    from pytriton.utils.distribution import get_root_module_path, get_stub_path
+
+    dest = work / "tritonserver"
+    if not (dest / "bin" / "tritonserver").is_file():
+        shutil.copytree(get_root_module_path() / "tritonserver", dest, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("python_backend_stubs", "triton_python_backend_stub"))
+        shutil.copy(get_stub_path(f"{sys.version_info.major}.{sys.version_info.minor}"),
+                    dest / "backends" / "python" / "triton_python_backend_stub")
+    return dest
+
+
+@contextmanager
+def tritonserver_process(repository: Path, options: ServeOptions, *, work: Path, log: Path,
+                         ready_timeout_s: float = 300) -> Iterator[subprocess.Popen]:
+    """tritonserver on `repository` (every model in it loaded) at options' host and ports; yields once it is ready."""
+    import tritonclient.http
+    from pytriton.utils.distribution import get_libs_path
+    from tritonclient.utils import InferenceServerException
+
+    server = bundled_tritonserver(work)
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(filter(None, [str(get_libs_path()), os.environ.get("LD_LIBRARY_PATH")])))
+    argv = [str(server / "bin" / "tritonserver"), "--model-repository", str(repository),
+            "--backend-directory", str(server / "backends"), "--http-address", options.host,
+            "--http-port", str(options.http_port), "--grpc-address", options.host, "--grpc-port", str(options.grpc_port),
+            "--metrics-port", str(options.metrics_port), "--exit-timeout-secs", str(options.exit_timeout_s),
+            "--log-file", str(log)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = tritonclient.http.InferenceServerClient(f"{options.host}:{options.http_port}")
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text() if log.exists() else ""
+                errors = [ln for ln in text.splitlines() if ln.startswith("E")]
+                raise UserError(f"tritonserver did not become ready (exit code {proc.poll()}); {log}: "
+                                f"{errors[-1][:400] if errors else text[-300:]}")
+            try:
+                if client.is_server_ready():
+                    break
+            except (OSError, InferenceServerException):  # not listening yet
+                pass
+            time.sleep(0.5)
+        yield proc
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=options.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -35,6 +35,7 @@ CATEGORY_IDS = "category_ids"
 CLASS_NAMES = "class_names"
 IMAGE_SIZE = "image_size"
 ERROR = "error"
+ORIGINAL_SIZE = "original_size"  # the ensemble's pre- to postprocessing tensor: int32 [2], the decoded (height, width)
 
 
 @dataclass(frozen=True)
