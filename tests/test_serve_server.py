@@ -16,6 +16,7 @@ import subprocess
 import sysconfig
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,12 @@ def test_load_200_requests_at_concurrency_8_without_errors_and_with_merged_batch
     executed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     assert sum(size * n for size, n in executed.items()) == 200  # every image ran, once
     assert max(size for size, n in executed.items() if n) > 1, executed  # the dynamic batcher merged requests
+    # Triton's health endpoints and Prometheus metrics count the same requests
+    for endpoint in ("v2/health/live", "v2/health/ready", f"v2/models/{client.model}/ready"):
+        assert urllib.request.urlopen(f"http://{server.http}/{endpoint}", timeout=10).status == 200
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.options.metrics_port}/metrics", timeout=10).read().decode()
+    success = [ln for ln in metrics.splitlines() if ln.startswith("nv_inference_request_success{") and client.model in ln]
+    assert success and float(success[0].rsplit(" ", 1)[1]) >= 200
     with capsys.disabled():
         print(f"\n[serve load] 200 requests, concurrency 8: p50 {result.p_ms(50):.1f} ms, p99 {result.p_ms(99):.1f} ms,"
               f" {result.throughput:.1f} img/s; batches executed {dict(sorted(executed.items()))}")
