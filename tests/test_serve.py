@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from siefpn_deploy.cli import main
-from siefpn_deploy.core.contract import GraphContract
+from siefpn_deploy.core.contract import GraphContract, PreprocessSpec
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.sidecar import meta_path, read_meta
+from siefpn_deploy.model.predictor import Detections
+from siefpn_deploy.serve import protocol
 from siefpn_deploy.serve.python_env import READY, ensure_python_env
 from siefpn_deploy.serve.repository import ModelIO, RepositoryOptions, Tensor, model_config, parse_config
 
@@ -92,3 +95,20 @@ def test_a_half_built_stub_environment_is_refused_not_used(tmp_path):
     (env / "bin").mkdir(parents=True)  # a build that died before writing READY
     with pytest.raises(UserError, match=f"not a finished stub environment \\(no {READY}\\)"):
         ensure_python_env(env, log=lambda _: None)
+
+
+def test_the_served_form_round_trips_detections_and_carries_refusals():
+    contract = GraphContract("mask_rcnn", 10, PreprocessSpec(min_size=8, max_size=16, divisibility=32,
+                                                          pixel_mean=(1.0, 2.0, 3.0), pixel_std=(1.0, 1.0, 1.0)))
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 7, 9)) > 0.5
+    dets = Detections(boxes=rng.random((3, 4)).astype(np.float32) * 9, scores=np.float32([0.9, 0.5, 0.2]),
+                      labels=np.int64([1, 2, 1]), category_ids=[5, 7, 5], class_names=["a", "b", "a"], masks=masks)
+    rows = protocol.stack(contract, [protocol.pack(contract, dets, (7, 9)), protocol.pack(contract, None, (0, 0), "no")])
+    assert rows[protocol.BOXES].shape == (2, contract.max_detections, 4)
+    got = protocol.unpack(rows, 0)
+    np.testing.assert_array_equal(got.boxes, dets.boxes)
+    assert got.labels.tolist() == [1, 2, 1] and got.category_ids == [5, 7, 5] and got.class_names == ["a", "b", "a"]
+    assert (got.masks == masks).all()
+    with pytest.raises(protocol.RequestError, match="image 1: no"):
+        protocol.unpack(rows, 1, source="image 1")

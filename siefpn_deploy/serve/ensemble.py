@@ -79,5 +79,5 @@ class PostprocessStep:
         original = [tuple(int(v) for v in hw) for hw in np.asarray(inputs[ORIGINAL_SIZE]).reshape(-1, 2)]
         canvas = Canvas(images=torch.empty(0), resized_hw=resized, original_hw=original)
         found = self.predictor.postprocess(outputs, canvas)
-        rows = [protocol.pack(self.predictor.contract, dets, hw) for dets, hw in zip(found, original)]
-        return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+        contract = self.predictor.contract
+        return protocol.stack(contract, [protocol.pack(contract, dets, hw) for dets, hw in zip(found, original)])

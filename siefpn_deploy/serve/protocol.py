@@ -86,6 +86,12 @@ def pack(contract: GraphContract, dets: Detections | None, image_size: tuple[int
     return row
 
 
+def stack(contract: GraphContract, rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`pack`ed rows -> one response: every output [n, ...] (n may be 0)."""
+    return {f.name: np.stack([row[f.name] for row in rows]) if rows
+            else np.zeros((0, *f.shape), object if f.dtype is np.bytes_ else f.dtype) for f in outputs(contract)}
+
+
 def text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -49,12 +49,11 @@ class DetectorModel:
         # one call for the whole batch: Detector.predict fills canvases of up to the artifact's batch
         found = iter(self.detector.predict(images, batch_size=len(images)) if images else [])
         responses = []
+        contract = self.detector.contract
         for rows in decoded:
-            packed = [protocol.pack(self.detector.contract, next(found), (im.height, im.width)) if im is not None
-                      else protocol.pack(self.detector.contract, None, (0, 0), error) for im, error in rows]
-            responses.append({name: np.stack([row[name] for row in packed]) for name in packed[0]} if packed
-                             else {f.name: np.zeros((0, *f.shape), f.dtype if f.dtype is not np.bytes_ else object)
-                                   for f in protocol.outputs(self.detector.contract)})
+            responses.append(protocol.stack(contract, [
+                protocol.pack(contract, next(found), (im.height, im.width)) if im is not None
+                else protocol.pack(contract, None, (0, 0), error) for im, error in rows]))
         return responses
 
     def _decode(self, blob: Any, row: int) -> tuple[Any, str]:
