@@ -189,7 +189,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         onnx=Path(args.onnx), precision=args.precision, output=Path(args.output) if args.output else None,
         calib_data=Path(args.calib_data) if args.calib_data else None,
         calib_image_dir=Path(args.calib_image_dir) if args.calib_image_dir else None, num_calib=args.num_calib,
-        calib_method=args.calib_method, calib_batch=args.calib_batch,
+        calib_method=args.calib_method, calib_batch=args.calib_batch, target=args.target,
         calib_size=tuple(args.calib_size) if args.calib_size else None,
         calib_cache=Path(args.calib_cache) if args.calib_cache else None,
         exclude=args.exclude, default_excludes=not args.no_default_excludes,
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the option dataclasses own the defaults; --help shows them, and paths default under the work folders
     from .core.contract import describe_graph
     from .export.options import FORMATS, PACKAGE_DEVICES, PACKAGE_PRECISIONS, ExportOptions
-    from .quantize.options import QuantizeOptions
+    from .quantize.options import DEFAULT_CALIB_METHOD, TARGETS, QuantizeOptions
     from .runtime.cpp import TENSORRT_CHOICES
     from .serve.options import ServeOptions
 
@@ -569,8 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: COCO's layout, annotations/instances_X.json -> X/)")
     quant.add_argument("--num-calib", type=int, metavar="N",
                        help="calibration images, spread over the set (default 512 for int8, 16 for fp16's range check)")
-    quant.add_argument("--calib-method", choices=["entropy", "max"], default=QuantizeOptions.calib_method,
-                       help=f"INT8 ranges (default {QuantizeOptions.calib_method})")
+    quant.add_argument("--target", choices=TARGETS, default=QuantizeOptions.target,
+                       help="int8: tensorrt, ModelOpt's explicit Q/DQ that `build` takes (NAME.int8.onnx); ort-cpu, ONNX "
+                       "Runtime's static quantization in the layout its x86 integer kernels fuse: uint8 activations, "
+                       "per-channel int8 Conv weights (NAME.int8-cpu.onnx). Default tensorrt")
+    quant.add_argument("--calib-method", choices=["entropy", "max"],
+                       help="INT8 ranges (default: " + ", ".join(f"{m} for {t}" for t, m in DEFAULT_CALIB_METHOD.items()) + ")")
     quant.add_argument("--calib-batch", type=int, default=QuantizeOptions.calib_batch, metavar="B",
                        help=f"images per calibration step (default {QuantizeOptions.calib_batch})")
     quant.add_argument("--calib-size", type=int, nargs=2, metavar=("H", "W"),

@@ -128,7 +128,7 @@ def exported(trained, tmp_path_factory) -> Exported:
 
 class Quantized:
     """FP16 and INT8 versions of the tensor-NMS exports, made once per session through the CLI:
-    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself)."""
+    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself; int8-cpu is `--target ort-cpu`)."""
 
     def __init__(self, exported: Exported, root: Path) -> None:
         self.exported, self.root = exported, root
@@ -141,7 +141,8 @@ class Quantized:
             return source
         path = self.root / f"{arch}.{precision}.onnx"
         if not path.is_file():
-            assert main(["quantize", "--onnx", str(source), "--precision", precision, "--output", str(path),
+            target = ["--precision", "int8", "--target", "ort-cpu"] if precision == "int8-cpu" else ["--precision", precision]
+            assert main(["quantize", "--onnx", str(source), *target, "--output", str(path),
                          "--num-calib", "8", "--calib-batch", "4", "--calib-size", "128", "160",
                          "--calib-cache", str(self.root / "calib")]) == 0
         return path
@@ -201,7 +202,8 @@ class Detecting:
         if not calibration.is_dir():
             generate_synthetic(calibration, num_train=32, num_val=0, seed=1, min_side=96, max_side=160, progress=False)
         if not path.is_file():
-            assert main(["quantize", "--onnx", str(source), "--precision", precision, "--output", str(path),
+            target = ["--precision", "int8", "--target", "ort-cpu"] if precision == "int8-cpu" else ["--precision", precision]
+            assert main(["quantize", "--onnx", str(source), *target, "--output", str(path),
                          "--calib-data", str(split_paths(calibration, "train")[0]), "--num-calib", "32",
                          "--calib-batch", "4", "--calib-cache", ""]) == 0
         return path

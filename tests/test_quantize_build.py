@@ -82,6 +82,37 @@ def test_int8_has_qdq_differs_from_fp32_and_records_its_calibration(arch, quanti
             assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cpu_int8_is_laid_out_for_onnx_runtime_s_integer_kernels(arch, quantized, tiny_synth, capsys):
+    path = quantized.onnx(arch, "int8-cpu")
+    model = onnx.load(str(path))
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized_convs = [n for n in convs if produced_by.get(n.input[0]) is not None
+                       and produced_by[n.input[0]].op_type == "DequantizeLinear"]
+    assert len(quantized_convs) > 20, "the backbone, neck and heads should run as integer convolutions"
+    for conv in quantized_convs:
+        activation, weight = produced_by[conv.input[0]], produced_by.get(conv.input[1])
+        assert init[activation.input[2]].dtype == np.uint8  # uint8 activations (zero point's type)
+        assert weight is not None and weight.op_type == "DequantizeLinear"
+        assert init[weight.input[0]].dtype == np.int8  # int8 weights, one scale per output channel
+        assert init[weight.input[1]].shape == (init[weight.input[0]].shape[0],)
+    # the exclusions hold here too: no quantized input to the GAU attention, scores or decoding
+    for node in model.graph.node:
+        if any(re.match(p, node.name) for p in DEFAULT_EXCLUDES.values()):
+            assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+    q = read_meta(path)["quantization"]
+    assert (q["target"], q["tool"], q["calibration"]["method"]) == ("ort-cpu", "onnxruntime.quantization.quantize_static", "max")
+    int8, fp32 = Detector.from_path(path), Detector.from_path(quantized.onnx(arch, "fp32"))
+    canvas = fp32.prepare(val_images(tiny_synth, 2))
+    a, b = int8.run_canvas(canvas), fp32.run_canvas(canvas)
+    assert not np.array_equal(a["scores"], b["scores"]) and all(np.isfinite(v).all() for v in a.values())
+    # TensorRT does not take uint8 activations: `build` says which model to build instead
+    assert main(["build", "--onnx", str(path)]) == 2
+    assert "build the `quantize --target tensorrt` model" in capsys.readouterr().err
+
+
 FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has room to fail it
 
 
@@ -98,19 +129,20 @@ def broken_int8(source: Path, target: Path) -> None:
 
 
 def test_budget_gates_pass_fp16_and_calibrated_int8_and_fail_a_broken_int8(detecting, tmp_path, capsys):
-    fp32, fp16, int8 = (detecting.onnx(p) for p in ("fp32", "fp16", "int8"))
+    fp32, fp16, int8, cpu_int8 = (detecting.onnx(p) for p in ("fp32", "fp16", "int8", "int8-cpu"))
     broken = tmp_path / "broken.int8.onnx"
     broken_int8(int8, broken)
     code = main(["parity", "--config-file", str(detecting.config), "--artifacts", str(fp32), str(fp16), str(int8),
-                 str(broken), "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
+                 str(cpu_int8), str(broken), "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
     print(capsys.readouterr().out)
     report = json.loads((tmp_path / "r" / "parity.json").read_text())
     reference, *rows = report["artifacts"]
     assert 100 * reference["metrics"]["bbox"]["AP"] >= FP32_AP_FLOOR, "the gate needs a model that detects"
     assert [(r["precision"], r["status"]) for r in rows] == [("fp32", "pass"), ("fp16", "pass"), ("int8", "pass"),
-                                                             ("int8", "fail")]
+                                                             ("int8", "pass"), ("int8", "fail")]
+    assert [r.get("int8_target") for r in rows] == [None, None, "tensorrt", "ort-cpu", "tensorrt"]
     assert rows[0]["delta"]["bbox"] == pytest.approx(0, abs=0.1) and rows[1]["delta"]["bbox"] >= -0.2
-    assert -1.0 <= rows[2]["delta"]["bbox"] and rows[3]["delta"]["bbox"] < -1.0
+    assert -1.0 <= rows[2]["delta"]["bbox"] and -1.0 <= rows[3]["delta"]["bbox"] and rows[4]["delta"]["bbox"] < -1.0
     assert code == 1 and not report["passed"]
 
 

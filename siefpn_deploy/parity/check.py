@@ -37,6 +37,14 @@ class ArtifactResult:
     delta: dict[str, float] = field(default_factory=dict)  # AP points vs PyTorch, per iou type (negative = lower)
     budget: float | None = None
     agreement: dict[str, Any] = field(default_factory=dict)
+    int8_target: str | None = None  # an INT8 model's layout: "tensorrt" (ModelOpt) or "ort-cpu" (quantize --target)
+
+
+def int8_target(detector: Detector) -> str | None:
+    """Which runtime an INT8 model was laid out for (models from before --target are ModelOpt's: tensorrt)."""
+    if detector.precision != "int8":
+        return None
+    return (detector.meta.get("quantization") or {}).get("target") or "tensorrt"
 
 
 def parse_budgets(items: list[str]) -> dict[str, float]:
@@ -101,7 +109,7 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
         ok = all(-d <= budget for d in delta.values()) and agreement.non_finite == 0
         rows.append(ArtifactResult(path=str(path), kind=detector.kind, precision=detector.precision,
                                    status="pass" if ok else "fail", metrics=evaluation.metrics, delta=delta,
-                                   budget=budget, agreement=agreement.statistics()))
+                                   budget=budget, agreement=agreement.statistics(), int8_target=int8_target(detector)))
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
     order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given

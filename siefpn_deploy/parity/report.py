@@ -21,7 +21,8 @@ def markdown(report: dict[str, Any]) -> str:
                 "-", "-", "-", "-", "-", f"not run: {a['reason']}"]
         else:
             g = a["agreement"]
-            cells = [a["path"], a["kind"], a["precision"], *_ap_cells(a, "bbox")] + (
+            precision = a["precision"] + (f" ({a['int8_target']})" if a.get("int8_target") else "")
+            cells = [a["path"], a["kind"], precision, *_ap_cells(a, "bbox")] + (
                 _ap_cells(a, "segm") if segm else []) + [
                 f"{a['budget']:g}" if a["budget"] is not None else "-",
                 f"{100 * g['matched_fraction']:.1f}%" if g else "-",

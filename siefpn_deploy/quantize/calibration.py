@@ -68,6 +68,11 @@ class CalibrationSet:
     image_sizes: np.ndarray
     reused: bool
 
+    @property
+    def sizes_path(self) -> Path:
+        """Where `image_sizes` is stored, beside `path`."""
+        return self.path.with_name(self.path.name.removesuffix(".npy") + ".sizes.npy")
+
 
 def cache_key(onnx_sha256: str, images: list[Path], preprocess: Preprocess, canvas: tuple[int, int]) -> dict[str, Any]:
     files = [[str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)] for p in images]
@@ -80,7 +85,7 @@ def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[i
     key = cache_key(onnx_sha256, images, preprocess, canvas)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     npy, sidecar = cache_dir / f"calib-{digest}.npy", cache_dir / f"calib-{digest}.json"
-    sizes_npy = cache_dir / f"calib-{digest}.sizes.npy"
+    sizes_npy = cache_dir / f"calib-{digest}.sizes.npy"  # CalibrationSet.sizes_path
     # the sidecar is written last: its presence with the same key means both arrays are complete
     if npy.is_file() and sizes_npy.is_file() and sidecar.is_file() and read_json(sidecar, "calibration cache index") == key:
         log(f"[calib] reusing {len(images)} cached calibration images: {npy}")

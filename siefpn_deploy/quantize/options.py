@@ -7,6 +7,13 @@ from pathlib import Path
 
 from .precision import DEFAULT_EXCLUDES
 
+# Where an INT8 model runs, which decides its Q/DQ layout:
+# - tensorrt: ModelOpt's explicit Q/DQ, symmetric int8 activations and weights, which TensorRT builds;
+# - ort-cpu: ONNX Runtime's static quantization, uint8 activations and per-channel int8 weights on Conv,
+#   the layout ONNX Runtime fuses into integer convolutions on x86 CPUs (VNNI where present).
+TARGETS = ("tensorrt", "ort-cpu")
+DEFAULT_CALIB_METHOD = {"tensorrt": "entropy", "ort-cpu": "max"}  # ORT's entropy pass histograms every tensor
+
 
 @dataclass(frozen=True)
 class QuantizeOptions:
@@ -16,12 +23,17 @@ class QuantizeOptions:
     calib_data: Path | None = None  # a folder or an instances JSON; default: the model's train split
     calib_image_dir: Path | None = None
     num_calib: int | None = None  # default 512 for int8, 16 for fp16's range check
-    calib_method: str = "entropy"
+    calib_method: str | None = None  # entropy or max; default per target (DEFAULT_CALIB_METHOD)
+    target: str = "tensorrt"  # int8 only: TARGETS
     calib_batch: int = 8
     calib_size: tuple[int, int] | None = None  # the calibration canvas; default: the largest exported size
     calib_cache: Path | None = None  # preprocessed images are cached here (the CLI's default: calib/)
     exclude: list[str] = field(default_factory=list)
     default_excludes: bool = True
+
+    @property
+    def method(self) -> str:
+        return self.calib_method or DEFAULT_CALIB_METHOD.get(self.target, "entropy")
 
     @property
     def count(self) -> int:
@@ -34,4 +46,5 @@ class QuantizeOptions:
         if self.output is not None:
             return self.output
         name = self.onnx.name.removesuffix(".onnx")
-        return self.onnx.with_name(f"{name}.{self.precision}.onnx")
+        suffix = "int8-cpu" if self.precision == "int8" and self.target == "ort-cpu" else self.precision
+        return self.onnx.with_name(f"{name}.{suffix}.onnx")

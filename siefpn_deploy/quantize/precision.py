@@ -20,3 +20,5 @@ DEFAULT_EXCLUDES = {
     "class_scores": SCORES,
     "decoding_roialign_nms": DECODING,
 }
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")  # what an INT8 model's quantization is made of

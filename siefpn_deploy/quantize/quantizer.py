@@ -1,5 +1,6 @@
-"""`siefpn-deploy quantize`: an exported FP32 model -> NAME.fp16.onnx (ModelOpt AutoCast) or
-NAME.int8.onnx (ModelOpt ONNX PTQ, explicit Q/DQ, calibrated on train-split images).
+"""`siefpn-deploy quantize`: an exported FP32 model -> NAME.fp16.onnx (ModelOpt AutoCast),
+NAME.int8.onnx (ModelOpt ONNX PTQ, explicit Q/DQ for TensorRT) or NAME.int8-cpu.onnx (ONNX Runtime static
+quantization, laid out for its x86 integer kernels), INT8 calibrated on train-split images.
 
 Both keep the graph's I/O contract (float32 images in, the same outputs), so the same runtime code,
 the same meta.json fields and the same TensorRT build path serve every precision.
@@ -24,10 +25,13 @@ from ..core.fileio import atomic_path
 from ..core.sidecar import meta_path, read_meta, write_meta
 from ..data.preprocess import Preprocess
 from .calibration import BatchReader, CalibrationSet, check_batch, choose, list_images, load_or_build
-from .options import QuantizeOptions
+from .options import TARGETS, QuantizeOptions
+from .ort_cpu import quantize_for_cpu_in_subprocess
+from .precision import QDQ_OPS
 from .range_check import DATA_MAX, exact, fp16_unsafe_nodes
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+TOOLS = {"fp16": "modelopt.onnx.autocast", "tensorrt": "modelopt.onnx.quantization",
+         "ort-cpu": "onnxruntime.quantization.quantize_static"}
 T = TypeVar("T")
 
 
@@ -127,19 +131,28 @@ def _convert(options: QuantizeOptions, calib: CalibrationSet, excludes: list[str
         if options.precision == "fp16":
             range_kept = _fp16(private, tmp, calib, excludes, log=log)
         else:
-            reader = BatchReader(calib.tensors, calib.image_sizes, batch=options.calib_batch, desc=f"calibrate ({options.calib_method})")
-            _int8(private, tmp, reader, options.calib_method, excludes)
+            if options.target == "ort-cpu":
+                quantize_for_cpu_in_subprocess(private, tmp, calib, method=options.method, batch=options.calib_batch,
+                                               excludes=excludes)
+            else:
+                reader = BatchReader(calib.tensors, calib.image_sizes, batch=options.calib_batch,
+                                     desc=f"calibrate ({options.method})")
+                _int8(private, tmp, reader, options.method, excludes)
         qdq = sum(n.op_type in QDQ_OPS for n in load_onnx(tmp).graph.node)
         if options.precision == "int8" and qdq == 0:
-            raise UserError(f"ModelOpt inserted no Q/DQ nodes into {options.onnx}; check --exclude")
+            raise UserError(f"the quantizer inserted no Q/DQ nodes into {options.onnx}; check --exclude")
     return range_kept, qdq
 
 
 def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[str, Any]]:
     if options.precision not in ("fp16", "int8"):
         raise UserError(f"--precision must be fp16 or int8, got {options.precision!r}")
-    if options.calib_method not in ("entropy", "max"):
+    if options.method not in ("entropy", "max"):
         raise UserError(f"--calib-method must be entropy or max, got {options.calib_method!r}")
+    if options.target not in TARGETS:
+        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {options.target!r}")
+    if options.target != "tensorrt" and options.precision != "int8":
+        raise UserError(f"--target {options.target} is for --precision int8 (FP16 has one layout)")
     if options.count < 1 or options.calib_batch < 1:
         raise UserError("--num-calib and --calib-batch must be at least 1")
     meta = read_meta(options.onnx)
@@ -174,15 +187,22 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     new_meta = {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256", "verification")}
     new_meta["precision"] = options.precision
     new_meta["quantization"] = {
-        "tool": "modelopt.onnx.autocast" if options.precision == "fp16" else "modelopt.onnx.quantization",
+        "tool": TOOLS[options.precision if options.precision == "fp16" else options.target],
+        "target": options.target if options.precision == "int8" else None,
         "source_onnx": options.onnx.name, "source_sha256": meta["sha256"],
-        "calibration": {"method": options.calib_method if options.precision == "int8" else "autocast-range-check",
+        "calibration": {"method": options.method if options.precision == "int8" else "autocast-range-check",
                         "images": len(images), "source": str(source), "canvas": list(canvas),
                         "cache": str(calib.path) if options.calib_cache else None, "batch": options.calib_batch},
         "excludes": excludes, "qdq_nodes": qdq, "seconds": round(seconds, 1),
         "fp16_range_kept": range_kept,
     }
-    new_meta.setdefault("versions", {})["modelopt"] = _modelopt_version()
+    versions = new_meta.setdefault("versions", {})
+    if options.target == "ort-cpu":
+        import onnxruntime
+
+        versions["onnxruntime_quantization"] = onnxruntime.__version__
+    else:
+        versions["modelopt"] = _modelopt_version()
     write_meta(output, new_meta)
     log(f"[quantize] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {qdq} Q/DQ nodes) and "
         f"{meta_path(output).name} in {seconds:.1f} s")
