@@ -161,7 +161,8 @@ def write_repository(artifacts: list[Path], options: RepositoryOptions, *, log=p
         io = artifact_io(path)
         text = model_config(name, PLATFORMS[path.suffix], io, options)
         parse_config(text, source=f"{name}/config.pbtxt")
-        prepared.append(ModelFolder(name, text, {f"1/{MODEL_FILES[path.suffix]}": path}, io.meta))
+        prepared.append(ModelFolder(name, text, {f"1/{MODEL_FILES[path.suffix]}": path}, io.meta,
+                                    f"{PLATFORMS[path.suffix]}, {instances(options)}"))
         if options.ensemble:
             prepared += ensemble_folders(name, path, io, options)
     output = Path(options.output)
@@ -170,7 +171,7 @@ def write_repository(artifacts: list[Path], options: RepositoryOptions, *, log=p
     for folder in prepared:
         write_model_folder(output, folder)
         written.append(output / folder.name)
-        log(f"[triton-repo] {folder.name}: {folder.summary(options)}")
+        log(f"[triton-repo] {folder.name}: {folder.summary}")
     (output / "README.md").write_text(REPOSITORY_README.format(models="\n".join(f"- `{f.name}`" for f in prepared)))
     return written
 
@@ -183,10 +184,11 @@ class ModelFolder:
     config: str
     files: dict[str, Path]
     meta: dict[str, Any]
+    summary: str  # what the log line says of it: platform or backend, and its instances
 
-    def summary(self, options: RepositoryOptions) -> str:
-        kind = self.config.split("platform: ")[1].split()[0] if "platform: " in self.config else "python backend"
-        return f"{kind.strip(chr(34))}, {options.instances} x {INSTANCE_KINDS[options.instance_kind]}"
+
+def instances(options: RepositoryOptions) -> str:
+    return f"{options.instances} x {INSTANCE_KINDS[options.instance_kind]}"
 
 
 def write_model_folder(output: Path, folder: ModelFolder) -> None:
@@ -248,8 +250,10 @@ def ensemble_folders(name: str, path: Path, io: ModelIO, options: RepositoryOpti
     ensemble = model_config(f"{name}_ensemble", "ensemble", ens_io, options, scheduling="ensemble_scheduling { step [\n"
                             + ",\n".join(f'  {{ model_name: "{m}" model_version: -1 {_maps("input_map", i)} '
                                          f'{_maps("output_map", o)} }}' for m, i, o in steps) + "\n] }")
-    folders = [ModelFolder(f"{name}_preprocess", pre, model_py, meta), ModelFolder(f"{name}_postprocess", post, model_py, meta),
-               ModelFolder(f"{name}_ensemble", ensemble, {}, meta)]
+    python = f"python backend, {instances(cpu)}"
+    folders = [ModelFolder(f"{name}_preprocess", pre, model_py, meta, python),
+               ModelFolder(f"{name}_postprocess", post, model_py, meta, python),
+               ModelFolder(f"{name}_ensemble", ensemble, {}, meta, "ensemble")]
     for f in folders:
         parse_config(f.config, source=f"{f.name}/config.pbtxt")
     return folders
