@@ -1,9 +1,16 @@
 """Multi-scale RoIAlign in the deploy graph: detectron2's ROIPooler (`model/poolers.py`) with static shapes,
 in one of two lowerings (`--roi-align`):
 
-- "onnx": the standard RoiAlign op (opset 16: `half_pixel` for ROIAlignV2, adaptive sampling), one call per
-  level, each RoI pooled only at its own level (the others are given an empty box, which costs nothing).
-  Exact for every RoI. ONNX Runtime, OpenVINO and full TensorRT (its RoiAlign plugin) run it.
+- "onnx": the standard RoiAlign op (opset 16: `half_pixel` for ROIAlignV2, adaptive sampling), exact for
+  every RoI. ONNX Runtime, OpenVINO and full TensorRT (its RoiAlign plugin) run it.
+  For ROIAlignV2 it is one call for all levels: the levels sit side by side in one canvas (`pack_levels`),
+  each with a one-pixel replicated border on its left, right and bottom, and each RoI is moved into its
+  level's tile. With half-pixel centres a clipped RoI samples at most one pixel past its level's edge, where
+  torchvision clamps to the edge pixel: the replicated border gives the same value, so the result is
+  exact, and one RoI costs one RoI's samples (per level, every RoI would cost P*P*ratio^2 samples at
+  every level, 4x the work at a fixed ratio). The legacy op (`aligned=False`) widens a RoI to one
+  feature pixel, which can reach past that border, so it keeps one call per level, where a RoI of another
+  level is given an empty box (free at the adaptive ratio, full price at a fixed one).
 - "gather": plugin-free, Gather and MatMul only, for builders with no RoiAlign (TensorRT-RTX). Each output
   bin averages g_y x g_x bilinear samples at x1 + (j + (s + 0.5) / g) * bin_w (x1 shifted by half a pixel
   for ROIAlignV2), the neighbours following torchvision's bilinear_interpolate (clamped to the border, zero
@@ -19,12 +26,32 @@ neighbour serves every RoI whatever its level, and each gathered row is C contig
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from ..model.poolers import assign_levels, level_range
 
 ROI_ALIGN_LOWERINGS = ("onnx", "gather")
+
+
+def _per_level(values: list, lvl: Tensor, dtype: torch.dtype) -> Tensor:
+    """One value per level (ints or traced sizes), looked up by each RoI's level index lvl [B,R] -> [B,R]."""
+    return torch.stack([torch.scalar_tensor(v, dtype=dtype) for v in values])[lvl]
+
+
+def pack_levels(features: list[Tensor]) -> tuple[Tensor, list]:
+    """The levels [B,C,h_l,w_l] side by side in one canvas [B,C,h_0+1,sum(w_l+2)], top-aligned, each level's
+    border pixels replicated once on its left, right and bottom (zeros fill below the smaller levels, where
+    no sample falls). Returns the canvas and each level's x offset (level pixel x is canvas pixel x+offset)."""
+    height = features[0].shape[2] + 1
+    tiles, offsets, x = [], [], 0
+    for feature in features:
+        tile = F.pad(feature, (1, 1, 0, 1), mode="replicate")  # [B,C,h+1,w+2]
+        tiles.append(F.pad(tile, (0, 0, 0, height - tile.shape[2])))
+        offsets.append(x + 1)
+        x = x + tile.shape[3]
+    return torch.cat(tiles, dim=3), offsets
 
 
 class MultiScaleRoIAlign(nn.Module):
@@ -52,6 +79,15 @@ class MultiScaleRoIAlign(nn.Module):
     def _onnx(self, features: list[Tensor], boxes: Tensor, lvl: Tensor) -> Tensor:
         b, r = boxes.shape[:2]
         index = torch.arange(b, dtype=boxes.dtype, device=boxes.device)[:, None, None].expand(b, r, 1)
+        if self.aligned:
+            canvas, offsets = pack_levels(features)
+            scale = _per_level([1.0 / st for st in self.strides], lvl, boxes.dtype)[..., None]  # exact: 2^-k
+            shift = _per_level(offsets, lvl, boxes.dtype)
+            moved = boxes * scale + torch.stack([shift, torch.zeros_like(shift)] * 2, dim=-1)  # canvas pixels
+            rois = torch.cat([index, moved], dim=-1).reshape(-1, 5)
+            pooled = roi_align(canvas, rois, self.output_size, spatial_scale=1.0, sampling_ratio=self.sampling_ratio,
+                               aligned=True)  # [B*R,C,P,P]
+            return pooled.reshape(b, r, *pooled.shape[1:])
         out = None
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             mine = (lvl == level)[..., None]
@@ -72,7 +108,7 @@ class MultiScaleRoIAlign(nn.Module):
         rows, c = table.shape[1], table.shape[2]
 
         def per_level(values: list) -> Tensor:
-            return torch.stack([torch.scalar_tensor(v, dtype=boxes.dtype) for v in values])[lvl]  # [B,R]
+            return _per_level(values, lvl, boxes.dtype)
 
         scale = per_level([1.0 / st for st in self.strides])
         h_l = per_level([f.shape[2] for f in features])
