@@ -158,7 +158,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         format=args.format, device=args.device, precision=args.precision,
         batch=ShapeRange(*batch), height=ShapeRange(h_lo, h_hi), width=ShapeRange(w_lo, w_hi), divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
         nms=nms, input_scale=float(args.input_range), opset=args.opset, box_candidates=args.box_candidates,
-        simplify=args.simplify, roi_align=args.roi_align, roi_samples=args.roi_samples,
+        simplify=args.simplify, roi_align=args.roi_align, roi_samples=args.roi_samples, max_det_masks=args.max_det_masks,
     )
     options.validate()
     images = None if args.no_verify else verification_images(cfg, count=args.verify_images)
@@ -293,25 +293,40 @@ examples:
   siefpn-deploy bench --artifacts export/demo.onnx export/demo.int8.onnx output/demo/model_final.pth
   siefpn-deploy bench --artifacts engines/r50.fp16.plan model_final.pth --config-file configs/retinanet_R50_1x.yaml \\
       --batch 1 4 8 --imgsz 640 800 --device cuda --gau-memory
+  # every CPU artifact of one model, ranked against its AP cost (run parity on the same files first):
+  siefpn-deploy parity --config-file output/demo/config.yaml --artifacts export/demo.onnx export/demo.fp16.onnx \
+      export/demo.int8-cpu.onnx export/demo_aoti.pt2 --report reports/parity MODEL.WEIGHTS output/demo/model_final.pth
+  siefpn-deploy bench --device cpu --imgsz 384 --cpp --parity reports/parity/parity.json --artifacts \
+      output/demo/model_final.pth export/demo.onnx export/demo.fp16.onnx export/demo.int8-cpu.onnx export/demo_aoti.pt2
 
 Inputs are deterministic synthetic scenes, resized to fill SIZE x SIZE. "model" times one preprocessed
 batch through the artifact; "end-to-end" adds preprocessing, box mapping and mask pasting. On a GPU
 the timer is CUDA events, and a checkpoint also runs under FP16 autocast, eagerly and with its backbone
 and neck replayed as CUDA graphs (the PyTorch baselines an engine has to beat).
+With --parity, each artifact also gets its AP cost from that parity report (the worst of its bbox and segm
+deltas against PyTorch), and ranking.md names the fastest artifact within each AP budget (fp32 0.1, fp16 0.2,
+int8 1.0 points by default) at each batch and size, by end-to-end p50, beside its ratio to eager FP32.
 """
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    from .parity.rank import markdown as ranking_markdown
+    from .parity.rank import rank, read_parity_report, write_ranking
     from .runtime.bench import gau_memory, markdown, run_bench, write_bench_report
 
+    parity = read_parity_report(args.parity) if args.parity else None  # before minutes of timing
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
                        iters=args.iters, device=args.device, config=args.config_file, cpp=args.cpp)
     if args.gau_memory:
         report["gau_memory"] = gau_memory(device="cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     written = write_bench_report(report, Path(args.report))
     print(markdown(report))
+    if parity is not None:
+        ranking = rank(report, parity)
+        written += write_ranking(ranking, Path(args.report))
+        print(ranking_markdown(ranking))
     print(f"[bench] wrote {', '.join(map(str, written))}")
     return 0
 
@@ -551,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--box-candidates", type=int, default=ExportOptions.box_candidates, metavar="N",
                         help="R-CNN box head: best per-class candidates entering NMS, <= 3840 "
                         f"(default {ExportOptions.box_candidates})")
+    export.add_argument("--max-det-masks", type=int, metavar="N",
+                        help="Mask R-CNN: run the mask head on the N best-scoring of the K detections only; later rows' "
+                        "masks are zeros (empty). The mask head's cost is per row, found or not: on the CPU, N=20 makes "
+                        "a K=100 graph's mask branch 5x cheaper (default: all K, exact)")
     export.add_argument("--simplify", action="store_true", help="also run onnxslim on the graph")
     export.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
     export.add_argument("--verify-images", type=int, default=4, metavar="N",
@@ -647,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gau-memory", action="store_true", help="also measure the GAU attention at 800x1333")
     bench.add_argument("--cpp", action="store_true",
                        help="also time each .pt2 through the C++ runtime (siefpn-infer; `siefpn-deploy cpp build` first)")
+    bench.add_argument("--parity", metavar="JSON", help="a parity.json of the same artifacts: rank them by speed "
+                       "within each AP budget (writes ranking.md/json beside bench.md)")
     bench.add_argument("--report", default="reports/bench", metavar="DIR", help="default reports/bench")
 
     repo = _command(sub, "triton-repo", _cmd_triton_repo, epilog=EPILOG_TRITON_REPO,

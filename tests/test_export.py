@@ -110,6 +110,38 @@ def op_types(path: Path) -> set[str]:
     return ops
 
 
+def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(trained, exported, tiny_synth, tmp_path):
+    """export --max-det-masks 3: the same detections as the full graph, the first 3 rows' masks equal its
+    masks, later rows are zeros (pasted: empty), and meta.json says so; the export's own check against eager
+    PyTorch passes because the eager backend follows the same contract."""
+    from siefpn_deploy.runtime import Detector
+
+    path, full = tmp_path / "m3.onnx", exported.onnx("mask_rcnn", "onnx")
+    assert main(["export", "--config-file", str(trained.config("mask_rcnn")), "--output", str(path),
+                 "--dynamic-batch", "2", "--dynamic-size", "64", "256", "--box-candidates", "1800",
+                 "--max-det-masks", "3", "MODEL.WEIGHTS", str(trained.weights("mask_rcnn"))]) == 0
+    meta = read_meta(path)
+    assert meta["mask_detections"] == 3 and read_meta(full)["mask_detections"] == meta["max_detections"] == 100
+    assert GraphContract.from_meta(meta, source="m3").mask_rows == 3
+    assert meta["verification"]["passed"] and meta["verification"]["matched"] > 3
+    spec = GraphContract.from_meta(meta, source=str(path)).preprocess
+    canvas = canvases(tiny_synth, (2, 3, 160, 224), Preprocess(spec))
+    feeds = {"images": canvas.images.numpy(), "image_sizes": canvas.image_sizes}
+    cut, whole = ({o.name: v for o, v in zip(s.get_outputs(), s.run(None, feeds))}
+                  for s in (ort_session(path), ort_session(full)))
+    for name in ("num_dets", "boxes", "scores", "labels"):
+        np.testing.assert_allclose(cut[name], whole[name], rtol=1e-5, atol=1e-4)
+    n = int(cut["num_dets"].max())
+    assert n > 3  # rows beyond the cut exist, so the cut is visible
+    np.testing.assert_allclose(cut["masks"][:, :3], whole["masks"][:, :3], atol=1e-5)
+    assert not cut["masks"][:, 3:].any() and whole["masks"][:, 3:n].max() > 0.5
+    images = [CocoDetection(image_dir=split_paths(tiny_synth, "val")[0],
+                            annotation_file=split_paths(tiny_synth, "val")[1]).image(i) for i in range(2)]
+    for got, want in zip(Detector.from_path(path).predict(images), Detector.from_path(full).predict(images)):
+        assert len(got) == len(want) > 3 and not got.masks[3:].any() and want.masks[3:].any()
+        np.testing.assert_array_equal(got.masks[:3], want.masks[:3])
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, exported, trained):
     path = exported.onnx(arch, "onnx")
@@ -279,6 +311,12 @@ def test_other_bad_options(trained, tmp_path, capsys):
     assert "must come before the KEY VALUE" in run_export(capsys, *base, *weights, "--nms", "tensor")
     assert "no weights given" in run_export(capsys, *base)
     assert "checkpoint not found" in run_export(capsys, *base, "MODEL.WEIGHTS", str(tmp_path / "none.pth"))
+    assert "--max-det-masks is for Mask R-CNN" in run_export(capsys, *base, "--max-det-masks", "5", *weights)
+    masks = ["--config-file", str(trained.config("mask_rcnn")), "--output", str(tmp_path / "m.onnx")]
+    err = run_export(capsys, *masks, "--max-det", "20", "--max-det-masks", "21", "MODEL.WEIGHTS",
+                     str(trained.weights("mask_rcnn")))
+    assert "--max-det-masks 21 is more than K" in err
+    assert "--max-det-masks must be at least 1" in run_export(capsys, *masks, "--max-det-masks", "0", *weights)
     assert not list(tmp_path.iterdir())
 
 

@@ -95,6 +95,49 @@ def test_a_damaged_artifact_breaks_its_budget(trained, exported, tmp_path, capsy
     assert broken["delta"]["bbox"] < 0 and broken["agreement"]["matched_fraction"] == 0.0
     assert "Result: **FAIL**" in capsys.readouterr().out
 
+    # bench --parity ranks the same files by speed within each budget, each with the AP cost parity measured
+    weights = trained.weights("retinanet")
+    assert main(["bench", "--artifacts", str(source), str(damaged), str(weights), "--batch", "1", "--imgsz", "128",
+                 "--warmup", "1", "--iters", "2", "--device", "cpu", "--parity", str(tmp_path / "r" / "parity.json"),
+                 "--report", str(tmp_path / "b")]) == 0
+    ranking = json.loads((tmp_path / "b" / "ranking.json").read_text())
+    cost = {r["artifact"]: r["ap_cost"] for r in ranking["rows"]}
+    assert cost == {source.name: pytest.approx(-intact["delta"]["bbox"]), damaged.name: -broken["delta"]["bbox"],
+                    weights.name: 0.0}
+    eager = next(r for r in ranking["rows"] if r["artifact"] == weights.name)
+    assert eager["e2e_vs_eager"] == 1.0 and ranking["budgets"] == [0.0, 0.2, 1.0]  # fp32=0 from the parity run
+    for entry in ranking["fastest"]:
+        within = [r for r in ranking["rows"] if r["ap_cost"] <= entry["budget"]]
+        assert entry["best"]["e2e_p50_ms"] == min(r["e2e_p50_ms"] for r in within)
+        assert damaged.name not in {r["artifact"] for r in within} or cost[damaged.name] <= entry["budget"]
+    assert "The fastest artifact within each AP budget" in (tmp_path / "b" / "ranking.md").read_text()
+
+
+def test_the_ranking_picks_the_fastest_artifact_within_each_budget():
+    """Four artifacts and eager PyTorch: the ranking follows each one's AP cost and end-to-end p50."""
+    from siefpn_deploy.parity.rank import rank
+
+    def row(name, variant, ms):
+        return {"artifact": name, "variant": variant, "batch": 1, "size": 384, "model_p50_ms": ms - 5,
+                "model_p99_ms": ms, "e2e_p50_ms": ms, "e2e_p99_ms": ms + 1}
+
+    bench = {"rows": [row("m.pth", "pytorch fp32", 100.0), row("a.onnx", "onnxruntime fp32", 60.0),
+                      row("b.onnx", "onnxruntime int8", 40.0), row("c.onnx", "onnxruntime int8", 20.0),
+                      row("d.onnx", "onnxruntime fp16", 10.0), row("a.pt2", "c++ aoti fp32", 50.0)]}
+    parity = {"budgets": {"fp32": 0.1, "fp16": 0.2, "int8": 1.0}, "artifacts": [
+        {"path": "out/m.pth", "status": "reference"},
+        {"path": "export/a.onnx", "status": "pass", "delta": {"bbox": -0.05}},
+        {"path": "export/b.onnx", "status": "pass", "delta": {"bbox": 0.1, "segm": -0.5}},  # the worst one counts
+        {"path": "export/c.onnx", "status": "fail", "delta": {"bbox": -3.0}},
+        {"path": "export/a.pt2", "status": "pass", "delta": {"bbox": -0.15}}]}
+    ranking = rank(bench, parity)
+    best = {f["budget"]: (f["best"]["artifact"], f["best"]["variant"]) for f in ranking["fastest"]}
+    assert best == {0.1: ("a.onnx", "onnxruntime fp32"), 0.2: ("a.pt2", "c++ aoti fp32"),
+                    1.0: ("b.onnx", "onnxruntime int8")}
+    assert ranking["no_parity"] == ["d.onnx"]  # not evaluated: never ranked, however fast
+    by_name = {r["artifact"]: r for r in ranking["rows"]}
+    assert by_name["b.onnx"]["ap_cost"] == 0.5 and by_name["b.onnx"]["e2e_vs_eager"] == 0.4
+
 
 def test_coco_eval_ap_equals_the_definition_on_a_crafted_case():
     """AP from the COCO definition, by hand: 101-point interpolated precision, averaged over IoU .50:.95.
@@ -281,6 +324,10 @@ def run(capsys, *args: str) -> str:
 
 def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     onnx_path = str(exported.onnx("retinanet", "onnx"))
+    (tmp_path / "not_parity.json").write_text("[]")
+    for parity in (tmp_path / "none.json", tmp_path / "not_parity.json"):
+        line = run(capsys, "bench", "--artifacts", onnx_path, "--parity", str(parity))
+        assert str(parity) in line
     corrupt = tmp_path / "images"
     corrupt.mkdir()
     (corrupt / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

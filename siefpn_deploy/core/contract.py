@@ -15,7 +15,9 @@ restates a name, a shape, K, the mask size or the label numbering.
              scores    float32 [B,K]
              labels    int32   [B,K]        class labels (below); PAD_LABEL in padding rows
              masks     float32 [B,K,M,M]    Mask R-CNN only: each box's mask probabilities, M = MASK_SIZE;
-                                            the runtime pastes them into the image
+                                            the runtime pastes them into the image. Only the first
+                                            mask_detections rows (meta.json; K unless export
+                                            --max-det-masks) are computed: later rows are zeros
 
 Labels, one numbering everywhere: a label is 1..C, the dataset's categories sorted by COCO
 category id; PAD_LABEL marks padding. BACKGROUND_LABEL (0) is torchvision's background: the R-CNNs never
@@ -46,7 +48,7 @@ import numpy as np
 from .errors import UserError
 
 # meta.json and NAME.engine.json say which contract they hold; a reader refuses another major version.
-SCHEMA_VERSION = "4.0"  # 4: the image_sizes input; 3: pixel_mean/std in 0..255 units and a channel order
+SCHEMA_VERSION = "4.1"  # 4.1: mask_detections; 4: the image_sizes input; 3: pixel_mean/std in 0..255 units
 
 INPUT = "images"
 IMAGE_SIZES = "image_sizes"
@@ -154,10 +156,25 @@ class GraphContract:
     architecture: str
     max_detections: int
     preprocess: PreprocessSpec
+    # Mask R-CNN: the mask head runs on the first mask_detections rows (the best-scoring), later rows are
+    # zeros; None means all K. A smaller count keeps the mask head's cost down when K is large
+    mask_detections: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_detections is not None and not (self.has_masks and 1 <= self.mask_detections <= self.max_detections):
+            raise UserError(f"mask_detections ({self.mask_detections}) needs a mask architecture and must lie in "
+                            f"1..K ({self.max_detections}); got {self.architecture}")
 
     @property
     def has_masks(self) -> bool:
         return has_masks(self.architecture)
+
+    @property
+    def mask_rows(self) -> int:
+        """How many leading rows of `masks` hold computed masks (0 without masks)."""
+        if not self.has_masks:
+            return 0
+        return self.max_detections if self.mask_detections is None else self.mask_detections
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -182,6 +199,7 @@ class GraphContract:
         return {"schema_version": SCHEMA_VERSION, "architecture": self.architecture,
                 "inputs": [t.as_meta() for t in self.inputs()], "outputs": [t.as_meta() for t in self.outputs()],
                 "max_detections": self.max_detections, "preprocess": self.preprocess.as_meta(),
+                **({"mask_detections": self.mask_rows} if self.has_masks else {}),
                 "labels": {"first": 1, "pad": PAD_LABEL, "mask_threshold": MASK_THRESHOLD,
                            "to_category_id": "classes.category_ids[label - 1]"}}
 
@@ -189,8 +207,10 @@ class GraphContract:
     def from_meta(cls, meta: dict[str, Any], *, source: str) -> GraphContract:
         check_schema(meta, source=source)
         try:
+            mask_detections = meta.get("mask_detections")
             contract = cls(architecture=str(meta["architecture"]), max_detections=int(meta["max_detections"]),
-                           preprocess=PreprocessSpec.from_meta(meta["preprocess"]))
+                           preprocess=PreprocessSpec.from_meta(meta["preprocess"]),
+                           mask_detections=None if mask_detections is None else int(mask_detections))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{source} does not describe a siefpn-deploy graph (bad or missing {e})") from None
         listed = tuple(o["name"] for o in meta.get("outputs", []))
@@ -236,7 +256,8 @@ def describe_graph(input_scale_note: str = "0..255 (or 0..1 with --input-range 1
             (BOXES, "float32", "[B,K,4]", "xyxy in input pixels, inside image_sizes, ordered by score"),
             (SCORES, "float32", "[B,K]", ""),
             (LABELS, "int32", "[B,K]", f"class labels 1..C (meta.json's classes[label - 1]); {PAD_LABEL} pads"),
-            (MASKS, "float32", f"[B,K,{MASK_SIZE},{MASK_SIZE}]", "Mask R-CNN only: mask probabilities, pasted by the runtime")]
+            (MASKS, "float32", f"[B,K,{MASK_SIZE},{MASK_SIZE}]", "Mask R-CNN only: mask probabilities, pasted by the runtime;"),
+            ("", "", "", "rows from meta.json's mask_detections on are zeros (export --max-det-masks)")]
     return "\n".join(f"  {n:<11} {t:<8} {s:<14} {d}".rstrip() for n, t, s, d in rows) + (
         f"\nK is MODEL.DETECTIONS_PER_IMAGE ({DEFAULT_MAX_DETECTIONS} by default).")
 

@@ -29,6 +29,7 @@ class PostprocessSettings:
     box_candidates: int = 1000  # R-CNN box head: best per-class candidates entering NMS (<= 3840)
     roi_align: str = "onnx"  # export.roi_align.ROI_ALIGN_LOWERINGS
     roi_samples: int = 2  # the gather lowering's bound on adaptive samples per bin and axis
+    mask_detections: int | None = None  # Mask R-CNN: mask head on the first N detections (None: all K)
 
 
 class DeployDetector(nn.Module):
@@ -123,7 +124,8 @@ def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, pr
         box_align = align(pool)
         masks = None
         if isinstance(detector, MaskRCNN):
-            masks = MaskDecoder(detector=detector, roi_align=align(heads.mask_roi_pool))
+            masks = MaskDecoder(detector=detector, roi_align=align(heads.mask_roi_pool),
+                                rows=settings.mask_detections or heads.detections_per_img)
         decoder = TwoStageDecoder(
             rpn=RPNDecoder(detector=detector, nms=rpn_nms),
             boxes=BoxDecoder(detector=detector, roi_align=box_align, nms=box_nms,

@@ -134,13 +134,20 @@ def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print)
         raise UserError(f"--max-det must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {cfg.MODEL.DETECTIONS_PER_IMAGE}")
     check_output(Path(options.output))
     detector, classes = load_trained_detector(cfg, config_name=config_name)
+    if options.max_det_masks is not None and not cfg.MODEL.has_masks:
+        raise UserError(f"--max-det-masks is for Mask R-CNN; this config is a {cfg.MODEL.META_ARCHITECTURE}")
+    if options.max_det_masks is not None and options.max_det_masks > cfg.MODEL.DETECTIONS_PER_IMAGE:
+        raise UserError(f"--max-det-masks {options.max_det_masks} is more than K, the detections per image "
+                        f"({cfg.MODEL.DETECTIONS_PER_IMAGE}, MODEL.DETECTIONS_PER_IMAGE / --max-det)")
     settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
-                                   roi_align=options.roi_align_lowering, roi_samples=options.roi_samples)
-    contract = contract_for(cfg, input_scale=options.input_scale)
+                                   roi_align=options.roi_align_lowering, roi_samples=options.roi_samples,
+                                   mask_detections=options.max_det_masks)
+    contract = contract_for(cfg, input_scale=options.input_scale, mask_detections=options.max_det_masks)
     deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess,
                                 autocast_dtype=AUTOCAST_DTYPES[options.precision])
     meta = model_meta(cfg, detector, classes, batch=options.batch, height=options.height, width=options.width,
-                      input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates)
+                      input_scale=options.input_scale, nms=options.nms, box_candidates=options.box_candidates,
+                      mask_detections=options.max_det_masks)
     meta["precision"] = options.precision
     if cfg.MODEL.META_ARCHITECTURE != "retinanet":
         meta["postprocess"]["roi_align"] = {

@@ -33,6 +33,7 @@ class ExportOptions:
     input_scale: float = 255.0
     opset: int | None = None
     box_candidates: int = 1000
+    max_det_masks: int | None = None  # Mask R-CNN: the mask head on the best N of the K rows (None: all K)
     simplify: bool = False
     roi_align: str | None = None  # None: "onnx" with --nms onnx, "gather" (plugin-free) with --nms tensor
     roi_samples: int = 2  # the gather lowering's bound on adaptive RoIAlign samples per bin and axis
@@ -78,6 +79,8 @@ class ExportOptions:
                 raise UserError(f"{name} {r.min} is below the smallest input, {least} (--imgsz / --dynamic-size)")
             if r.max < r.min:
                 raise UserError(f"{name} range [{r.min}, {r.max}] is empty (--dynamic-size MIN MAX)")
+        if self.max_det_masks is not None and self.max_det_masks < 1:
+            raise UserError(f"--max-det-masks must be at least 1, got {self.max_det_masks}")
         if not 1 <= self.box_candidates <= MAX_TOPK:
             raise UserError(f"--box-candidates must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {self.box_candidates}")
         if self.input_scale not in (1.0, 255.0):

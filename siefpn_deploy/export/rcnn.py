@@ -87,18 +87,27 @@ class BoxDecoder(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Mask head on the final boxes: the predicted class's probabilities [B,K,M,M] (M = contract.MASK_SIZE)."""
+    """Mask head on the final boxes: the predicted class's probabilities [B,K,M,M] (M = contract.MASK_SIZE).
 
-    def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign) -> None:
+    The head runs on the first `rows` of the K rows only (rows are in score order), and later rows are
+    zeros: a static shape whose cost does not grow with K (export --max-det-masks)."""
+
+    def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign, rows: int) -> None:
         super().__init__()
         heads = detector.roi_heads
         self.roi_align = roi_align
         self.mask_head = heads.mask_head
         self.mask_predictor = heads.mask_predictor
+        self.rows = rows
 
     def forward(self, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
         b, k = boxes.shape[:2]
+        n = min(self.rows, k)
+        boxes, labels = boxes[:, :n], labels[:, :n]
         logits = self.mask_predictor(self.mask_head(self.roi_align(features, boxes).flatten(0, 1)))
-        logits = logits.reshape(b, k, -1, *logits.shape[-2:])  # [B,K,classes,M,M]
-        index = labels.clamp(min=0).to(torch.int64).reshape(b, k, 1, 1, 1).expand(-1, -1, 1, *logits.shape[-2:])
-        return torch.gather(logits, 2, index)[:, :, 0].sigmoid()
+        logits = logits.reshape(b, n, -1, *logits.shape[-2:])  # [B,n,classes,M,M]
+        index = labels.clamp(min=0).to(torch.int64).reshape(b, n, 1, 1, 1).expand(-1, -1, 1, *logits.shape[-2:])
+        masks = torch.gather(logits, 2, index)[:, :, 0].sigmoid()
+        if n == k:
+            return masks
+        return torch.cat([masks, masks.new_zeros(b, k - n, *masks.shape[-2:])], dim=1)  # [B,K,M,M]

@@ -103,6 +103,7 @@ class EagerBackend:
             out[BOXES][i, :n] = d["boxes"][:n].float().cpu().numpy()
             out[SCORES][i, :n] = d["scores"][:n].float().cpu().numpy()
             out[LABELS][i, :n] = d["labels"][:n].cpu().numpy()
-            if MASKS in out:
-                out[MASKS][i, :n] = d["masks"][:n, 0].float().cpu().numpy()
+            if MASKS in out:  # as the graph: masks for the first mask_rows rows only
+                m = min(n, self.contract.mask_rows)
+                out[MASKS][i, :m] = d["masks"][:m, 0].float().cpu().numpy()
         return out

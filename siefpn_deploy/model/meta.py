@@ -23,10 +23,10 @@ def default_size_range(cfg: Config) -> ShapeRange:
     return ShapeRange(2 * div, -(-cfg.INPUT.MAX_SIZE_TEST // div) * div)
 
 
-def contract_for(cfg: Config, *, input_scale: float = 255.0) -> GraphContract:
+def contract_for(cfg: Config, *, input_scale: float = 255.0, mask_detections: int | None = None) -> GraphContract:
     m, i = cfg.MODEL, cfg.INPUT
     return GraphContract(
-        architecture=m.META_ARCHITECTURE, max_detections=m.DETECTIONS_PER_IMAGE,
+        architecture=m.META_ARCHITECTURE, max_detections=m.DETECTIONS_PER_IMAGE, mask_detections=mask_detections,
         preprocess=PreprocessSpec(min_size=i.MIN_SIZE_TEST, max_size=i.MAX_SIZE_TEST, divisibility=i.SIZE_DIVISIBILITY,
                                   pixel_mean=tuple(m.PIXEL_MEAN), pixel_std=tuple(m.PIXEL_STD),
                                   input_scale=input_scale, color=i.FORMAT))
@@ -34,7 +34,7 @@ def contract_for(cfg: Config, *, input_scale: float = 255.0) -> GraphContract:
 
 def model_meta(cfg: Config, detector: nn.Module, classes: dict[str, list], *, batch: ShapeRange, height: ShapeRange,
                width: ShapeRange, input_scale: float = 255.0, nms: str | None = None,
-               box_candidates: int | None = None) -> dict[str, Any]:
+               box_candidates: int | None = None, mask_detections: int | None = None) -> dict[str, Any]:
     """The contract, shape ranges, postprocessing, classes, versions and source of a trained detector."""
     import torchvision
 
@@ -49,7 +49,7 @@ def model_meta(cfg: Config, detector: nn.Module, classes: dict[str, list], *, ba
         post["rpn"] = {"pre_nms_top_n": pre_nms, "post_nms_top_n": post_nms, "iou_thresh": detector.rpn.nms_thresh}
         post["box_candidates"] = box_candidates
     return {
-        **contract_for(cfg, input_scale=input_scale).as_meta(),
+        **contract_for(cfg, input_scale=input_scale, mask_detections=mask_detections).as_meta(),
         "backbone": m.BACKBONE, "neck": m.NECK,
         "shapes": {"batch": vars(batch), "height": vars(height), "width": vars(width)},
         "postprocess": post,
