@@ -92,6 +92,9 @@ def test_cpu_int8_is_laid_out_for_onnx_runtime_s_integer_kernels(arch, quantized
     quantized_convs = [n for n in convs if produced_by.get(n.input[0]) is not None
                        and produced_by[n.input[0]].op_type == "DequantizeLinear"]
     assert len(quantized_convs) > 20, "the backbone, neck and heads should run as integer convolutions"
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == (0 if arch == "retinanet" else 4)  # the R-CNN box head: fc6, fc7, class and box
+    assert all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in gemms)  # int8 fully connected
     for conv in quantized_convs:
         activation, weight = produced_by[conv.input[0]], produced_by.get(conv.input[1])
         assert init[activation.input[2]].dtype == np.uint8  # uint8 activations (zero point's type)

@@ -1,6 +1,6 @@
 """`quantize --precision int8 --target ort-cpu`: ONNX Runtime's static quantization in the layout its x86 integer
-kernels fuse -- QDQ, uint8 activations, per-channel int8 weights, Conv only (what carries the FLOPs; the heads too,
-as for TensorRT).
+kernels fuse -- QDQ, uint8 activations, per-channel int8 weights, Conv and Gemm only (what carries the FLOPs: the
+backbone, neck and heads, as for TensorRT, and the R-CNN box head's fully connected layers, 1000 RoIs each).
 
 It runs in a child process (`python -m siefpn_deploy.quantize.ort_cpu`): ModelOpt, which makes the TensorRT
 layout, patches ONNX Runtime's quantization classes process-wide once it has run
@@ -46,7 +46,7 @@ def quantize_for_cpu(source: Path, target: Path, reader: BatchReader, *, method:
 
     names = [n.name for n in onnx.load(str(source)).graph.node if any(re.match(p, n.name) for p in excludes)]
     quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
                     nodes_to_exclude=names, calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
                     # a Q/DQ pair per quantized consumer: an excluded node reading the same input keeps it FP32
                     extra_options={"DedicatedQDQPair": True})
