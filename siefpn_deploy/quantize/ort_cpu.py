@@ -25,6 +25,9 @@ from .calibration import BatchReader, CalibrationSet
 from .precision import QDQ_OPS
 
 ORT_CALIBRATION = {"max": "MinMax", "entropy": "Entropy"}  # --calib-method -> onnxruntime CalibrationMethod
+# the fully connected layers worth int8: the R-CNN box head's (every RoI, 1000 of them); the neck's squeeze-
+# excitation layers see one vector per image, where int8 would add error and save nothing
+INT8_GEMMS = r"^/decoder/"
 
 
 def quantize_for_cpu_in_subprocess(source: Path, target: Path, calib: CalibrationSet, *, method: str, batch: int,
@@ -44,7 +47,9 @@ def quantize_for_cpu(source: Path, target: Path, reader: BatchReader, *, method:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    names = [n.name for n in onnx.load(str(source)).graph.node if any(re.match(p, n.name) for p in excludes)]
+    nodes = onnx.load(str(source)).graph.node
+    names = [n.name for n in nodes if any(re.match(p, n.name) for p in excludes)
+             or (n.op_type == "Gemm" and not re.match(INT8_GEMMS, n.name))]
     quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
                     nodes_to_exclude=names, calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
