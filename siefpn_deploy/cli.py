@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import UserError, one_line
+from .core.openvino import RUNTIMES
 
 EPILOG_TRAIN = """\
 examples:
@@ -259,7 +260,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
         raise UserError(f"{annotations} lists no images")
     reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=args.config_file, overrides=args.opts)
     report = run_parity(reference, [Path(a) for a in args.artifacts], dataset, budgets=budgets,
-                        max_images=args.max_images, batch_size=args.batch or cfg.TEST.IMS_PER_BATCH)
+                        max_images=args.max_images, batch_size=args.batch or cfg.TEST.IMS_PER_BATCH,
+                        runtimes=tuple(args.runtime))
     written = write_parity_report(report, Path(args.report))
     print(markdown({**report, "date": "now"}))
     print(f"[parity] wrote {', '.join(map(str, written))}")
@@ -281,7 +283,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from .runtime import Detector
     from .runtime.infer import run_infer
 
-    detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file)
+    detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file, runtime=args.runtime,
+                                  threads=args.threads)
     run_infer(detector, Path(args.source), save_vis=Path(args.save_vis) if args.save_vis else None,
               save_json=Path(args.save_json) if args.save_json else None,
               annotations=Path(args.annotations) if args.annotations else None, batch_size=args.batch)
@@ -318,7 +321,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     parity = read_parity_report(args.parity) if args.parity else None  # before minutes of timing
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
-                       iters=args.iters, device=args.device, config=args.config_file, cpp=args.cpp)
+                       iters=args.iters, device=args.device, config=args.config_file, cpp=args.cpp,
+                       runtimes=tuple(args.runtime))
     if args.gau_memory:
         report["gau_memory"] = gau_memory(device="cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     written = write_bench_report(report, Path(args.report))
@@ -631,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--budget", nargs="+", default=[], metavar="PREC=AP",
                         help="largest AP drop in points per precision, e.g. fp16=0.2 int8=1.0")
     parity.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
+    parity.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["onnxruntime"], metavar="R",
+                        help="what runs each .onnx: onnxruntime and/or openvino (CPU, FP32), a row each "
+                        "(default onnxruntime)")
     parity.add_argument("--batch", type=int, metavar="B",
                         help="images per canvas, the same for every artifact (default TEST.IMS_PER_BATCH, 1, as the "
                         "train command's evaluation, so its PyTorch AP is the one training printed)")
@@ -650,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(image_id, category_id, bbox, score, RLE segmentation) that COCO.loadRes takes")
     infer.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    infer.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                       help="what runs a .onnx: onnxruntime, or openvino (CPU, FP32; pip install "
+                       "'siefpn-deploy[openvino]'); default onnxruntime")
+    infer.add_argument("--threads", type=int, metavar="N", help="a .onnx runtime's threads (default: all cores)")
     infer.add_argument("--batch", type=int, metavar="B",
                        help="images per canvas (default 1, as training's evaluation and parity: a batch's padding "
                        "reaches the border detections of its smaller images)")
@@ -662,6 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)")
     bench.add_argument("--iters", type=int, default=20, metavar="N", help="timed runs (default 20)")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    bench.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["onnxruntime"], metavar="R",
+                       help="what runs each .onnx: onnxruntime and/or openvino (CPU, FP32), a row each "
+                       "(default onnxruntime)")
     bench.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     bench.add_argument("--gau-memory", action="store_true", help="also measure the GAU attention at 800x1333")
     bench.add_argument("--cpp", action="store_true",

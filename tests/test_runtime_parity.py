@@ -123,20 +123,25 @@ def test_the_ranking_picks_the_fastest_artifact_within_each_budget():
 
     bench = {"rows": [row("m.pth", "pytorch fp32", 100.0), row("a.onnx", "onnxruntime fp32", 60.0),
                       row("b.onnx", "onnxruntime int8", 40.0), row("c.onnx", "onnxruntime int8", 20.0),
-                      row("d.onnx", "onnxruntime fp16", 10.0), row("a.pt2", "c++ aoti fp32", 50.0)]}
+                      row("d.onnx", "onnxruntime fp16", 10.0), row("a.pt2", "c++ aoti fp32", 50.0),
+                      row("a.onnx", "openvino fp32", 15.0)]}  # fast, but its own parity row fails every budget
     parity = {"budgets": {"fp32": 0.1, "fp16": 0.2, "int8": 1.0}, "artifacts": [
-        {"path": "out/m.pth", "status": "reference"},
-        {"path": "export/a.onnx", "status": "pass", "delta": {"bbox": -0.05}},
-        {"path": "export/b.onnx", "status": "pass", "delta": {"bbox": 0.1, "segm": -0.5}},  # the worst one counts
-        {"path": "export/c.onnx", "status": "fail", "delta": {"bbox": -3.0}},
-        {"path": "export/a.pt2", "status": "pass", "delta": {"bbox": -0.15}}]}
+        {"path": "out/m.pth", "kind": "pytorch", "status": "reference"},
+        {"path": "export/a.onnx", "kind": "onnxruntime", "status": "pass", "delta": {"bbox": -0.05}},
+        {"path": "export/b.onnx", "kind": "onnxruntime", "status": "pass", "delta": {"bbox": 0.1, "segm": -0.5}},
+        {"path": "export/c.onnx", "kind": "onnxruntime", "status": "fail", "delta": {"bbox": -3.0}},
+        {"path": "export/a.pt2", "kind": "aoti", "status": "pass", "delta": {"bbox": -0.15}},
+        {"path": "export/a.onnx", "kind": "openvino", "status": "fail", "delta": {"bbox": -2.0}}]}
     ranking = rank(bench, parity)
     best = {f["budget"]: (f["best"]["artifact"], f["best"]["variant"]) for f in ranking["fastest"]}
     assert best == {0.1: ("a.onnx", "onnxruntime fp32"), 0.2: ("a.pt2", "c++ aoti fp32"),
                     1.0: ("b.onnx", "onnxruntime int8")}
-    assert ranking["no_parity"] == ["d.onnx"]  # not evaluated: never ranked, however fast
+    assert ranking["no_parity"] == ["d.onnx (onnxruntime fp16)"]  # not evaluated: never ranked, however fast
     by_name = {r["artifact"]: r for r in ranking["rows"]}
     assert by_name["b.onnx"]["ap_cost"] == 0.5 and by_name["b.onnx"]["e2e_vs_eager"] == 0.4
+    # the same file in two runtimes: each row carries its own runtime's parity
+    assert {(r["variant"], r["ap_cost"]) for r in ranking["rows"] if r["artifact"] == "a.onnx"} == {
+        ("onnxruntime fp32", 0.05), ("openvino fp32", 2.0)}
 
 
 def test_coco_eval_ap_equals_the_definition_on_a_crafted_case():

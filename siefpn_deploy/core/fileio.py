@@ -13,6 +13,11 @@ from typing import Any
 from .errors import UserError
 
 
+def user_cache_dir() -> Path:
+    """~/.cache/siefpn-deploy (or $XDG_CACHE_HOME/siefpn-deploy): what this tool keeps between runs."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siefpn-deploy"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""

@@ -79,21 +79,25 @@ def same_model(reference: Detector, artifact: Detector) -> None:
 
 
 def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
-               max_images: int | None, batch_size: int, log=print) -> dict[str, Any]:
+               max_images: int | None, batch_size: int, runtimes: tuple[str, ...] = ("onnxruntime",),
+               log=print) -> dict[str, Any]:
     """Every artifact and the reference on the same images in the same batches of `batch_size` (so the same
-    canvases; TEST.IMS_PER_BATCH, as training's evaluation uses), through the one evaluation loop."""
+    canvases; TEST.IMS_PER_BATCH, as training's evaluation uses), through the one evaluation loop. Each
+    .onnx runs once per runtime in `runtimes` (ONNX Runtime, OpenVINO), a row each."""
     count = min(max_images or len(dataset), len(dataset))
     rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
     runnable: list[tuple[Path, Detector]] = []
     for path in artifacts:
-        try:
-            detector = Detector.from_path(path)
-            same_model(reference, detector)
-            runnable.append((path, detector))
-        except CannotRunHere as e:
-            log(f"[parity] {path}: not run: {e}")
-            rows.append(ArtifactResult(path=str(path), kind=_kind(path), precision=_precision(path), status="not run",
-                                       reason=str(e)))
+        for runtime in runtimes if path.suffix == ".onnx" else ("onnxruntime",):
+            try:
+                detector = Detector.from_path(path, runtime=runtime)
+                same_model(reference, detector)
+                runnable.append((path, detector))
+            except CannotRunHere as e:
+                log(f"[parity] {path}: not run: {e}")
+                kind = runtime if path.suffix == ".onnx" else _kind(path)
+                rows.append(ArtifactResult(path=str(path), kind=kind, precision=_precision(path), status="not run",
+                                           reason=str(e)))
     batch = min([batch_size, reference.max_batch] + [d.max_batch for _, d in runnable])
     log(f"[parity] reference: PyTorch {reference.path} on {count} images of {dataset.annotation_file}, batch {batch}")
     ref_eval = evaluate_predictor(reference, dataset, max_images=max_images, batch_size=batch,
@@ -112,8 +116,9 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
                                    budget=budget, agreement=agreement.statistics(), int8_target=int8_target(detector)))
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
-    order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given
-    rows[1:] = sorted(rows[1:], key=lambda r: order[r.path])
+    order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given, runtimes as given
+    kinds = {k: i for i, k in enumerate(runtimes)}
+    rows[1:] = sorted(rows[1:], key=lambda r: (order[r.path], kinds.get(r.kind, 0)))
     return {"reference": str(reference.path), "dataset": str(dataset.annotation_file), "images": count,
             "batch": batch, "budgets": budgets, "match_iou": MATCH_IOU,
             "classes": dict(zip(map(str, reference.category_ids), reference.class_names)),

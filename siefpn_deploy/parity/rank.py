@@ -37,15 +37,22 @@ def _cost(artifact: dict[str, Any]) -> float | None:
     return -min(deltas.values()) if deltas else None
 
 
+def runtime_kind(variant: str) -> str:
+    """A bench variant's runtime, as parity names it: "openvino fp32" -> openvino; a C++ row ("c++ aoti fp32")
+    runs the .pt2 that parity ran as aoti."""
+    words = variant.split()
+    return words[1] if words[0] == "c++" else words[0]
+
+
 def rank(bench: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
     """Each bench row with its AP cost and its ratio to eager FP32, and per (batch, size) and budget the fastest
     row whose cost is within the budget."""
-    cost = {Path(a["path"]).name: _cost(a) for a in parity["artifacts"]}
+    cost = {(Path(a["path"]).name, a["kind"]): _cost(a) for a in parity["artifacts"]}
     eager = {(r["batch"], r["size"]): r for r in bench["rows"] if r["variant"] == EAGER_VARIANT}
     rows = []
     for r in bench["rows"]:
         base = eager.get((r["batch"], r["size"]))
-        rows.append({**r, "ap_cost": cost.get(r["artifact"]),
+        rows.append({**r, "ap_cost": cost.get((r["artifact"], runtime_kind(r["variant"]))),
                      "model_vs_eager": r["model_p50_ms"] / base["model_p50_ms"] if base else None,
                      "e2e_vs_eager": r["e2e_p50_ms"] / base["e2e_p50_ms"] if base else None})
     budgets = sorted({float(v) for v in parity["budgets"].values()})
@@ -60,7 +67,7 @@ def rank(bench: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
                        "reference": parity.get("reference")},
             "budgets": budgets, "budget_names": {str(k): v for k, v in parity["budgets"].items()},
             "rows": rows, "fastest": fastest,
-            "no_parity": sorted({r["artifact"] for r in rows if r["ap_cost"] is None})}
+            "no_parity": sorted({f"{r['artifact']} ({r['variant']})" for r in rows if r["ap_cost"] is None})}
 
 
 def _x(v: float | None) -> str:

@@ -1,4 +1,4 @@
-"""The deployed artifacts' backends: ONNX Runtime for .onnx, AOTInductor for .pt2, TensorRT for .plan. Each runs a
+"""The deployed artifacts' backends: ONNX Runtime (or OpenVINO) for .onnx, AOTInductor for .pt2, TensorRT for .plan. Each runs a
 preprocessed canvas [B,3,H,W] (0..input_scale) with its image sizes [B,2] and returns the contract's padded outputs
 as numpy arrays (`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
 """
@@ -14,7 +14,15 @@ import torch
 from ..core.aoti import load_package
 from ..core.contract import INPUT_NAMES, GraphContract, graph_inputs
 from ..core.errors import CannotRunHere, UserError
+from ..core.openvino import compile_onnx
 from ..core.ort import ort_session
+
+
+def check_graph_io(path: Path, inputs: list[str], outputs: list[str], contract: GraphContract) -> None:
+    if outputs != list(contract.output_names) or inputs != list(INPUT_NAMES):
+        raise UserError(f"{path} has inputs {inputs} and outputs {outputs}, but a siefpn-deploy "
+                        f"{contract.architecture} graph has {list(INPUT_NAMES)} and {list(contract.output_names)}; "
+                        "re-export it with this version")
 
 
 class OnnxRuntimeBackend:
@@ -23,11 +31,7 @@ class OnnxRuntimeBackend:
     def __init__(self, path: Path, contract: GraphContract, device: str = "auto", threads: int | None = None) -> None:
         self.session = ort_session(path, device=device, threads=threads)
         self.names = [o.name for o in self.session.get_outputs()]
-        inputs = [i.name for i in self.session.get_inputs()]
-        if self.names != list(contract.output_names) or inputs != list(INPUT_NAMES):
-            raise UserError(f"{path} has inputs {inputs} and outputs {self.names}, but a siefpn-deploy "
-                            f"{contract.architecture} graph has {list(INPUT_NAMES)} and {list(contract.output_names)}; "
-                            "re-export it with this version")
+        check_graph_io(path, [i.name for i in self.session.get_inputs()], self.names, contract)
         self.providers = self.session.get_providers()
 
     @property
@@ -36,6 +40,25 @@ class OnnxRuntimeBackend:
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.session.run(None, graph_inputs(images, image_sizes))))
+
+
+class OpenVINOBackend:
+    """The same .onnx compiled by OpenVINO for the CPU, in FP32 (`core.openvino.compile_onnx`), once per
+    backend; one infer request, so a backend serves one caller at a time, as ONNX Runtime's session does."""
+
+    kind = "openvino"
+    on_gpu = False
+
+    def __init__(self, path: Path, contract: GraphContract, threads: int | None = None) -> None:
+        self.compiled = compile_onnx(path, threads=threads)
+        self.names = [o.get_any_name() for o in self.compiled.outputs]
+        check_graph_io(path, [i.get_any_name() for i in self.compiled.inputs], self.names, contract)
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        self.request.infer(graph_inputs(images, image_sizes))
+        # the request's output buffers are reused by the next call: copy them out
+        return {name: self.request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
 
 
 class PackageBackend:

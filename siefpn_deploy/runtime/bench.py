@@ -101,11 +101,19 @@ def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, 
                    torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None)
 
 
-def variants(path: Path, device: str, config: str | None) -> list[tuple[str, Detector]]:
-    """(variant name, detector) for one artifact. A checkpoint on a GPU is also run under FP16 autocast,
-    eagerly and with its backbone and neck replayed as CUDA graphs: the PyTorch baselines a deployed
-    engine has to beat."""
-    detector = Detector.from_path(path, device=device, config=config)
+def variants(path: Path, device: str, config: str | None, runtimes: tuple[str, ...] = ("onnxruntime",)
+             ) -> list[tuple[str, Detector]]:
+    """(variant name, detector) for one artifact: a .onnx once per runtime. A checkpoint on a GPU is also run
+    under FP16 autocast, eagerly and with its backbone and neck replayed as CUDA graphs: the PyTorch
+    baselines a deployed engine has to beat."""
+    if path.suffix == ".onnx" and len(runtimes) > 1:
+        out = []
+        for runtime in runtimes:
+            detector = Detector.from_path(path, device=device, runtime=runtime)
+            out.append((f"{detector.kind} {detector.precision}", detector))
+        return out
+    detector = Detector.from_path(path, device=device, config=config,
+                                  runtime=runtimes[0] if path.suffix == ".onnx" else "onnxruntime")
     out = [(f"{detector.kind} {detector.precision}", detector)]
     if isinstance(detector.backend, EagerBackend) and detector.backend.on_gpu:
         base = detector.backend
@@ -135,12 +143,14 @@ def cpp_settings(path: Path, detector: Detector, *, batches: list[int], size: in
 
 
 def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], warmup: int, iters: int, device: str,
-              config: str | None = None, cpp: bool = False, log=print) -> dict[str, Any]:
-    """Every artifact's variants over batches and sizes; with `cpp`, each .pt2 also through the C++ runtime."""
+              config: str | None = None, cpp: bool = False, runtimes: tuple[str, ...] = ("onnxruntime",),
+              log=print) -> dict[str, Any]:
+    """Every artifact's variants over batches and sizes (a .onnx once per runtime in `runtimes`); with `cpp`,
+    each .pt2 also through the C++ runtime."""
     rows, skipped = [], []
     for path in artifacts:
         try:
-            found = variants(path, device, config)
+            found = variants(path, device, config, runtimes)
         except CannotRunHere as e:
             skipped.append({"artifact": str(path), "reason": str(e)})
             log(f"[bench] {path}: not run: {e}")

@@ -1,6 +1,7 @@
 """`Detector`: one interface for every artifact (checkpoint, .onnx, .pt2, .plan).
 
     det = Detector.from_path("export/demo.onnx")                 # or engines/NAME.plan, or a .pth
+    det = Detector.from_path("export/demo.onnx", runtime="openvino")  # the same graph in OpenVINO (CPU)
     results = det.predict(["a.jpg", "b.jpg"])                    # paths, HWC arrays or CHW tensors
     results[0].boxes, .scores, .labels, .category_ids, .class_names, .masks
 
@@ -20,10 +21,11 @@ import torch
 from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
+from ..core.openvino import RUNTIMES
 from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta
 from ..model.checkpoint import load_checkpoint, load_trained_detector
 from ..model.predictor import Detections, Predictor
-from .backends import OnnxRuntimeBackend, PackageBackend, TensorRTBackend
+from .backends import OnnxRuntimeBackend, OpenVINOBackend, PackageBackend, TensorRTBackend
 
 __all__ = ["Detections", "Detector"]
 
@@ -40,13 +42,21 @@ def engine_model_meta(engine_meta: dict[str, Any]) -> dict[str, Any]:
 class Detector(Predictor):
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "auto", config: str | Path | None = None,
-                  threads: int | None = None) -> Detector:
-        """`.onnx` (ONNX Runtime), `.pt2` (AOTInductor package), `.plan` (TensorRT), or `.pth` (PyTorch; `config`
-        or the config.yaml beside it). device: auto, cpu or cuda."""
+                  threads: int | None = None, runtime: str = "onnxruntime") -> Detector:
+        """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino"), `.pt2` (AOTInductor package),
+        `.plan` (TensorRT), or `.pth` (PyTorch; `config` or the config.yaml beside it). device: auto, cpu or cuda."""
         path = Path(path)
+        if runtime not in RUNTIMES:
+            raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime != "onnxruntime" and path.suffix != ".onnx":
+            raise UserError(f"--runtime {runtime} runs .onnx files; {path} is not one")
         if path.suffix == ".onnx":
             meta = read_meta(path)
             contract = GraphContract.from_meta(meta, source=str(path))
+            if runtime == "openvino":
+                if device == "cuda":
+                    raise UserError("--runtime openvino runs on the CPU here; use --device cpu or auto")
+                return cls(OpenVINOBackend(path, contract, threads=threads), meta, path)
             return cls(OnnxRuntimeBackend(path, contract, device=device, threads=threads), meta, path)
         if path.suffix == PACKAGE_SUFFIX:
             meta = read_meta(path)

@@ -29,6 +29,7 @@ import venv
 from pathlib import Path
 
 from ..core.errors import UserError, one_line
+from ..core.fileio import user_cache_dir
 
 # what the proxy model imports besides the standard library (pytriton/proxy/*.py); numpy<2 is the point
 STUB_REQUIREMENTS = ("numpy>=1.21,<2", "pyzmq>=23")
@@ -37,9 +38,8 @@ READY = "READY"  # written last: a folder without it is not used
 
 
 def default_python_env() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}-v{LAYOUT_VERSION}"
-    return cache / "siefpn-deploy" / f"triton-python-env-{tag}"
+    return user_cache_dir() / f"triton-python-env-{tag}"
 
 
 def shared_libpython() -> Path | None:

@@ -1,0 +1,81 @@
+"""OpenVINO as a second runtime for the same .onnx: its detections equal ONNX Runtime's within the export
+tolerances, it sits beside ONNX Runtime in one parity run and one bench ranking, and without the package
+every command says how to install it, in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from siefpn_deploy.cli import main
+from siefpn_deploy.core.contract import image_rows
+from siefpn_deploy.data import CocoDetection
+from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.evaluation.agreement import Agreement
+from siefpn_deploy.export.verify import FP32_TOLERANCES
+from siefpn_deploy.runtime import Detector
+
+ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_openvino_detections_equal_onnx_runtime_s(arch, exported, tiny_synth):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (the [openvino] extra)")
+    path = exported.onnx(arch, "onnx")
+    ov, ort = Detector.from_path(path, runtime="openvino"), Detector.from_path(path)
+    assert (ov.kind, ort.kind) == ("openvino", "onnxruntime")
+    images_dir, annotations = split_paths(tiny_synth, "val")
+    dataset = CocoDetection(image_dir=images_dir, annotation_file=annotations)
+    images = [dataset.image(i) for i in range(2)]
+    agreement = Agreement()
+    for size in (160, 256):  # two canvases, neither the export example's; batch 2
+        canvas = ort.at_size(size).prepare(images)
+        want, got = ort.run_canvas(canvas), ov.run_canvas(canvas)
+        for b in range(2):
+            agreement.add(image_rows(want, b), image_rows(got, b), min_iou=0.5, score_thresh=0.05, max_det=100)
+    t = FP32_TOLERANCES
+    assert agreement.reference > 10 and agreement.matched == agreement.reference and agreement.unmatched == 0
+    assert agreement.max_box_rel <= t.box_rel and agreement.max_score_abs <= t.score_abs
+    assert agreement.max_mask_abs <= t.mask_abs and (arch != "mask_rcnn" or agreement.max_mask_abs > 0)
+
+
+def test_parity_and_bench_put_openvino_beside_onnx_runtime(trained, exported, tmp_path, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (the [openvino] extra)")
+    onnx_path, weights = exported.onnx("retinanet", "onnx"), trained.weights("retinanet")
+    assert main(["parity", "--config-file", str(trained.config("retinanet")), "--artifacts", str(onnx_path),
+                 "--runtime", "onnxruntime", "openvino", "--max-images", "8", "--report", str(tmp_path / "p"),
+                 "MODEL.WEIGHTS", str(weights)]) == 0
+    rows = json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"]
+    assert [(r["kind"], r["status"]) for r in rows] == [("pytorch", "reference"), ("onnxruntime", "pass"),
+                                                        ("openvino", "pass")]
+    assert "| openvino |" in (tmp_path / "p" / "parity.md").read_text()
+    assert main(["bench", "--artifacts", str(onnx_path), str(weights), "--runtime", "onnxruntime", "openvino",
+                 "--batch", "1", "--imgsz", "128", "--warmup", "1", "--iters", "2", "--device", "cpu",
+                 "--parity", str(tmp_path / "p" / "parity.json"), "--report", str(tmp_path / "b")]) == 0
+    ranking = json.loads((tmp_path / "b" / "ranking.json").read_text())
+    cost = {r["variant"]: r["ap_cost"] for r in ranking["rows"]}
+    assert cost == {"onnxruntime fp32": pytest.approx(-rows[1]["delta"]["bbox"]),
+                    "openvino fp32": pytest.approx(-rows[2]["delta"]["bbox"]), "pytorch fp32": 0.0}
+    capsys.readouterr()
+
+
+def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_synth, trained, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    onnx_path = str(exported.onnx("retinanet", "onnx"))
+    image = min(split_paths(tiny_synth, "val")[0].iterdir())
+    assert main(["infer", "--artifact", onnx_path, "--source", str(image), "--runtime", "openvino"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"
+    # parity lists the OpenVINO row as not run, with the reason, and still evaluates ONNX Runtime
+    assert main(["parity", "--config-file", str(trained.config("retinanet")), "--artifacts", onnx_path, "--runtime",
+                 "onnxruntime", "openvino", "--max-images", "2", "--report", str(tmp_path / "p"),
+                 "MODEL.WEIGHTS", str(trained.weights("retinanet"))]) == 0
+    rows = json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"]
+    assert [(r["kind"], r["status"]) for r in rows[1:]] == [("onnxruntime", "pass"), ("openvino", "not run")]
+    assert "pip install 'siefpn-deploy[openvino]'" in rows[2]["reason"]
+    assert main(["infer", "--artifact", str(trained.weights("retinanet")), "--source", str(image),
+                 "--runtime", "openvino"]) == 2
+    assert "runs .onnx files" in capsys.readouterr().err
