@@ -76,6 +76,12 @@ def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_syn
     rows = json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"]
     assert [(r["kind"], r["status"]) for r in rows[1:]] == [("onnxruntime", "pass"), ("openvino", "not run")]
     assert "pip install 'siefpn-deploy[openvino]'" in rows[2]["reason"]
+    # bench too: the ONNX Runtime row is timed, the OpenVINO one is listed as not run
+    assert main(["bench", "--artifacts", onnx_path, "--runtime", "onnxruntime", "openvino", "--batch", "1",
+                 "--imgsz", "128", "--warmup", "0", "--iters", "1", "--report", str(tmp_path / "b")]) == 0
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert [r["variant"] for r in bench["rows"]] == ["onnxruntime fp32"]
+    assert [s["reason"] for s in bench["skipped"]] == ["OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"]
     assert main(["infer", "--artifact", str(trained.weights("retinanet")), "--source", str(image),
                  "--runtime", "openvino"]) == 2
     assert "runs .onnx files" in capsys.readouterr().err

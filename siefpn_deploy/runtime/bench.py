@@ -101,19 +101,11 @@ def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, 
                    torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None)
 
 
-def variants(path: Path, device: str, config: str | None, runtimes: tuple[str, ...] = ("onnxruntime",)
-             ) -> list[tuple[str, Detector]]:
-    """(variant name, detector) for one artifact: a .onnx once per runtime. A checkpoint on a GPU is also run
-    under FP16 autocast, eagerly and with its backbone and neck replayed as CUDA graphs: the PyTorch
-    baselines a deployed engine has to beat."""
-    if path.suffix == ".onnx" and len(runtimes) > 1:
-        out = []
-        for runtime in runtimes:
-            detector = Detector.from_path(path, device=device, runtime=runtime)
-            out.append((f"{detector.kind} {detector.precision}", detector))
-        return out
-    detector = Detector.from_path(path, device=device, config=config,
-                                  runtime=runtimes[0] if path.suffix == ".onnx" else "onnxruntime")
+def variants(path: Path, device: str, config: str | None, runtime: str = "onnxruntime") -> list[tuple[str, Detector]]:
+    """(variant name, detector) for one artifact in one runtime (`runtime` applies to a .onnx). A checkpoint on
+    a GPU is also run under FP16 autocast, eagerly and with its backbone and neck replayed as CUDA graphs: the
+    PyTorch baselines a deployed engine has to beat."""
+    detector = Detector.from_path(path, device=device, config=config, runtime=runtime)
     out = [(f"{detector.kind} {detector.precision}", detector)]
     if isinstance(detector.backend, EagerBackend) and detector.backend.on_gpu:
         base = detector.backend
@@ -146,38 +138,49 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
               config: str | None = None, cpp: bool = False, runtimes: tuple[str, ...] = ("onnxruntime",),
               log=print) -> dict[str, Any]:
     """Every artifact's variants over batches and sizes (a .onnx once per runtime in `runtimes`); with `cpp`,
-    each .pt2 also through the C++ runtime."""
+    each .pt2 also through the C++ runtime. One artifact is loaded at a time."""
     rows, skipped = [], []
     for path in artifacts:
-        try:
-            found = variants(path, device, config, runtimes)
-        except CannotRunHere as e:
-            skipped.append({"artifact": str(path), "reason": str(e)})
-            log(f"[bench] {path}: not run: {e}")
-            continue
-        for variant, detector in found:
-            for size in sizes:
-                for batch in batches:
-                    if outside_range(detector.meta, (batch, 3, size, size)):
-                        skipped.append({"artifact": str(path), "variant": variant, "batch": batch, "size": size,
-                                        "reason": "outside the artifact's exported shape range"})
-                        continue
-                    setting = bench_detector(detector, label=path.name, variant=variant, batch=batch, size=size,
-                                             warmup=warmup, iters=iters)
-                    rows.append(setting.row())
-                    log_row(rows[-1], log)
-                if cpp and detector.kind == "aoti":
-                    runnable = [b for b in batches if not outside_range(detector.meta, (b, 3, size, size))]
-                    try:
-                        for setting in cpp_settings(path, detector, batches=runnable, size=size, warmup=warmup,
-                                                    iters=iters) if runnable else []:
-                            rows.append(setting.row())
-                            log_row(rows[-1], log)
-                    except CannotRunHere as e:
-                        skipped.append({"artifact": str(path), "reason": f"c++: {e}"})
-                        log(f"[bench] {path}: c++ not run: {e}")
+        for runtime in runtimes if path.suffix == ".onnx" else ("onnxruntime",):
+            try:
+                found = variants(path, device, config, runtime)
+            except CannotRunHere as e:
+                skipped.append({"artifact": str(path), "reason": str(e)})
+                log(f"[bench] {path}: not run: {e}")
+                continue
+            for variant, detector in found:
+                rows += time_variant(path, variant, detector, batches=batches, sizes=sizes, warmup=warmup,
+                                     iters=iters, cpp=cpp, skipped=skipped, log=log)
     return {"rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters, "device": device,
             "machine": machine()}
+
+
+def time_variant(path: Path, variant: str, detector: Detector, *, batches: list[int], sizes: list[int], warmup: int,
+                 iters: int, cpp: bool, skipped: list[dict[str, Any]], log) -> list[dict[str, Any]]:
+    """One variant's rows over sizes and batches within its exported range (the rest go to `skipped`); a .pt2
+    also through the C++ runtime when `cpp`."""
+    rows = []
+    for size in sizes:
+        for batch in batches:
+            if outside_range(detector.meta, (batch, 3, size, size)):
+                skipped.append({"artifact": str(path), "variant": variant, "batch": batch, "size": size,
+                                "reason": "outside the artifact's exported shape range"})
+                continue
+            setting = bench_detector(detector, label=path.name, variant=variant, batch=batch, size=size,
+                                     warmup=warmup, iters=iters)
+            rows.append(setting.row())
+            log_row(rows[-1], log)
+        if cpp and detector.kind == "aoti":
+            runnable = [b for b in batches if not outside_range(detector.meta, (b, 3, size, size))]
+            try:
+                for setting in cpp_settings(path, detector, batches=runnable, size=size, warmup=warmup,
+                                            iters=iters) if runnable else []:
+                    rows.append(setting.row())
+                    log_row(rows[-1], log)
+            except CannotRunHere as e:
+                skipped.append({"artifact": str(path), "reason": f"c++: {e}"})
+                log(f"[bench] {path}: c++ not run: {e}")
+    return rows
 
 
 def log_row(r: dict[str, Any], log) -> None:
