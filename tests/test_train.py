@@ -135,6 +135,9 @@ def test_kill_then_resume_continues_with_same_iteration_and_lr(tiny_synth, tmp_p
     expected_lr = cfg.SOLVER.BASE_LR * lr_factor(cfg.SOLVER, iteration)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
 
+    # the log is written just before each checkpoint: a kill between the two leaves lines past the checkpoint
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": iteration + 1, "loss": 0.0, "lr": 0.0}) + "\n")
     opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=iteration + 3, **schedule)
     done = subprocess.run(cli("train", "--config-file", PRESET, "--resume", *opts), capture_output=True, text=True,
                           timeout=300, check=False)

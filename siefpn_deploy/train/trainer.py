@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +156,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.start_iter = int(state["iteration"])
+            self.trim_log()
             if "rng" in state and self.world_size == 1:
                 self.rng_state = state["rng"]
             if self.is_main:
@@ -174,20 +176,35 @@ class Trainer:
         }
 
     def save(self, iteration: int, name: str | None = None) -> Path | None:
-        """Checkpoint, config.yaml and the loss log are written together, so a run that fails before
-        its first checkpoint leaves no files, and a resumed run's log has no repeated iterations."""
+        """The loss log, then the checkpoint and config.yaml, written together at checkpoint time, so a run
+        that fails before its first checkpoint leaves no model files. The log goes first: a kill between the
+        two leaves log lines past the last checkpoint, which --resume drops (`trim_log`), so a resumed run's
+        log has no gap and no repeated iteration."""
         if not self.is_main:
             return None
-        path = save_checkpoint(self.output_dir / (name or f"model_{iteration:07d}.pth"), self.state(iteration))
-        atomic_write(self.output_dir / "config.yaml", lambda tmp: tmp.write_text(self.cfg.dump()))
         if self.pending_log:
             # a fresh run starts its own log; a resumed run extends the one its checkpoint belongs to
             mode = "a" if self.start_iter > 0 or self.log_started else "w"
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "metrics.jsonl", mode) as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.pending_log)
+                f.flush()
+                os.fsync(f.fileno())
             self.pending_log.clear()
             self.log_started = True
+        path = save_checkpoint(self.output_dir / (name or f"model_{iteration:07d}.pth"), self.state(iteration))
+        atomic_write(self.output_dir / "config.yaml", lambda tmp: tmp.write_text(self.cfg.dump()))
         return path
+
+    def trim_log(self) -> None:
+        """Drop the loss log's lines after the checkpoint being resumed (written just before a kill)."""
+        log = self.output_dir / "metrics.jsonl"
+        if not self.is_main or not log.is_file():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", 0) <= self.start_iter]
+        if len(kept) != len(lines):
+            atomic_write(log, lambda tmp: tmp.write_text("".join(kept)))
 
     def loader(self) -> torch.utils.data.DataLoader:
         images = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
