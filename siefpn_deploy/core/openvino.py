@@ -21,6 +21,12 @@ RUNTIMES = ("onnxruntime", "openvino")  # what runs a .onnx (`--runtime`)
 MISSING = "OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"
 
 
+def runtimes_for(path: Path, runtimes: tuple[str, ...]) -> tuple[str, ...]:
+    """The runtimes an artifact runs in: each of `runtimes` for a .onnx, its own (passed as onnxruntime,
+    the `Detector.from_path` default) for anything else."""
+    return runtimes if Path(path).suffix == ".onnx" else ("onnxruntime",)
+
+
 def require_openvino() -> Any:
     try:
         import openvino

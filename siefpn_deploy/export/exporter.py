@@ -132,13 +132,13 @@ def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print)
                         f"INPUT.SIZE_DIVISIBILITY {cfg.INPUT.SIZE_DIVISIBILITY}")
     if not 1 <= cfg.MODEL.DETECTIONS_PER_IMAGE <= MAX_TOPK:
         raise UserError(f"--max-det must be in 1..{MAX_TOPK} (TensorRT's TopK limit), got {cfg.MODEL.DETECTIONS_PER_IMAGE}")
-    check_output(Path(options.output))
-    detector, classes = load_trained_detector(cfg, config_name=config_name)
     if options.max_det_masks is not None and not cfg.MODEL.has_masks:
         raise UserError(f"--max-det-masks is for Mask R-CNN; this config is a {cfg.MODEL.META_ARCHITECTURE}")
     if options.max_det_masks is not None and options.max_det_masks > cfg.MODEL.DETECTIONS_PER_IMAGE:
         raise UserError(f"--max-det-masks {options.max_det_masks} is more than K, the detections per image "
                         f"({cfg.MODEL.DETECTIONS_PER_IMAGE}, MODEL.DETECTIONS_PER_IMAGE / --max-det)")
+    check_output(Path(options.output))
+    detector, classes = load_trained_detector(cfg, config_name=config_name)
     settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
                                    roi_align=options.roi_align_lowering, roi_samples=options.roi_samples,
                                    mask_detections=options.max_det_masks)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.contract import BOXES, LABELS, SCORES
 from ..core.errors import CannotRunHere, UserError
+from ..core.openvino import runtimes_for
 from ..core.reporting import machine
 from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX
 from ..data import CocoDetection
@@ -88,7 +89,7 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
     rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
     runnable: list[tuple[Path, Detector]] = []
     for path in artifacts:
-        for runtime in runtimes if path.suffix == ".onnx" else ("onnxruntime",):
+        for runtime in runtimes_for(path, runtimes):
             try:
                 detector = Detector.from_path(path, runtime=runtime)
                 same_model(reference, detector)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CannotRunHere
+from ..core.openvino import runtimes_for
 from ..core.reporting import machine, machine_line, markdown_table, write_report
 from ..core.sidecar import outside_range
 from ..core.timing import Latency, measure, peak_rss_mib, reset_peak_rss
@@ -141,7 +142,7 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
     each .pt2 also through the C++ runtime. One artifact is loaded at a time."""
     rows, skipped = [], []
     for path in artifacts:
-        for runtime in runtimes if path.suffix == ".onnx" else ("onnxruntime",):
+        for runtime in runtimes_for(path, runtimes):
             try:
                 found = variants(path, device, config, runtime)
             except CannotRunHere as e:
