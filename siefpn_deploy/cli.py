@@ -171,10 +171,13 @@ EPILOG_QUANTIZE = """\
 examples:
   siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision fp16
   siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision int8     # train split from meta.json
+  siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision int8 --target ort-cpu   # ONNX Runtime, CPU
+  siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision int8 --target openvino  # NNCF, OpenVINO
   siefpn-deploy quantize --onnx export/retinanet_R50.onnx --precision int8 --num-calib 512 --calib-size 640 640 \\
       --calib-data datasets/coco/annotations/instances_train2017.json
 
-FP16 is ModelOpt AutoCast (I/O stays float32); INT8 is ModelOpt ONNX PTQ with explicit Q/DQ nodes. The
+FP16 is ModelOpt AutoCast (I/O stays float32); INT8 is explicit Q/DQ in the layout of the runtime that runs
+it (--target): ModelOpt's for TensorRT, ONNX Runtime's static quantization, or NNCF's for OpenVINO. The
 GAU attention logits and softmax, class-score sigmoids/softmaxes, box decoding, RoIAlign sampling and
 NMS stay in FP32 (--no-default-excludes drops that; --exclude adds node-name regexes such as
 '^/backbone/neck/mic/'). Calibration images come from the train split, are preprocessed exactly as the
@@ -261,7 +264,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=args.config_file, overrides=args.opts)
     report = run_parity(reference, [Path(a) for a in args.artifacts], dataset, budgets=budgets,
                         max_images=args.max_images, batch_size=args.batch or cfg.TEST.IMS_PER_BATCH,
-                        runtimes=tuple(args.runtime))
+                        runtimes=tuple(args.runtime) if args.runtime else None)
     written = write_parity_report(report, Path(args.report))
     print(markdown({**report, "date": "now"}))
     print(f"[parity] wrote {', '.join(map(str, written))}")
@@ -322,7 +325,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     parity = read_parity_report(args.parity) if args.parity else None  # before minutes of timing
     report = run_bench([Path(a) for a in args.artifacts], batches=args.batch, sizes=args.imgsz, warmup=args.warmup,
                        iters=args.iters, device=args.device, config=args.config_file, cpp=args.cpp,
-                       runtimes=tuple(args.runtime))
+                       runtimes=tuple(args.runtime) if args.runtime else None)
     if args.gau_memory:
         report["gau_memory"] = gau_memory(device="cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     written = write_bench_report(report, Path(args.report))
@@ -471,6 +474,12 @@ def _command(sub: Any, name: str, func: Any, *, epilog: str, help: str, descript
     return parser
 
 
+def _runtimes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", nargs="+", choices=RUNTIMES, metavar="R",
+                        help="what runs each .onnx: onnxruntime and/or openvino (CPU), a row each (default: each "
+                        "file's own, openvino for `quantize --target openvino`, else onnxruntime)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # the option dataclasses own the defaults; --help shows them, and paths default under the work folders
     from .core.contract import describe_graph
@@ -595,7 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--target", choices=TARGETS, default=QuantizeOptions.target,
                        help="int8: tensorrt, ModelOpt's explicit Q/DQ that `build` takes (NAME.int8.onnx); ort-cpu, ONNX "
                        "Runtime's static quantization in the layout its x86 integer kernels fuse: uint8 activations, "
-                       "per-channel int8 Conv weights (NAME.int8-cpu.onnx). Default tensorrt")
+                       "per-channel int8 Conv weights (NAME.int8-cpu.onnx); openvino, NNCF's post-training quantization in "
+                       "the layout OpenVINO's CPU plugin fuses, run with --runtime openvino (NAME.int8-ov.onnx; "
+                       "pip install 'siefpn-deploy[openvino]'). Default tensorrt")
     quant.add_argument("--calib-method", choices=["entropy", "max"],
                        help="INT8 ranges (default: " + ", ".join(f"{m} for {t}" for t, m in DEFAULT_CALIB_METHOD.items()) + ")")
     quant.add_argument("--calib-batch", type=int, default=QuantizeOptions.calib_batch, metavar="B",
@@ -635,9 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--budget", nargs="+", default=[], metavar="PREC=AP",
                         help="largest AP drop in points per precision, e.g. fp16=0.2 int8=1.0")
     parity.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
-    parity.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["onnxruntime"], metavar="R",
-                        help="what runs each .onnx: onnxruntime and/or openvino (CPU, FP32), a row each "
-                        "(default onnxruntime)")
+    _runtimes_argument(parity)
     parity.add_argument("--batch", type=int, metavar="B",
                         help="images per canvas, the same for every artifact (default TEST.IMS_PER_BATCH, 1, as the "
                         "train command's evaluation, so its PyTorch AP is the one training printed)")
@@ -657,9 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(image_id, category_id, bbox, score, RLE segmentation) that COCO.loadRes takes")
     infer.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
-    infer.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
-                       help="what runs a .onnx: onnxruntime, or openvino (CPU, FP32; pip install "
-                       "'siefpn-deploy[openvino]'); default onnxruntime")
+    infer.add_argument("--runtime", choices=RUNTIMES,
+                       help="what runs a .onnx: onnxruntime, or openvino (CPU; pip install 'siefpn-deploy[openvino]'); "
+                       "default: the file's own, openvino for `quantize --target openvino`, else onnxruntime")
     infer.add_argument("--threads", type=int, metavar="N", help="a .onnx runtime's threads (default: all cores)")
     infer.add_argument("--batch", type=int, metavar="B",
                        help="images per canvas (default 1, as training's evaluation and parity: a batch's padding "
@@ -673,9 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)")
     bench.add_argument("--iters", type=int, default=20, metavar="N", help="timed runs (default 20)")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
-    bench.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["onnxruntime"], metavar="R",
-                       help="what runs each .onnx: onnxruntime and/or openvino (CPU, FP32), a row each "
-                       "(default onnxruntime)")
+    _runtimes_argument(bench)
     bench.add_argument("--config-file", metavar="FILE", help="for a .pth: its config (default: config.yaml beside it)")
     bench.add_argument("--gau-memory", action="store_true", help="also measure the GAU attention at 800x1333")
     bench.add_argument("--cpp", action="store_true",

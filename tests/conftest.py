@@ -4,8 +4,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+import onnx
 import pytest
 
+from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import generate_synthetic
 from siefpn_deploy.data.synth import split_paths
 
@@ -126,9 +128,16 @@ def exported(trained, tmp_path_factory) -> Exported:
     return Exported(trained, tmp_path_factory.mktemp("exported"))
 
 
+def precision_args(precision: str) -> list[str]:
+    """`quantize`'s arguments for a fixture's precision name: fp16, int8 (TensorRT layout), int8-cpu (ONNX
+    Runtime's CPU layout) or int8-ov (NNCF, for OpenVINO)."""
+    targets = {"int8": "tensorrt", "int8-cpu": "ort-cpu", "int8-ov": "openvino"}
+    return ["--precision", "int8", "--target", targets[precision]] if precision in targets else ["--precision", precision]
+
+
 class Quantized:
     """FP16 and INT8 versions of the tensor-NMS exports, made once per session through the CLI:
-    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself; int8-cpu is `--target ort-cpu`)."""
+    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself; the others: precision_args)."""
 
     def __init__(self, exported: Exported, root: Path) -> None:
         self.exported, self.root = exported, root
@@ -141,8 +150,7 @@ class Quantized:
             return source
         path = self.root / f"{arch}.{precision}.onnx"
         if not path.is_file():
-            target = ["--precision", "int8", "--target", "ort-cpu"] if precision == "int8-cpu" else ["--precision", precision]
-            assert main(["quantize", "--onnx", str(source), *target, "--output", str(path),
+            assert main(["quantize", "--onnx", str(source), *precision_args(precision), "--output", str(path),
                          "--num-calib", "8", "--calib-batch", "4", "--calib-size", "128", "160",
                          "--calib-cache", str(self.root / "calib")]) == 0
         return path
@@ -151,6 +159,21 @@ class Quantized:
 @pytest.fixture(scope="session")
 def quantized(exported, tmp_path_factory) -> Quantized:
     return Quantized(exported, tmp_path_factory.mktemp("quantized"))
+
+
+FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has room to fail it
+
+
+def broken_int8(source: Path, target: Path) -> None:
+    """The calibrated INT8 model with every quantization scale x100: most activations and weights round to 0."""
+    model = onnx.load(str(source))
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor in model.graph.initializer:
+        if tensor.name in scales:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 100, tensor.name))
+    assert scales
+    onnx.save(model, str(target))
+    write_meta(target, {k: v for k, v in read_meta(source).items() if k not in ("format", "onnx", "sha256")})
 
 
 class Detecting:
@@ -202,8 +225,7 @@ class Detecting:
         if not calibration.is_dir():
             generate_synthetic(calibration, num_train=32, num_val=0, seed=1, min_side=96, max_side=160, progress=False)
         if not path.is_file():
-            target = ["--precision", "int8", "--target", "ort-cpu"] if precision == "int8-cpu" else ["--precision", precision]
-            assert main(["quantize", "--onnx", str(source), *target, "--output", str(path),
+            assert main(["quantize", "--onnx", str(source), *precision_args(precision), "--output", str(path),
                          "--calib-data", str(split_paths(calibration, "train")[0]), "--num-calib", "32",
                          "--calib-batch", "4", "--calib-cache", ""]) == 0
         return path

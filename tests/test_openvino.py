@@ -5,16 +5,21 @@ every command says how to install it, in one line."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
+import onnx
 import pytest
+from conftest import FP32_AP_FLOOR, broken_int8
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.contract import image_rows
+from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.evaluation.agreement import Agreement
 from siefpn_deploy.export.verify import FP32_TOLERANCES
+from siefpn_deploy.quantize.precision import DEFAULT_EXCLUDES
 from siefpn_deploy.runtime import Detector
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
@@ -85,3 +90,46 @@ def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_syn
     assert main(["infer", "--artifact", str(trained.weights("retinanet")), "--source", str(image),
                  "--runtime", "openvino"]) == 2
     assert "runs .onnx files" in capsys.readouterr().err
+
+
+def test_nncf_int8_runs_in_openvino_within_the_int8_budget_and_a_damaged_one_fails(detecting, tmp_path, capsys):
+    """`quantize --target openvino` (NNCF) on a model that detects: the exclusions hold, the file runs in
+    OpenVINO by default, and parity holds it to the INT8 budget, which the same model with its scales damaged
+    breaks (so the gate can fail)."""
+    pytest.importorskip("nncf", reason="NNCF is not installed (the [openvino] extra)")
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (the [openvino] extra)")
+    path = detecting.onnx("int8-ov")
+    model = onnx.load(str(path))
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = [c for c in convs if produced_by.get(c.input[0]) is not None
+                 and produced_by[c.input[0]].op_type == "DequantizeLinear"]
+    assert len(quantized) >= 0.9 * len(convs)  # the backbone, neck and heads
+    for node in model.graph.node:  # the same FP32 exclusions as every INT8 path
+        if any(re.match(p, node.name) for p in DEFAULT_EXCLUDES.values()):
+            assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+    q = read_meta(path)["quantization"]
+    assert (q["target"], q["tool"], q["calibration"]["method"]) == ("openvino", "nncf.quantize", "max")
+    assert Detector.from_path(path).kind == "openvino"  # its own runtime
+    broken = tmp_path / "broken.int8-ov.onnx"
+    broken_int8(path, broken)
+    code = main(["parity", "--config-file", str(detecting.config), "--artifacts", str(path), str(broken),
+                 "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
+    print(capsys.readouterr().out)
+    reference, *rows = json.loads((tmp_path / "r" / "parity.json").read_text())["artifacts"]
+    assert 100 * reference["metrics"]["bbox"]["AP"] >= FP32_AP_FLOOR, "the gate needs a model that detects"
+    assert [(r["kind"], r["precision"], r["int8_target"], r["status"]) for r in rows] == [
+        ("openvino", "int8", "openvino", "pass"), ("openvino", "int8", "openvino", "fail")]
+    assert rows[0]["delta"]["bbox"] >= -1.0 > rows[1]["delta"]["bbox"] and code == 1
+
+
+def test_nncf_quantize_refuses_what_it_cannot_do_in_one_line(exported, monkeypatch, capsys):
+    source = str(exported.onnx("retinanet", "onnx"))
+    capsys.readouterr()  # the session fixtures' training and export output
+    assert main(["quantize", "--onnx", source, "--precision", "int8", "--target", "openvino",
+                 "--calib-method", "entropy"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --calib-method entropy is not offered by NNCF "
+                                               "(--target openvino); use max")
+    monkeypatch.setitem(sys.modules, "nncf", None)  # not installed
+    assert main(["quantize", "--onnx", source, "--precision", "int8", "--target", "openvino"]) == 2
+    assert capsys.readouterr().err.strip() == "error: NNCF is not installed: pip install 'siefpn-deploy[openvino]'"

@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import FP32_AP_FLOOR, broken_int8
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.contract import GraphContract
 from siefpn_deploy.core.errors import UserError
-from siefpn_deploy.core.sidecar import read_meta, write_meta
+from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.model.predictor import Predictor
@@ -116,21 +117,6 @@ def test_cpu_int8_is_laid_out_for_onnx_runtime_s_integer_kernels(arch, quantized
     # TensorRT does not take uint8 activations: `build` says which model to build instead
     assert main(["build", "--onnx", str(path)]) == 2
     assert "build the `quantize --target tensorrt` model" in capsys.readouterr().err
-
-
-FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has room to fail it
-
-
-def broken_int8(source: Path, target: Path) -> None:
-    """The calibrated INT8 model with every quantization scale x100: most activations and weights round to 0."""
-    model = onnx.load(str(source))
-    scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    for tensor in model.graph.initializer:
-        if tensor.name in scales:
-            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 100, tensor.name))
-    assert scales
-    onnx.save(model, str(target))
-    write_meta(target, {k: v for k, v in read_meta(source).items() if k not in ("format", "onnx", "sha256")})
 
 
 def test_budget_gates_pass_fp16_and_calibrated_int8_and_fail_a_broken_int8(detecting, tmp_path, capsys):

@@ -16,15 +16,24 @@ from typing import Any
 
 from .errors import CannotRunHere, UserError
 from .fileio import user_cache_dir
+from .sidecar import read_meta
 
 RUNTIMES = ("onnxruntime", "openvino")  # what runs a .onnx (`--runtime`)
 MISSING = "OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"
 
 
-def runtimes_for(path: Path, runtimes: tuple[str, ...]) -> tuple[str, ...]:
-    """The runtimes an artifact runs in: each of `runtimes` for a .onnx, its own (passed as onnxruntime,
-    the `Detector.from_path` default) for anything else."""
-    return runtimes if Path(path).suffix == ".onnx" else ("onnxruntime",)
+def own_runtime(meta: dict[str, Any]) -> str:
+    """The runtime a .onnx is laid out for: OpenVINO for NNCF's INT8 (`quantize --target openvino`), else
+    ONNX Runtime (either runs any of the project's graphs)."""
+    return "openvino" if (meta.get("quantization") or {}).get("target") == "openvino" else "onnxruntime"
+
+
+def runtimes_for(path: Path, runtimes: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The runtimes an artifact runs in: for a .onnx each of `runtimes`, or with None its own; anything else
+    has one runtime of its own (passed as onnxruntime, which `Detector.from_path` takes for a non-.onnx)."""
+    if Path(path).suffix != ".onnx":
+        return ("onnxruntime",)
+    return runtimes or (own_runtime(read_meta(path)),)
 
 
 def require_openvino() -> Any:

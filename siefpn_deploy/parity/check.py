@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.contract import BOXES, LABELS, SCORES
 from ..core.errors import CannotRunHere, UserError
-from ..core.openvino import runtimes_for
+from ..core.openvino import RUNTIMES, runtimes_for
 from ..core.reporting import machine
 from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX
 from ..data import CocoDetection
@@ -38,7 +38,7 @@ class ArtifactResult:
     delta: dict[str, float] = field(default_factory=dict)  # AP points vs PyTorch, per iou type (negative = lower)
     budget: float | None = None
     agreement: dict[str, Any] = field(default_factory=dict)
-    int8_target: str | None = None  # an INT8 model's layout: "tensorrt" (ModelOpt) or "ort-cpu" (quantize --target)
+    int8_target: str | None = None  # an INT8 model's layout: quantize --target (tensorrt, ort-cpu, openvino)
 
 
 def int8_target(detector: Detector) -> str | None:
@@ -80,11 +80,11 @@ def same_model(reference: Detector, artifact: Detector) -> None:
 
 
 def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
-               max_images: int | None, batch_size: int, runtimes: tuple[str, ...] = ("onnxruntime",),
+               max_images: int | None, batch_size: int, runtimes: tuple[str, ...] | None = None,
                log=print) -> dict[str, Any]:
     """Every artifact and the reference on the same images in the same batches of `batch_size` (so the same
     canvases; TEST.IMS_PER_BATCH, as training's evaluation uses), through the one evaluation loop. Each
-    .onnx runs once per runtime in `runtimes` (ONNX Runtime, OpenVINO), a row each."""
+    .onnx runs once per runtime in `runtimes` (ONNX Runtime, OpenVINO), a row each; None runs each in its own."""
     count = min(max_images or len(dataset), len(dataset))
     rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
     runnable: list[tuple[Path, Detector]] = []
@@ -118,7 +118,7 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
     order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given, runtimes as given
-    kinds = {k: i for i, k in enumerate(runtimes)}
+    kinds = {k: i for i, k in enumerate(runtimes or RUNTIMES)}
     rows[1:] = sorted(rows[1:], key=lambda r: (order[r.path], kinds.get(r.kind, 0)))
     return {"reference": str(reference.path), "dataset": str(dataset.annotation_file), "images": count,
             "batch": batch, "budgets": budgets, "match_iou": MATCH_IOU,

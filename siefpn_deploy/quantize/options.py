@@ -10,9 +10,12 @@ from .precision import DEFAULT_EXCLUDES
 # Where an INT8 model runs, which decides its Q/DQ layout:
 # - tensorrt: ModelOpt's explicit Q/DQ, symmetric int8 activations and weights, which TensorRT builds;
 # - ort-cpu: ONNX Runtime's static quantization, uint8 activations and per-channel int8 weights on Conv,
-#   the layout ONNX Runtime fuses into integer convolutions on x86 CPUs (VNNI where present).
-TARGETS = ("tensorrt", "ort-cpu")
-DEFAULT_CALIB_METHOD = {"tensorrt": "entropy", "ort-cpu": "max"}  # ORT's entropy pass histograms every tensor
+#   the layout ONNX Runtime fuses into integer convolutions on x86 CPUs (VNNI where present);
+# - openvino: NNCF's post-training quantization, the layout OpenVINO's CPU plugin fuses (`--runtime openvino`).
+TARGETS = ("tensorrt", "ort-cpu", "openvino")
+# ORT's entropy pass histograms every tensor; NNCF offers min/max statistics only
+DEFAULT_CALIB_METHOD = {"tensorrt": "entropy", "ort-cpu": "max", "openvino": "max"}
+INT8_SUFFIX = {"tensorrt": "int8", "ort-cpu": "int8-cpu", "openvino": "int8-ov"}  # NAME.<suffix>.onnx
 
 
 @dataclass(frozen=True)
@@ -46,5 +49,5 @@ class QuantizeOptions:
         if self.output is not None:
             return self.output
         name = self.onnx.name.removesuffix(".onnx")
-        suffix = "int8-cpu" if self.precision == "int8" and self.target == "ort-cpu" else self.precision
+        suffix = INT8_SUFFIX[self.target] if self.precision == "int8" else self.precision
         return self.onnx.with_name(f"{name}.{suffix}.onnx")

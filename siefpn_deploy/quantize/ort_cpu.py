@@ -2,26 +2,18 @@
 kernels fuse -- QDQ, uint8 activations, per-channel int8 weights, Conv and Gemm only (what carries the FLOPs: the
 backbone, neck and heads, as for TensorRT, and the R-CNN box head's fully connected layers, 1000 RoIs each).
 
-It runs in a child process (`python -m siefpn_deploy.quantize.ort_cpu`): ModelOpt, which makes the TensorRT
-layout, patches ONNX Runtime's quantization classes process-wide once it has run
-(modelopt/onnx/quantization/ort_patching.py), and ONNX Runtime's own quantize_static then fails in that process
-("Quantization parameters are not specified for param ..."). The child reads the calibration tensors from the
-cache files the parent wrote.
+It runs in a child process (child.py), as ModelOpt patches ONNX Runtime's quantization classes.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..core.errors import UserError, one_line
 from .calibration import BatchReader, CalibrationSet
+from .child import child_main, run_child
 from .precision import QDQ_OPS
 
 ORT_CALIBRATION = {"max": "MinMax", "entropy": "Entropy"}  # --calib-method -> onnxruntime CalibrationMethod
@@ -32,13 +24,8 @@ INT8_GEMMS = r"^/decoder/"
 
 def quantize_for_cpu_in_subprocess(source: Path, target: Path, calib: CalibrationSet, *, method: str, batch: int,
                                    excludes: list[str]) -> None:
-    job = {"source": str(source), "target": str(target), "tensors": str(calib.path), "sizes": str(calib.sizes_path),
-           "method": method, "batch": batch, "excludes": excludes}
-    # stderr passes through: the child's progress bar, and its one-line error
-    done = subprocess.run([sys.executable, "-P", "-m", __name__, json.dumps(job)], check=False)
-    if done.returncode != 0:
-        raise UserError(f"ONNX Runtime's static quantization of {source.name} failed (exit {done.returncode}; "
-                        "its message is above)")
+    run_child(__name__, "ONNX Runtime's static quantization", source, target, calib, method=method, batch=batch,
+              excludes=excludes)
 
 
 def quantize_for_cpu(source: Path, target: Path, reader: BatchReader, *, method: str, excludes: list[str]) -> int:
@@ -107,18 +94,9 @@ def fp32_inputs_for_excluded(path: Path, excludes: list[str]) -> int:
     return rewired
 
 
-
 def main(argv: list[str]) -> int:
-    job = json.loads(argv[0])
-    reader = BatchReader(np.load(job["tensors"], mmap_mode="r"), np.load(job["sizes"]), batch=job["batch"],
-                         desc=f"calibrate ({job['method']})")
-    try:
-        quantize_for_cpu(Path(job["source"]), Path(job["target"]), reader, method=job["method"],
-                         excludes=job["excludes"])
-    except (UserError, ValueError, RuntimeError) as e:  # ONNX Runtime's quantizer raises plain ValueErrors
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+    return child_main(argv, lambda job, reader: quantize_for_cpu(Path(job["source"]), Path(job["target"]), reader,
+                                                                 method=job["method"], excludes=job["excludes"]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`siefpn-deploy quantize`: an exported FP32 model -> NAME.fp16.onnx (ModelOpt AutoCast),
-NAME.int8.onnx (ModelOpt ONNX PTQ, explicit Q/DQ for TensorRT) or NAME.int8-cpu.onnx (ONNX Runtime static
-quantization, laid out for its x86 integer kernels), INT8 calibrated on train-split images.
+NAME.int8.onnx (ModelOpt ONNX PTQ, explicit Q/DQ for TensorRT), NAME.int8-cpu.onnx (ONNX Runtime static
+quantization, laid out for its x86 integer kernels) or NAME.int8-ov.onnx (NNCF, laid out for OpenVINO's CPU
+plugin), INT8 calibrated on train-split images.
 
 Both keep the graph's I/O contract (float32 images in, the same outputs), so the same runtime code,
 the same meta.json fields and the same TensorRT build path serve every precision.
@@ -9,6 +10,8 @@ the same meta.json fields and the same TensorRT build path serve every precision
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import io
 import shutil
 import tempfile
@@ -20,18 +23,21 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..core.contract import GraphContract
-from ..core.errors import UserError
+from ..core.errors import CannotRunHere, UserError
 from ..core.fileio import atomic_path
 from ..core.sidecar import meta_path, read_meta, write_meta
 from ..data.preprocess import Preprocess
 from .calibration import BatchReader, CalibrationSet, check_batch, choose, list_images, load_or_build
+from .nncf_ov import quantize_for_openvino_in_subprocess
 from .options import TARGETS, QuantizeOptions
 from .ort_cpu import quantize_for_cpu_in_subprocess
 from .precision import QDQ_OPS
 from .range_check import DATA_MAX, exact, fp16_unsafe_nodes
 
 TOOLS = {"fp16": "modelopt.onnx.autocast", "tensorrt": "modelopt.onnx.quantization",
-         "ort-cpu": "onnxruntime.quantization.quantize_static"}
+         "ort-cpu": "onnxruntime.quantization.quantize_static", "openvino": "nncf.quantize"}
+CHILD_QUANTIZERS = {"ort-cpu": quantize_for_cpu_in_subprocess, "openvino": quantize_for_openvino_in_subprocess}
+NNCF_MISSING = "NNCF is not installed: pip install 'siefpn-deploy[openvino]'"
 T = TypeVar("T")
 
 
@@ -131,9 +137,9 @@ def _convert(options: QuantizeOptions, calib: CalibrationSet, excludes: list[str
         if options.precision == "fp16":
             range_kept = _fp16(private, tmp, calib, excludes, log=log)
         else:
-            if options.target == "ort-cpu":
-                quantize_for_cpu_in_subprocess(private, tmp, calib, method=options.method, batch=options.calib_batch,
-                                               excludes=excludes)
+            if options.target in CHILD_QUANTIZERS:
+                CHILD_QUANTIZERS[options.target](private, tmp, calib, method=options.method, batch=options.calib_batch,
+                                                 excludes=excludes)
             else:
                 reader = BatchReader(calib.tensors, calib.image_sizes, batch=options.calib_batch,
                                      desc=f"calibrate ({options.method})")
@@ -153,6 +159,10 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.target != "tensorrt" and options.precision != "int8":
         raise UserError(f"--target {options.target} is for --precision int8 (FP16 has one layout)")
+    if options.target == "openvino" and options.method != "max":
+        raise UserError(f"--calib-method {options.method} is not offered by NNCF (--target openvino); use max")
+    if options.target == "openvino" and importlib.util.find_spec("nncf") is None:
+        raise CannotRunHere(NNCF_MISSING)
     if options.count < 1 or options.calib_batch < 1:
         raise UserError("--num-calib and --calib-batch must be at least 1")
     meta = read_meta(options.onnx)
@@ -201,6 +211,8 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         import onnxruntime
 
         versions["onnxruntime_quantization"] = onnxruntime.__version__
+    elif options.target == "openvino" and options.precision == "int8":
+        versions["nncf"] = importlib.metadata.version("nncf")
     else:
         versions["modelopt"] = _modelopt_version()
     write_meta(output, new_meta)

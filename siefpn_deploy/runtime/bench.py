@@ -136,9 +136,10 @@ def cpp_settings(path: Path, detector: Detector, *, batches: list[int], size: in
 
 
 def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], warmup: int, iters: int, device: str,
-              config: str | None = None, cpp: bool = False, runtimes: tuple[str, ...] = ("onnxruntime",),
+              config: str | None = None, cpp: bool = False, runtimes: tuple[str, ...] | None = None,
               log=print) -> dict[str, Any]:
-    """Every artifact's variants over batches and sizes (a .onnx once per runtime in `runtimes`); with `cpp`,
+    """Every artifact's variants over batches and sizes (a .onnx once per runtime in `runtimes`, or in its own
+    with None); with `cpp`,
     each .pt2 also through the C++ runtime. One artifact is loaded at a time."""
     rows, skipped = [], []
     for path in artifacts:

@@ -2,6 +2,7 @@
 
     det = Detector.from_path("export/demo.onnx")                 # or engines/NAME.plan, or a .pth
     det = Detector.from_path("export/demo.onnx", runtime="openvino")  # the same graph in OpenVINO (CPU)
+    det = Detector.from_path("export/demo.int8-ov.onnx")          # NNCF's INT8: OpenVINO, its own runtime
     results = det.predict(["a.jpg", "b.jpg"])                    # paths, HWC arrays or CHW tensors
     results[0].boxes, .scores, .labels, .category_ids, .class_names, .masks
 
@@ -21,7 +22,7 @@ import torch
 from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
-from ..core.openvino import RUNTIMES
+from ..core.openvino import RUNTIMES, own_runtime
 from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta
 from ..model.checkpoint import load_checkpoint, load_trained_detector
 from ..model.predictor import Detections, Predictor
@@ -42,17 +43,19 @@ def engine_model_meta(engine_meta: dict[str, Any]) -> dict[str, Any]:
 class Detector(Predictor):
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "auto", config: str | Path | None = None,
-                  threads: int | None = None, runtime: str = "onnxruntime") -> Detector:
-        """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino"), `.pt2` (AOTInductor package),
-        `.plan` (TensorRT), or `.pth` (PyTorch; `config` or the config.yaml beside it). device: auto, cpu or cuda."""
+                  threads: int | None = None, runtime: str | None = None) -> Detector:
+        """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino"; by default the file's own,
+        `core.openvino.own_runtime`), `.pt2` (AOTInductor package), `.plan` (TensorRT), or `.pth` (PyTorch;
+        `config` or the config.yaml beside it). device: auto, cpu or cuda."""
         path = Path(path)
-        if runtime not in RUNTIMES:
+        if runtime not in (None, *RUNTIMES):
             raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        if runtime != "onnxruntime" and path.suffix != ".onnx":
+        if runtime not in (None, "onnxruntime") and path.suffix != ".onnx":
             raise UserError(f"--runtime {runtime} runs .onnx files; {path} is not one")
         if path.suffix == ".onnx":
             meta = read_meta(path)
             contract = GraphContract.from_meta(meta, source=str(path))
+            runtime = runtime or own_runtime(meta)
             if runtime == "openvino":
                 if device == "cuda":
                     raise UserError("--runtime openvino runs on the CPU here; use --device cpu or auto")

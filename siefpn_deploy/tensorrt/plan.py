@@ -95,8 +95,8 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
     meta = read_meta(options.onnx)
     target = (meta.get("quantization") or {}).get("target")
     if target not in (None, "tensorrt"):
-        raise UserError(f"{options.onnx} is INT8 for {target} (uint8 activations, which TensorRT does not take): "
-                        "build the `quantize --target tensorrt` model")
+        raise UserError(f"{options.onnx} is INT8 laid out for {target}, not TensorRT (ORT's uint8 activations or "
+                        "NNCF's layout): build the `quantize --target tensorrt` model")
     profile = profile_for(meta, options)
     backend = load_backend()
     engine = options.engine
