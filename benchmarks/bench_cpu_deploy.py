@@ -8,7 +8,8 @@ bench_export.py):
   - eager PyTorch FP32 (the checkpoint);
   - ONNX Runtime: FP32 (--nms onnx, dynamic batch 1..4, sizes 64..--size), FP16, INT8 in the TensorRT layout
     (`quantize --target tensorrt`) and INT8 in ONNX Runtime's CPU layout (`quantize --target ort-cpu`);
-    for Mask R-CNN also FP32 and CPU-INT8 exported with `--max-det-masks` (the mask head on the best N rows);
+  - OpenVINO (when installed): the FP32 graphs, and NNCF's INT8 of them (`quantize --target openvino`);
+    for Mask R-CNN also FP32, CPU-INT8 and NNCF INT8 exported with `--max-det-masks` (the mask head on the best N rows);
   - the AOTInductor CPU package (.pt2), in Python and, when `siefpn-deploy cpp build` has run, in C++.
 AP: `parity` on the val split (200 images, batch 1): each artifact's bbox (and segm) AP beside PyTorch's.
 Latency: `bench` on the same synthetic scenes for every artifact (model only, and end to end), median and p99 of
@@ -16,11 +17,13 @@ Latency: `bench` on the same synthetic scenes for every artifact (model only, an
 artifact by end-to-end p50 within each AP budget (fp32 0.1, fp16 0.2, int8 1.0 points).
 Targets (issue 14): CPU INT8 >= 1.5x ONNX Runtime FP32 (model only, every batch) with ΔAP <= 1.0; the Mask
 R-CNN graph <= 0.8x eager (model only); the fastest artifact within the INT8 budget <= 0.5x eager (end to end).
+Target (issue 16): the fastest artifact within the INT8 budget is faster than OpenVINO FP32 (end to end).
 Prints the tables and writes them, with the date, CPU, threads and commit, to --report.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 import time
@@ -39,6 +42,7 @@ from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import run_bench
 
 INT8_SPEEDUP, MASK_VS_EAGER, FASTEST_VS_EAGER = 1.5, 0.8, 0.5
+OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 
 
 def cpu_model() -> str:
@@ -51,8 +55,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def artifacts_of(arch: str, args) -> tuple[Path, list[Path], dict[Path, float]]:
-    """(the training run, every artifact to rank, seconds each quantization took)."""
+def artifacts_of(arch: str, args) -> tuple[Path, list[Path], list[Path], dict[Path, float]]:
+    """(the training run, every artifact to rank, the FP32 graphs, seconds each quantization took)."""
     shapes = ["--dynamic-batch", str(max(args.batches)), "--dynamic-size", "64", str(args.size)]
     run, fp32 = synthetic_export(arch, args, export_args=["--nms", "onnx", *shapes])
     graphs = [fp32]
@@ -72,8 +76,14 @@ def artifacts_of(arch: str, args) -> tuple[Path, list[Path], dict[Path, float]]:
     found += [quantized(fp32, "fp16"), quantized(fp32, "int8", "tensorrt")]
     for graph in graphs:
         found += ([graph] if graph != fp32 else []) + [quantized(graph, "int8", "ort-cpu")]
+        found += [quantized(graph, "int8", "openvino")] if OPENVINO else []
     found.append(synthetic_export(arch, args, export_args=["--format", "aoti", *shapes])[1])
-    return run, found, seconds
+    return run, found, graphs, seconds
+
+
+def with_openvino_fp32(report: dict, openvino: dict, key: str) -> dict:
+    """One report of the two runs: each file in its own runtime, and the FP32 graphs again in OpenVINO."""
+    return {**report, key: report[key] + openvino[key]}
 
 
 def row_name(r: dict) -> str:
@@ -92,15 +102,20 @@ def main() -> None:
     threads = torch.get_num_threads()
     sections, verdicts, data = [], [], {}
     for arch in args.archs:
-        run, artifacts, quantize_s = artifacts_of(arch, args)
+        run, artifacts, graphs, quantize_s = artifacts_of(arch, args)
         cfg = load_config(run / "config.yaml")
         dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS,
                                 with_masks=cfg.MODEL.has_masks)
         weights = run / "model_final.pth"
         reference = Detector.from_checkpoint(weights, config=run / "config.yaml", device="cpu")
         parity = run_parity(reference, artifacts, dataset, budgets=dict(DEFAULT_BUDGETS), max_images=None, batch_size=1)
-        bench = run_bench([weights, *artifacts], batches=args.batches, sizes=[args.size], warmup=3, iters=args.iters,
-                          device="cpu", cpp=not args.no_cpp)
+        timing = {"batches": args.batches, "sizes": [args.size], "warmup": 3, "iters": args.iters, "device": "cpu"}
+        bench = run_bench([weights, *artifacts], cpp=not args.no_cpp, **timing)
+        if OPENVINO:
+            parity = with_openvino_fp32(parity, run_parity(reference, graphs, dataset, budgets=dict(DEFAULT_BUDGETS),
+                                                           max_images=None, batch_size=1, runtimes=("openvino",)),
+                                        "artifacts")
+            bench = with_openvino_fp32(bench, run_bench(graphs, runtimes=("openvino",), **timing), "rows")
         ranking = rank(bench, parity)
         data[arch] = {"parity": parity, "bench": bench, "ranking": ranking,
                       "quantize_seconds": {str(k): v for k, v in quantize_s.items()}}
@@ -161,6 +176,12 @@ def targets(arch: str, ranking: dict, args) -> list[str]:
         out.append(f"{arch} b{batch} fastest within the INT8 budget: {row_name(best)} at {best['e2e_vs_eager']:.2f}x "
                    f"eager end to end (target <= {FASTEST_VS_EAGER}x): "
                    f"{'met' if best['e2e_vs_eager'] <= FASTEST_VS_EAGER else 'missed'}")
+        ov = find(batch, lambda r, name=fp32["artifact"]: r["artifact"] == name and r["variant"] == "openvino fp32")
+        if ov is not None:
+            ratio = best["e2e_p50_ms"] / ov["e2e_p50_ms"]
+            out.append(f"{arch} b{batch} fastest within the INT8 budget vs OpenVINO FP32 (end to end): {ratio:.2f}x "
+                       f"({best['e2e_p50_ms']:.0f} vs {ov['e2e_p50_ms']:.0f} ms; target < 1x): "
+                       f"{'met' if ratio < 1 else 'missed'}")
     return out
 
 
