@@ -1,8 +1,15 @@
-"""Training benchmark: throughput and peak memory, and plain FPN vs Dual SIE-FPN under one budget.
+"""Training benchmark: the CPU training options (throughput, AP after a fixed budget, peak memory), and plain
+FPN vs Dual SIE-FPN under one budget.
 
-    python benchmarks/bench_train.py                        # preset's full budget for the A/B (slow)
+    python benchmarks/bench_train.py                        # options, then the preset's full budget for the A/B
     python benchmarks/bench_train.py --ab-iters 100         # a quicker, weaker A/B
-    python benchmarks/bench_train.py --skip-ab              # throughput and memory only
+    python benchmarks/bench_train.py --skip-ab              # the options only
+    python benchmarks/bench_train.py --skip-ab --option-ap-iters 0   # the options' throughput and memory only
+
+Options (issue 13): FP32 (before), FP32 + channels_last, bf16 autocast, bf16 autocast + channels_last (the
+default: SOLVER.AMP auto, SOLVER.CHANNELS_LAST True). Each is measured in a process of its own, so its peak RSS
+is its own: images/s of the real training step with the preset's data loader, then, with --option-ap-iters N,
+AP after N iterations on a held-out part of the train split (the last 200 images; never val).
 
 Prints markdown tables and writes them (with date and machine) to --report.
 """
@@ -10,7 +17,9 @@ Prints markdown tables and writes them (with date and machine) to --report.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.reporting import write_benchmark_report
+from siefpn_deploy.core.timing import peak_rss_mib
+from siefpn_deploy.data.coco import holdout_split
+from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.model import build_detector
 from siefpn_deploy.train.throughput import throughput
@@ -48,6 +60,55 @@ def profile(cfg, num_classes: int, size: tuple[int, int], runs: int) -> dict:
     }
 
 
+OPTIONS = {  # name -> config overrides
+    "fp32 (before)": ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False"],
+    "fp32 + channels_last": ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "True"],
+    "bf16 autocast": ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "False"],
+    "bf16 autocast + channels_last (default)": ["SOLVER.AMP", "auto", "SOLVER.CHANNELS_LAST", "True"],
+}
+HOLDOUT = 200  # train images held out to score the options on
+
+
+def measure_option(args: argparse.Namespace) -> dict:
+    """One option, in this process: throughput, then (with --option-ap-iters) AP after that many iterations."""
+    data = Path(args.data)
+    fit, tune = holdout_split(split_paths(data, "train")[1], HOLDOUT)
+    images = str(split_paths(data, "train")[0])
+    split = ["DATASETS.TRAIN_ANNOTATIONS", str(fit), "DATASETS.TEST_IMAGES", images, "DATASETS.TEST_ANNOTATIONS", str(tune)]
+    opts = dataset_overrides(data) + split + OPTIONS[args.measure_option]
+    t = throughput(Trainer(load_config(args.config_file, opts), config_name="bench"), iters=args.iters,
+                   warmup=args.warmup)
+    out = {"images_per_s": t["images_per_s"]}
+    if args.option_ap_iters:
+        out_dir = Path(args.output) / "options" / args.measure_option.split()[0].replace("+", "")
+        cfg = load_config(args.config_file, opts + ["SOLVER.MAX_ITER", str(args.option_ap_iters), "OUTPUT_DIR",
+                                                    str(out_dir / str(len(out)))])
+        t0 = time.perf_counter()
+        bbox = train(cfg, config_name=args.config_file, resume=False)["bbox"]
+        out.update(ap=bbox["AP"], ap50=bbox["AP50"], train_minutes=(time.perf_counter() - t0) / 60)
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def options_section(args: argparse.Namespace) -> list[str]:
+    head = "| option | train images/s | vs fp32 | peak RSS MiB |"
+    if args.option_ap_iters:
+        head += f" AP / AP50 after {args.option_ap_iters} it (held-out train) | train + eval min |"
+    lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
+    base = None
+    for name in OPTIONS:
+        child = subprocess.run([sys.executable, *sys.argv, "--measure-option", name], stdout=subprocess.PIPE,
+                               text=True, check=True)
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        base = base or r["images_per_s"]
+        row = f"| {name} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | {r['peak_rss_mib']:.0f} |"
+        if args.option_ap_iters:
+            row += f" {r['ap']:.3f} / {r['ap50']:.3f} | {r['train_minutes']:.1f} |"
+        lines.append(row)
+        print(row, flush=True)
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="configs/synth_retinanet_R18.yaml")
@@ -59,19 +120,22 @@ def main() -> int:
     p.add_argument("--latency-runs", type=int, default=20)
     p.add_argument("--output", default="output/bench_train", help="where the A/B runs train")
     p.add_argument("--report", default="benchmarks/results/train_cpu.md")
+    p.add_argument("--option-ap-iters", type=int, default=300,
+                   help="training iterations per option before its AP is taken (0: throughput and memory only)")
+    p.add_argument("--measure-option", choices=list(OPTIONS), help=argparse.SUPPRESS)  # the child's one option
     args = p.parse_args()
+    if args.measure_option:
+        print(json.dumps(measure_option(args)))
+        return 0
 
     data = Path(args.data)
     ensure_synthetic(data)
     base = load_config(args.config_file, dataset_overrides(data))
     size = (base.INPUT.MIN_SIZE_TEST, base.INPUT.MIN_SIZE_TEST * 4 // 3 // 32 * 32)
-    lines = [f"Preset `{args.config_file}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes {base.INPUT.MIN_SIZE_TRAIN}.", "",
-             "| neck | train images/s | peak host RSS MiB (whole process so far) |", "|---|---|---|"]
-    for neck in ["fpn", "dual_sie_fpn"]:
-        cfg = load_config(args.config_file, dataset_overrides(data) + ["MODEL.NECK", neck, "DATALOADER.NUM_WORKERS", "0"])
-        t = throughput(Trainer(cfg, config_name="bench"), iters=args.iters, warmup=args.warmup)
-        lines.append(f"| {neck} | {t['images_per_s']:.2f} | {t['peak_rss_mib']:.0f} |")
-        print(lines[-1], flush=True)
+    lines = [(f"Preset `{args.config_file}` on `{args.data}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes "
+              f"{base.INPUT.MIN_SIZE_TRAIN}, {base.DATALOADER.NUM_WORKERS} loader worker(s); images/s over {args.iters} "
+              f"training steps after {args.warmup}, data loading included.")]
+    lines += options_section(args)
     if not args.skip_ab:
         iters = args.ab_iters or base.SOLVER.MAX_ITER
         lines += ["", f"A/B under the same preset and budget ({iters} iterations), evaluated on the synthetic val split;",

@@ -24,10 +24,11 @@ Presets: see `siefpn-deploy train --list-presets`.
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .data import generate_synthetic
+    from .data.synth import LEVELS
 
     summary = generate_synthetic(
         args.output, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
-        min_side=args.min_side, max_side=args.max_side,
+        min_side=args.min_side, max_side=args.max_side, level=LEVELS[args.level],
     )
     splits = ", ".join(f"{name}: {s['images']} images, {s['annotations']} objects" for name, s in summary["splits"].items())
     print(f"wrote {args.output} ({len(summary['categories'])} classes; {splits})")
@@ -506,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     synth.add_argument("--min-side", type=int, default=192, help="smallest image side in pixels")
     synth.add_argument("--max-side", type=int, default=352, help="largest image side in pixels")
+    synth.add_argument("--level", choices=["benchmark", "easy"], default="benchmark",
+                       help="benchmark: up to 8 objects from 10 px on busy backgrounds (every benchmark figure); "
+                       "easy: up to 4 objects from 24 px on calmer backgrounds (the demo's)")
     synth.set_defaults(func=_cmd_synth)
 
     train = _command(sub, "train", _cmd_train, epilog=EPILOG_TRAIN,

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from siefpn_deploy.cli import main
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.data import (
     CocoDetection,
@@ -158,6 +159,23 @@ def test_synth_object_sizes_span_coco_ranges(tmp_path):
     areas = [a["area"] for a in json.loads((tmp_path / "annotations/instances_train.json").read_text())["annotations"]]
     assert min(areas) < 32 ** 2 and max(areas) > 96 ** 2
     assert any(32 ** 2 <= a <= 96 ** 2 for a in areas)
+
+
+def test_the_easy_level_has_fewer_calmer_mid_sized_objects(tmp_path):
+    """`data synth --level easy` (the demo's): at most 4 objects an image, none wider than 0.35 of the short side,
+    recorded in the file; the benchmark level (the default) keeps its up-to-8 objects and its large ones."""
+    easy, bench = tmp_path / "easy", tmp_path / "bench"
+    assert main(["data", "synth", "--level", "easy", "--output", str(easy), "--num-train", "40", "--num-val", "0"]) == 0
+    generate_synthetic(bench, num_train=40, num_val=0, progress=False)
+    per_image = {}
+    for root in (easy, bench):
+        data = json.loads((root / "annotations/instances_train.json").read_text())
+        size = {im["id"]: min(im["width"], im["height"]) for im in data["images"]}
+        counts = np.bincount([a["image_id"] - 1 for a in data["annotations"]], minlength=len(size))
+        largest = max(max(a["bbox"][2], a["bbox"][3]) / size[a["image_id"]] for a in data["annotations"])
+        per_image[root.name] = (counts.max(), largest, data["info"]["description"])
+    assert per_image["easy"][0] <= 4 and per_image["easy"][1] <= 0.36 and "level easy" in per_image["easy"][2]
+    assert per_image["bench"][0] > 4 and per_image["bench"][1] > 0.36 and "level benchmark" in per_image["bench"][2]
 
 
 def test_synth_bad_arguments(tmp_path):

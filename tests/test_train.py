@@ -22,7 +22,8 @@ from siefpn_deploy.evaluation.loop import evaluate_predictor
 from siefpn_deploy.model.checkpoint import last_checkpoint, load_checkpoint
 from siefpn_deploy.parity.check import parse_budgets, run_parity
 from siefpn_deploy.runtime import Detector
-from siefpn_deploy.train.trainer import TrainingBatches, lr_factor
+from siefpn_deploy.train.precision import autocast_dtype, cpu_has_native_bf16
+from siefpn_deploy.train.trainer import Trainer, TrainingBatches, lr_factor
 
 PRESET = "configs/synth_retinanet_R18.yaml"
 
@@ -286,3 +287,30 @@ def test_checkpoints_load_with_weights_only(tiny_synth, tmp_path):
     state = torch.load(out / "model_final.pth", weights_only=True)
     assert state["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp32"])
+def test_training_arithmetic_follows_solver_amp(tiny_synth, tmp_path, amp):
+    """SOLVER.AMP bf16: the convolutions run in bf16 under autocast while the weights, gradients and loss stay
+    FP32; fp32: FP32 throughout. SOLVER.CHANNELS_LAST keeps the 4-D weights NHWC through the step."""
+    for arch in ("retinanet", "mask_rcnn"):
+        cfg = load_config(PRESET, tiny_overrides(tiny_synth, tmp_path / arch, arch, SOLVER__AMP=amp))
+        trainer = Trainer(cfg, config_name=PRESET)
+        seen = []
+        hook = trainer.model.backbone.body.conv1.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        images, targets = next(iter(trainer.loader()))
+        loss, terms = trainer.step(trainer.model.train(), images, targets)
+        hook.remove()
+        assert seen == [torch.bfloat16 if amp == "bf16" else torch.float32]
+        assert torch.isfinite(torch.tensor(loss)) and set(terms) and all(isinstance(v, float) for v in terms.values())
+        weights = [p for p in trainer.model.parameters() if p.dim() == 4]
+        assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+                   for p in trainer.model.parameters() if p.grad is not None)
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
+def test_auto_amp_is_bf16_only_where_the_cpu_computes_it_natively():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype("auto", cuda) is None and autocast_dtype("bf16", cuda) == torch.bfloat16
+    assert autocast_dtype("fp32", cpu) is None

@@ -108,6 +108,12 @@ class SolverConfig:
     WARMUP_FACTOR: float = 0.001
     CLIP_GRAD_NORM: float = 0.0  # 0 disables clipping
     CHECKPOINT_PERIOD: int = 5000
+    # training arithmetic (train/precision.py): bf16 autocast on CPUs that compute bf16 natively (auto), always
+    # (bf16), or never (fp32)
+    AMP: str = _choice("auto", "auto", "bf16", "fp32")
+    # the model's weights and activations in NHWC while training: what the CPU's oneDNN and the GPU's
+    # tensor-core convolutions run fastest
+    CHANNELS_LAST: bool = True
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from ..core.contract import category_id_to_label, label_to_category_id
 from ..core.errors import UserError
-from ..core.fileio import read_json
+from ..core.fileio import read_json, write_json
 from .image import load_image, to_tensor
 
 
@@ -150,3 +150,21 @@ class CocoDetection(torch.utils.data.Dataset):
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+def holdout_split(annotation_file: str | Path, holdout: int) -> tuple[Path, Path]:
+    """The instances file split in two beside it: NAME_fit.json (every image but the last `holdout` by id) and
+    NAME_holdout.json (those last ones), for choosing settings on training data without touching val."""
+    path = Path(annotation_file)
+    data = read_json(path, what="annotation file")
+    ids = sorted(im["id"] for im in data["images"])
+    if not 0 < holdout < len(ids):
+        raise UserError(f"cannot hold out {holdout} of the {len(ids)} images in {path}")
+    held = set(ids[-holdout:])
+    out = []
+    for name, keep in (("fit", lambda i: i not in held), ("holdout", lambda i: i in held)):
+        target = path.with_name(f"{path.stem}_{name}.json")
+        write_json(target, indent=None, obj={**data, "images": [im for im in data["images"] if keep(im["id"])],
+                                              "annotations": [a for a in data["annotations"] if keep(a["image_id"])]})
+        out.append(target)
+    return out[0], out[1]

@@ -21,10 +21,32 @@ from ..core.progress import progress_bar
 CATEGORIES: list[tuple[int, str]] = [
     (1, "circle"), (3, "square"), (5, "triangle"), (7, "star"), (9, "hexagon"), (11, "cross"),
 ]
-MIN_OBJECT_SIZE = 10.0  # px, diameter of the shape's circumscribed circle
-MAX_OBJECT_FRACTION = 0.7  # of the image's short side
 MIN_VISIBLE_FRACTION = 0.5
 EMPTY_IMAGE_PROB = 0.03
+
+
+@dataclass(frozen=True)
+class Level:
+    """How hard the scenes are. Each count is drawn uniformly from 0 (1 for objects) to its maximum."""
+
+    name: str
+    max_objects: int
+    min_object_size: float  # px, diameter of the shape's circumscribed circle
+    max_object_fraction: float  # the largest diameter, as a fraction of the image's short side
+    max_stripes: int  # sinusoidal stripes across the background
+    max_blotches: int  # soft colour blotches on the background
+    noise: tuple[float, float]  # the image noise's standard deviation is drawn from this range
+
+
+# The benchmark level: small objects (10 px), up to 8 per image, striped and blotched backgrounds. Every
+# benchmark figure, the FPN vs Dual SIE-FPN A/B and the tests use it.
+BENCHMARK = Level("benchmark", max_objects=8, min_object_size=10.0, max_object_fraction=0.7, max_stripes=2,
+                  max_blotches=5, noise=(2.0, 12.0))
+# The demo level: the same shapes and classes, at most 4 larger objects (24 px and up) on calmer backgrounds,
+# which a model trained for minutes on 2 CPU cores can learn to detect well.
+EASY = Level("easy", max_objects=4, min_object_size=16.0, max_object_fraction=0.35, max_stripes=0, max_blotches=2,
+             noise=(2.0, 6.0))
+LEVELS = {level.name: level for level in (BENCHMARK, EASY)}
 
 
 @dataclass
@@ -58,7 +80,7 @@ def _shape_vertices(name: str, cx: float, cy: float, r: float, angle: float) -> 
     return [tuple(p) for p in pts.tolist()]
 
 
-def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray, level: Level) -> np.ndarray:
     # gradient between two random colours along a random direction
     c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     theta = rng.uniform(0, 2 * math.pi)
@@ -66,30 +88,30 @@ def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np
     t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
     img = c0 + (c1 - c0) * t[..., None]  # [H, W, 3]
     # sinusoidal stripes with a random colour direction
-    for _ in range(rng.integers(0, 3)):
+    for _ in range(rng.integers(0, level.max_stripes + 1)):
         freq, phi, ang = rng.uniform(0.01, 0.15), rng.uniform(0, 2 * math.pi), rng.uniform(0, math.pi)
         wave = np.sin(freq * (xx * math.cos(ang) + yy * math.sin(ang)) * 2 * math.pi + phi)
         img += wave[..., None] * rng.uniform(-35, 35, 3).astype(np.float32)
     # soft blotches
-    for _ in range(rng.integers(0, 6)):
+    for _ in range(rng.integers(0, level.max_blotches + 1)):
         bx, by, sig = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 0.4 * max(h, w))
         blob = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * sig * sig))
         img += blob[..., None] * rng.uniform(-70, 70, 3).astype(np.float32)
     return img
 
 
-def render(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, list[Instance]]:
+def render(rng: np.random.Generator, width: int, height: int, level: Level = BENCHMARK) -> tuple[np.ndarray, list[Instance]]:
     """Draw one image. Returns uint8 [H, W, 3] and the instances in drawing order (all of them, even
     those too occluded to be annotated)."""
     h, w = height, width
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = _background(rng, h, w, yy, xx)
-    n = 0 if rng.random() < EMPTY_IMAGE_PROB else int(rng.integers(1, 9))
-    max_size = MAX_OBJECT_FRACTION * min(h, w)
+    img = _background(rng, h, w, yy, xx, level)
+    n = 0 if rng.random() < EMPTY_IMAGE_PROB else int(rng.integers(1, level.max_objects + 1))
+    max_size = level.max_object_fraction * min(h, w)
     cats, masks = [], []
     for _ in range(n):
         cat_id, name = CATEGORIES[rng.integers(len(CATEGORIES))]
-        size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_size)))
+        size = math.exp(rng.uniform(math.log(level.min_object_size), math.log(max(max_size, level.min_object_size))))
         r = size / 2
         # centres may sit a little outside so that some objects are truncated by the border
         cx = rng.uniform(min(0.3 * r, w / 2), max(w - 0.3 * r, w / 2))
@@ -118,7 +140,7 @@ def render(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarra
         img[m] = pix
         cats.append(cat_id)
         masks.append(m)
-    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(2, 12)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(*level.noise)
     instances, cover = [], np.zeros((h, w), bool)
     for cat_id, m in zip(reversed(cats), reversed(masks)):
         instances.append(Instance(category_id=cat_id, full_mask=m, visible_mask=m & ~cover))
@@ -237,7 +259,7 @@ def split_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, seed: int = 0,
-             min_side: int = 192, max_side: int = 352, progress: bool = True) -> dict:
+             min_side: int = 192, max_side: int = 352, level: Level = BENCHMARK, progress: bool = True) -> dict:
     """Write out_dir/{train,val}/*.jpg and out_dir/annotations/instances_{train,val}.json."""
     if num_train < 0 or num_val < 0:
         raise UserError(f"num_train and num_val must be >= 0, got {num_train} and {num_val}")
@@ -245,7 +267,8 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
         raise UserError(f"need 32 <= min_side <= max_side, got min_side={min_side} max_side={max_side}")
     out_dir = Path(out_dir)
     categories = [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES]
-    summary: dict = {"out_dir": str(out_dir), "categories": [n for _, n in CATEGORIES], "splits": {}}
+    summary: dict = {"out_dir": str(out_dir), "categories": [n for _, n in CATEGORIES], "level": level.name,
+                     "splits": {}}
     bar = progress_bar(total=num_train + num_val, desc="synthetic images", unit="img", disable=not progress)
     for split_index, (split, count) in enumerate([("train", num_train), ("val", num_val)]):
         image_dir, ann_file = split_paths(out_dir, split)
@@ -254,7 +277,7 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
         for i in range(count):
             rng = np.random.default_rng([seed, split_index, i])
             w, h = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
-            pixels, instances = render(rng, w, h)
+            pixels, instances = render(rng, w, h, level)
             image_id = split_index * 1_000_000 + i + 1
             file_name = f"{image_id:012d}.jpg"
             with atomic_path(image_dir / file_name) as tmp:
@@ -275,7 +298,7 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
                 })
             bar.update(1)
         write_json(ann_file, indent=None, obj={
-            "info": {"description": f"siefpn-deploy synthetic shapes, seed {seed}"},
+            "info": {"description": f"siefpn-deploy synthetic shapes, seed {seed}, level {level.name}"},
             "images": images, "annotations": annotations, "categories": categories,
         })
         summary["splits"][split] = {

@@ -32,6 +32,7 @@ from ..model.checkpoint import (
 )
 from ..model.predictor import Predictor
 from .launch import device_for
+from .precision import autocast_dtype, training_autocast
 
 
 def lr_factor(solver: SolverConfig, iteration: int) -> float:
@@ -135,6 +136,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.SEED)  # the same initial weights on every rank and every run
             self.model = build_detector(cfg, num_classes=self.train_set.num_classes).to(self.device)
+        if s.CHANNELS_LAST:
+            self.model.to(memory_format=torch.channels_last)  # 4-D weights; inputs follow the first conv's
+        self.amp_dtype = autocast_dtype(s.AMP, self.device)
         self.optimizer = build_optimizer(s, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(s, it))
         # what the global RNG holds while training: seeded here, or restored from the checkpoint on resume
@@ -225,7 +229,9 @@ class Trainer:
         Returns (loss, each loss term)."""
         images = [in_channel_order(im, self.cfg.INPUT.FORMAT).to(self.device) for im in images]  # RGB -> model order
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-        losses = model(images, targets)
+        with training_autocast(self.amp_dtype, self.device):
+            losses = model(images, targets)
+        losses = {k: v.float() for k, v in losses.items()}  # a term autocast left in bf16 sums in FP32
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} after {self.scheduler.last_epoch} iterations; "
@@ -285,7 +291,9 @@ class Trainer:
         if iteration > self.start_iter or not (self.output_dir / "model_final.pth").is_file():
             self.save(iteration, "model_final.pth")  # a resumed finished run keeps its file (and its sha256)
         if self.is_main and images_seen:
-            print(f"trained {iteration - self.start_iter} iterations in {elapsed:.0f}s ({images_seen / elapsed:.2f} images/s)")
+            arithmetic = "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32"
+            print(f"trained {iteration - self.start_iter} iterations in {elapsed:.0f}s ({images_seen / elapsed:.2f} images/s, "
+                  f"{arithmetic})")
         return self.evaluate(write=True)
 
     def evaluate(self, *, write: bool) -> dict:
