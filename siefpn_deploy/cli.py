@@ -462,8 +462,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         data_dir=Path(args.data), output_dir=Path(args.output), export_dir=Path(args.export_dir),
         engine_dir=Path(args.engine_dir), calib_dir=Path(args.calib_dir), report_dir=Path(args.report),
-        config_file=args.config_file,
-        overrides=args.opts, regenerate=args.regenerate,
+        config_file=args.config_file, overrides=args.opts, regenerate=args.regenerate, level=args.level,
     )
 
 
@@ -509,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max-side", type=int, default=352, help="largest image side in pixels")
     synth.add_argument("--level", choices=["benchmark", "easy"], default="benchmark",
                        help="benchmark: up to 8 objects from 10 px on busy backgrounds (every benchmark figure); "
-                       "easy: up to 4 objects from 24 px on calmer backgrounds (the demo's)")
+                       "easy: up to 4 objects of 16 px to 0.35 of the short side on calmer backgrounds (the demo's)")
     synth.set_defaults(func=_cmd_synth)
 
     train = _command(sub, "train", _cmd_train, epilog=EPILOG_TRAIN,
@@ -774,13 +773,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and INT8 models, build TensorRT engines where a builder is installed, check the COCO AP of every "
         "artifact against PyTorch's, benchmark them, and print a summary. Exits 1 when parity fails.",
     )
-    demo.add_argument("--data", default="datasets/synth", help="synthetic dataset folder (generated if missing)")
+    demo.add_argument("--data", default="datasets/synth-easy", help="synthetic dataset folder (generated if missing)")
+    demo.add_argument("--level", choices=["easy", "benchmark"], default="easy",
+                      help="the scenes to generate when --data is missing (see `data synth --help`)")
     demo.add_argument("--output", default="output/demo", help="training output folder")
     demo.add_argument("--export-dir", default="export", help="where the ONNX models and their meta.json go")
     demo.add_argument("--engine-dir", default="engines", help="where the TensorRT engines go")
     demo.add_argument("--calib-dir", default="calib", help="where the preprocessed calibration images are cached")
     demo.add_argument("--report", default="reports/demo", help="where the parity and benchmark reports go")
-    demo.add_argument("--config-file", default="configs/synth_retinanet_R18.yaml", help="training preset")
+    demo.add_argument("--config-file", default="configs/synth_retinanet_R18_demo.yaml",
+                      help="training preset (on a GPU, twice its iterations unless SOLVER.MAX_ITER is given)")
     demo.add_argument("--regenerate", action="store_true", help="regenerate the dataset even if present")
     demo.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     demo.set_defaults(func=_cmd_demo)

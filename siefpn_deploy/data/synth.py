@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..core.errors import UserError
-from ..core.fileio import atomic_path, write_json
+from ..core.fileio import atomic_path, read_json, write_json
 from ..core.progress import progress_bar
 
 # non-contiguous ids, like COCO's, so the loader's id -> label mapping is always exercised
@@ -258,6 +258,12 @@ def split_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
     return out_dir / split, out_dir / "annotations" / f"instances_{split}.json"
 
 
+def level_of(annotation_file: str | Path) -> str:
+    """The level a generated instances file records (files from before levels: the benchmark level)."""
+    info = read_json(Path(annotation_file), what="annotation file").get("info") or {}
+    return str(info.get("level", BENCHMARK.name))
+
+
 def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, seed: int = 0,
              min_side: int = 192, max_side: int = 352, level: Level = BENCHMARK, progress: bool = True) -> dict:
     """Write out_dir/{train,val}/*.jpg and out_dir/annotations/instances_{train,val}.json."""
@@ -298,7 +304,8 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
                 })
             bar.update(1)
         write_json(ann_file, indent=None, obj={
-            "info": {"description": f"siefpn-deploy synthetic shapes, seed {seed}, level {level.name}"},
+            "info": {"description": f"siefpn-deploy synthetic shapes, seed {seed}, level {level.name}",
+                     "level": level.name},
             "images": images, "annotations": annotations, "categories": categories,
         })
         summary["splits"][split] = {
