@@ -5,6 +5,7 @@ FPN vs Dual SIE-FPN under one budget.
     python benchmarks/bench_train.py --ab-iters 100         # a quicker, weaker A/B
     python benchmarks/bench_train.py --skip-ab              # the options only
     python benchmarks/bench_train.py --skip-ab --option-ap-iters 0   # the options' throughput and memory only
+    python benchmarks/bench_train.py --skip-ab --data datasets/synth-easy --option-ap-iters 300   # AP on the easy level
 
 Options (issue 13): FP32 (before), FP32 + channels_last, bf16 autocast, bf16 autocast + channels_last (the
 default: SOLVER.AMP auto, SOLVER.CHANNELS_LAST True). Each is measured in a process of its own, so its peak RSS
@@ -60,11 +61,11 @@ def profile(cfg, num_classes: int, size: tuple[int, int], runs: int) -> dict:
     }
 
 
-OPTIONS = {  # name -> config overrides
-    "fp32 (before)": ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False"],
-    "fp32 + channels_last": ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "True"],
-    "bf16 autocast": ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "False"],
-    "bf16 autocast + channels_last (default)": ["SOLVER.AMP", "auto", "SOLVER.CHANNELS_LAST", "True"],
+OPTIONS = {  # name -> (label, config overrides)
+    "fp32": ("fp32 (before)", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False"]),
+    "fp32-cl": ("fp32 + channels_last", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "True"]),
+    "bf16": ("bf16 autocast", ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "False"]),
+    "bf16-cl": ("bf16 autocast + channels_last (default)", ["SOLVER.AMP", "auto", "SOLVER.CHANNELS_LAST", "True"]),
 }
 HOLDOUT = 200  # train images held out to score the options on
 
@@ -75,14 +76,14 @@ def measure_option(args: argparse.Namespace) -> dict:
     fit, tune = holdout_split(split_paths(data, "train")[1], HOLDOUT)
     images = str(split_paths(data, "train")[0])
     split = ["DATASETS.TRAIN_ANNOTATIONS", str(fit), "DATASETS.TEST_IMAGES", images, "DATASETS.TEST_ANNOTATIONS", str(tune)]
-    opts = dataset_overrides(data) + split + OPTIONS[args.measure_option]
+    opts = dataset_overrides(data) + split + OPTIONS[args.measure_option][1]
     t = throughput(Trainer(load_config(args.config_file, opts), config_name="bench"), iters=args.iters,
                    warmup=args.warmup)
     out = {"images_per_s": t["images_per_s"]}
     if args.option_ap_iters:
-        out_dir = Path(args.output) / "options" / args.measure_option.split()[0].replace("+", "")
+        out_dir = Path(args.output) / "options" / args.measure_option
         cfg = load_config(args.config_file, opts + ["SOLVER.MAX_ITER", str(args.option_ap_iters), "OUTPUT_DIR",
-                                                    str(out_dir / str(len(out)))])
+                                                    str(out_dir)])
         t0 = time.perf_counter()
         bbox = train(cfg, config_name=args.config_file, resume=False)["bbox"]
         out.update(ap=bbox["AP"], ap50=bbox["AP50"], train_minutes=(time.perf_counter() - t0) / 60)
@@ -91,17 +92,17 @@ def measure_option(args: argparse.Namespace) -> dict:
 
 
 def options_section(args: argparse.Namespace) -> list[str]:
-    head = "| option | train images/s | vs fp32 | peak RSS MiB |"
+    head = "| option | train images/s | vs the first row | peak RSS MiB |"
     if args.option_ap_iters:
         head += f" AP / AP50 after {args.option_ap_iters} it (held-out train) | train + eval min |"
     lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
     base = None
-    for name in OPTIONS:
+    for name in args.options or list(OPTIONS):
         child = subprocess.run([sys.executable, *sys.argv, "--measure-option", name], stdout=subprocess.PIPE,
                                text=True, check=True)
         r = json.loads(child.stdout.strip().splitlines()[-1])
         base = base or r["images_per_s"]
-        row = f"| {name} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | {r['peak_rss_mib']:.0f} |"
+        row = f"| {OPTIONS[name][0]} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | {r['peak_rss_mib']:.0f} |"
         if args.option_ap_iters:
             row += f" {r['ap']:.3f} / {r['ap50']:.3f} | {r['train_minutes']:.1f} |"
         lines.append(row)
@@ -122,6 +123,8 @@ def main() -> int:
     p.add_argument("--report", default="benchmarks/results/train_cpu.md")
     p.add_argument("--option-ap-iters", type=int, default=300,
                    help="training iterations per option before its AP is taken (0: throughput and memory only)")
+    p.add_argument("--options", nargs="+", choices=list(OPTIONS), metavar="NAME",
+                   help=f"only these options, the first the baseline ({', '.join(OPTIONS)}; default all)")
     p.add_argument("--measure-option", choices=list(OPTIONS), help=argparse.SUPPRESS)  # the child's one option
     args = p.parse_args()
     if args.measure_option:
