@@ -10,6 +10,7 @@ import pytest
 from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import generate_synthetic
 from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.quantize.options import INT8_SUFFIX
 
 # pycocotools calls a numpy API that numpy 2 deprecates, once per mask
 warnings.filterwarnings("ignore", message=".*product.*", category=DeprecationWarning)
@@ -131,7 +132,7 @@ def exported(trained, tmp_path_factory) -> Exported:
 def precision_args(precision: str) -> list[str]:
     """`quantize`'s arguments for a fixture's precision name: fp16, int8 (TensorRT layout), int8-cpu (ONNX
     Runtime's CPU layout) or int8-ov (NNCF, for OpenVINO)."""
-    targets = {"int8": "tensorrt", "int8-cpu": "ort-cpu", "int8-ov": "openvino"}
+    targets = {suffix: target for target, suffix in INT8_SUFFIX.items()}  # NAME.<suffix>.onnx -> --target
     return ["--precision", "int8", "--target", targets[precision]] if precision in targets else ["--precision", precision]
 
 

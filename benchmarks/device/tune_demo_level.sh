@@ -7,23 +7,17 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/pycocotools-*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 - <<'PY'
-import json
-from siefpn_deploy.data.synth import BENCHMARK, EASY, generate
 from dataclasses import replace
+from siefpn_deploy.data.coco import holdout_split
+from siefpn_deploy.data.synth import BENCHMARK, EASY, generate
 levels = {"bench": BENCHMARK, "easy": EASY, "easy8": replace(EASY, name="easy8", max_objects=8)}
 for name, level in levels.items():
-    root = f"/tmp/data/{name}"
-    generate(root, num_train=1400, num_val=0, level=level, progress=False)
-    d = json.load(open(f"{root}/annotations/instances_train.json"))
-    ids = sorted(im["id"] for im in d["images"]); hold = set(ids[-200:])
-    for split, keep in (("fit", lambda i: i not in hold), ("tune", lambda i: i in hold)):
-        json.dump(dict(d, images=[im for im in d["images"] if keep(im["id"])],
-                       annotations=[a for a in d["annotations"] if keep(a["image_id"])]),
-                  open(f"{root}/annotations/instances_{split}.json", "w"))
-    print(name, len(d["annotations"]), flush=True)
+    summary = generate(f"/tmp/data/{name}", num_train=1400, num_val=0, level=level, progress=False)
+    holdout_split(f"/tmp/data/{name}/annotations/instances_train.json", 200)  # _fit.json / _holdout.json
+    print(name, summary["splits"]["train"]["annotations"], flush=True)
 PY
 lowres='INPUT.MIN_SIZE_TRAIN [160,176,192] INPUT.MAX_SIZE_TRAIN 320 INPUT.MIN_SIZE_TEST 192 INPUT.MAX_SIZE_TEST 320'
-run() { name=$1; D=/tmp/data/$2; shift 2; python3 -m siefpn_deploy train --config-file configs/synth_retinanet_R18.yaml DATASETS.TRAIN_IMAGES $D/train DATASETS.TRAIN_ANNOTATIONS $D/annotations/instances_fit.json DATASETS.TEST_IMAGES $D/train DATASETS.TEST_ANNOTATIONS $D/annotations/instances_tune.json DATALOADER.NUM_WORKERS 3 LOG_PERIOD 100 SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR /tmp/runs/$name $lowres "$@" > /tmp/runs/$name.log 2>&1; echo "$name exit $?"; }
+run() { name=$1; D=/tmp/data/$2; shift 2; python3 -m siefpn_deploy train --config-file configs/synth_retinanet_R18.yaml DATASETS.TRAIN_IMAGES $D/train DATASETS.TRAIN_ANNOTATIONS $D/annotations/instances_train_fit.json DATASETS.TEST_IMAGES $D/train DATASETS.TEST_ANNOTATIONS $D/annotations/instances_train_holdout.json DATALOADER.NUM_WORKERS 3 LOG_PERIOD 100 SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR /tmp/runs/$name $lowres "$@" > /tmp/runs/$name.log 2>&1; echo "$name exit $?"; }
 mkdir -p /tmp/runs; t0=$(date +%s)
 run bench900 bench SOLVER.MAX_ITER 900 &
 run easy900 easy SOLVER.MAX_ITER 900 &

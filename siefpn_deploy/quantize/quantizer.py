@@ -211,7 +211,7 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         import onnxruntime
 
         versions["onnxruntime_quantization"] = onnxruntime.__version__
-    elif options.target == "openvino" and options.precision == "int8":
+    elif options.target == "openvino":
         versions["nncf"] = importlib.metadata.version("nncf")
     else:
         versions["modelopt"] = _modelopt_version()

@@ -139,8 +139,7 @@ def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], wa
               config: str | None = None, cpp: bool = False, runtimes: tuple[str, ...] | None = None,
               log=print) -> dict[str, Any]:
     """Every artifact's variants over batches and sizes (a .onnx once per runtime in `runtimes`, or in its own
-    with None); with `cpp`,
-    each .pt2 also through the C++ runtime. One artifact is loaded at a time."""
+    with None); with `cpp`, each .pt2 also through the C++ runtime. One artifact is loaded at a time."""
     rows, skipped = [], []
     for path in artifacts:
         for runtime in runtimes_for(path, runtimes):
