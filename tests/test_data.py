@@ -19,8 +19,9 @@ from siefpn_deploy.data import (
     collate,
     generate_synthetic,
 )
-from siefpn_deploy.data.synth import level_of, mask_to_polygons, render
+from siefpn_deploy.data.synth import BENCHMARK, EASY, generated_at, level_of, mask_to_polygons, render
 from siefpn_deploy.data.transforms import RandomHorizontalFlip, ResizeShortestEdge
+from siefpn_deploy.demo import ensure_synthetic
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TINY = {"num_train": 8, "num_val": 4, "min_side": 96, "max_side": 160, "progress": False}
@@ -176,6 +177,18 @@ def test_the_easy_level_has_fewer_calmer_mid_sized_objects(tmp_path):
         per_image[root.name] = (counts.max(), largest, level_of(root / "annotations/instances_train.json"))
     assert per_image["easy"][0] <= 4 and per_image["easy"][1] <= 0.36 and per_image["easy"][2] == "easy"
     assert per_image["bench"][0] > 4 and per_image["bench"][1] > 0.36 and per_image["bench"][2] == "benchmark"
+    # the file records the level's settings: data drawn at an earlier easy level is told apart, and the demo
+    # refuses it in one line instead of training on it or overwriting it
+    train_file = easy / "annotations/instances_train.json"
+    assert generated_at(train_file, EASY) and not generated_at(train_file, BENCHMARK)
+    data = json.loads(train_file.read_text())
+    data["info"]["level_settings"]["min_object_size"] = 16.0
+    (easy / "annotations/instances_val.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"{easy}.*--regenerate"):
+        ensure_synthetic(easy, level=EASY)
+    del data["info"]["level_settings"]  # a file from before the settings were recorded
+    (easy / "annotations/instances_val.json").write_text(json.dumps(data))
+    assert not generated_at(easy / "annotations/instances_val.json", EASY)
 
 
 def test_synth_bad_arguments(tmp_path):

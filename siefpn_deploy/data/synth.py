@@ -7,7 +7,7 @@ objects drawn after it, and its polygons trace that visible mask exactly (pixel-
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,9 @@ class Level:
 BENCHMARK = Level("benchmark", max_objects=8, min_object_size=10.0, max_object_fraction=0.7, max_stripes=2,
                   max_blotches=5, noise=(2.0, 12.0))
 # The demo level: the same shapes and classes, at most 4 larger objects (24 px and up) on calmer backgrounds,
-# which a model trained for minutes on 2 CPU cores can learn to detect well.
-EASY = Level("easy", max_objects=4, min_object_size=16.0, max_object_fraction=0.35, max_stripes=0, max_blotches=2,
+# which a model trained for minutes on 2 CPU cores can learn to detect well. The 24 px floor was chosen on
+# held-out train images (benchmarks/results/demo_level_h100.md): below it the five shapes are confused.
+EASY = Level("easy", max_objects=4, min_object_size=24.0, max_object_fraction=0.35, max_stripes=0, max_blotches=2,
              noise=(2.0, 6.0))
 LEVELS = {level.name: level for level in (BENCHMARK, EASY)}
 
@@ -258,10 +259,24 @@ def split_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
     return out_dir / split, out_dir / "annotations" / f"instances_{split}.json"
 
 
+def _settings(level: Level) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(level).items()}
+
+
 def level_of(annotation_file: str | Path) -> str:
     """The level a generated instances file records (files from before levels: the benchmark level)."""
     info = read_json(Path(annotation_file), what="annotation file").get("info") or {}
     return str(info.get("level", BENCHMARK.name))
+
+
+def generated_at(annotation_file: str | Path, level: Level) -> bool:
+    """Whether a generated instances file was drawn at `level` as it is defined now. Files from before the
+    settings were recorded match only the benchmark level, which has not changed since."""
+    info = read_json(Path(annotation_file), what="annotation file").get("info") or {}
+    recorded = info.get("level_settings")
+    if recorded is None:
+        return info.get("level", BENCHMARK.name) == level.name == BENCHMARK.name
+    return recorded == _settings(level)
 
 
 def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, seed: int = 0,
@@ -305,7 +320,7 @@ def generate(out_dir: str | Path, *, num_train: int = 1200, num_val: int = 200, 
             bar.update(1)
         write_json(ann_file, indent=None, obj={
             "info": {"description": f"siefpn-deploy synthetic shapes, seed {seed}, level {level.name}",
-                     "level": level.name},
+                     "level": level.name, "level_settings": _settings(level)},
             "images": images, "annotations": annotations, "categories": categories,
         })
         summary["splits"][split] = {
