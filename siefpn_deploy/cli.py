@@ -176,6 +176,8 @@ examples:
   siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision int8 --target openvino  # NNCF, OpenVINO
   siefpn-deploy quantize --onnx export/retinanet_R50.onnx --precision int8 --num-calib 512 --calib-size 640 640 \\
       --calib-data datasets/coco/annotations/instances_train2017.json
+  siefpn-deploy quantize --onnx export/synth_retinanet_R18.onnx --precision int8 --target ort-cpu --budget 0.5
+      # AP within 0.5 points of FP32 on 200 held-out train images, most sensitive layers kept in FP32
 
 FP16 is ModelOpt AutoCast (I/O stays float32); INT8 is explicit Q/DQ in the layout of the runtime that runs
 it (--target): ModelOpt's for TensorRT, ONNX Runtime's static quantization, or NNCF's for OpenVINO. The
@@ -190,7 +192,7 @@ preprocessing. The quantized model's meta.json records the method, image count a
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .quantize.quantizer import QuantizeOptions, quantize_model
 
-    quantize_model(QuantizeOptions(
+    options = QuantizeOptions(
         onnx=Path(args.onnx), precision=args.precision, output=Path(args.output) if args.output else None,
         calib_data=Path(args.calib_data) if args.calib_data else None,
         calib_image_dir=Path(args.calib_image_dir) if args.calib_image_dir else None, num_calib=args.num_calib,
@@ -198,7 +200,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         calib_size=tuple(args.calib_size) if args.calib_size else None,
         calib_cache=Path(args.calib_cache) if args.calib_cache else None,
         exclude=args.exclude, default_excludes=not args.no_default_excludes,
-    ))
+    )
+    if args.budget is None:
+        quantize_model(options)
+        return 0
+    from .parity.budget import quantize_within_budget
+    from .quantize.options import BudgetOptions
+
+    quantize_within_budget(options, BudgetOptions(budget=args.budget, sensitivity_images=args.sensitivity_images,
+                                                  max_excluded=args.max_excluded, report_dir=Path(args.report_dir)))
     return 0
 
 
@@ -484,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the option dataclasses own the defaults; --help shows them, and paths default under the work folders
     from .core.contract import describe_graph
     from .export.options import FORMATS, PACKAGE_DEVICES, PACKAGE_PRECISIONS, ExportOptions
-    from .quantize.options import DEFAULT_CALIB_METHOD, TARGETS, QuantizeOptions
+    from .quantize.options import DEFAULT_CALIB_METHOD, TARGETS, BudgetOptions, QuantizeOptions
     from .runtime.cpp import TENSORRT_CHOICES
     from .serve.options import ServeOptions
 
@@ -622,6 +632,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node names (regex, re.match) to keep in FP32; repeatable")
     quant.add_argument("--no-default-excludes", action="store_true",
                        help="quantize the GAU attention, score and decoding nodes too (not recommended)")
+    budget = quant.add_argument_group(
+        "AP budget (int8)", "measure the INT8 model's AP loss on held-out train images and keep the most sensitive "
+        "layers out of INT8 until it is within the budget (see reports/quantize/NAME.sensitivity.md)")
+    budget.add_argument("--budget", type=float, metavar="AP_POINTS",
+                        help="largest AP loss (points, 0..100) against the FP32 model in ONNX Runtime, e.g. 1.0")
+    budget.add_argument("--sensitivity-images", type=int, default=BudgetOptions.sensitivity_images, metavar="N",
+                        help="the last N train images by id, held out of calibration and scored (default "
+                        f"{BudgetOptions.sensitivity_images})")
+    budget.add_argument("--max-excluded", type=int, default=BudgetOptions.max_excluded, metavar="N",
+                        help="give up (and write nothing) once N layers are kept out and the budget still "
+                        f"fails (default {BudgetOptions.max_excluded})")
+    budget.add_argument("--report-dir", default=str(BudgetOptions.report_dir), metavar="DIR",
+                        help=f"where NAME.sensitivity.{{json,md,png}} go (default {BudgetOptions.report_dir})")
 
     build = _command(sub, "build", _cmd_build, epilog=EPILOG_BUILD,
                      help="build a TensorRT engine (10.x, 11.x or TensorRT-RTX) from an FP32/FP16/INT8 ONNX")

@@ -152,9 +152,10 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
     return list(images), list(targets)
 
 
-def holdout_split(annotation_file: str | Path, holdout: int) -> tuple[Path, Path]:
-    """The instances file split in two beside it: NAME_fit.json (every image but the last `holdout` by id) and
-    NAME_holdout.json (those last ones), for choosing settings on training data without touching val."""
+def holdout_split(annotation_file: str | Path, holdout: int, *, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """The instances file split in two, beside it or in `out_dir`: NAME_fit.json (every image but the last
+    `holdout` by id) and NAME_holdout.json (those last ones), for choosing settings on training data without
+    touching val."""
     path = Path(annotation_file)
     data = read_json(path, what="annotation file")
     ids = sorted(im["id"] for im in data["images"])
@@ -163,7 +164,7 @@ def holdout_split(annotation_file: str | Path, holdout: int) -> tuple[Path, Path
     held = set(ids[-holdout:])
     out = []
     for name, keep in (("fit", lambda i: i not in held), ("holdout", lambda i: i in held)):
-        target = path.with_name(f"{path.stem}_{name}.json")
+        target = Path(out_dir or path.parent) / f"{path.stem}_{name}.json"
         write_json(target, indent=None, obj={**data, "images": [im for im in data["images"] if keep(im["id"])],
                                               "annotations": [a for a in data["annotations"] if keep(a["image_id"])]})
         out.append(target)

@@ -11,6 +11,18 @@ from ..core.reporting import markdown_table, write_report
 
 
 def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    return (f"# Parity report ({report['date']})\n\n"
+            f"{report['images']} images of `{report['dataset']}`; reference `{report['reference']}` (PyTorch eager). "
+            f"AP in points (0..100); Δ is the artifact minus PyTorch; the budget is the largest drop allowed.\n\n"
+            + table(report)
+            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {env['machine']}, device "
+            f"{env['device']}, {env['cpu_threads']} CPU threads; torch {env['torch']}, onnxruntime "
+            f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+
+
+def table(report: dict[str, Any]) -> str:
+    """The parity table: one row per artifact (and runtime), the PyTorch reference first."""
     segm = any("segm" in a["metrics"] for a in report["artifacts"])
     head = ["artifact", "runtime", "precision", "bbox AP", "Δ bbox"] + (["segm AP", "Δ segm"] if segm else []) + [
         "budget", "matched (IoU≥0.9)", "box err max/median px", "score err max/median", "non-finite", "status"]
@@ -30,14 +42,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{g['score_abs_max']:.2g} / {g['score_abs_median']:.2g}" if g else "-",
                 str(g["non_finite"]) if g else "-", a["status"]]
         rows.append(cells)
-    env = report["environment"]
-    return (f"# Parity report ({report['date']})\n\n"
-            f"{report['images']} images of `{report['dataset']}`; reference `{report['reference']}` (PyTorch eager). "
-            f"AP in points (0..100); Δ is the artifact minus PyTorch; the budget is the largest drop allowed.\n\n"
-            + markdown_table(head, rows)
-            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {env['machine']}, device "
-            f"{env['device']}, {env['cpu_threads']} CPU threads; torch {env['torch']}, onnxruntime "
-            f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+    return markdown_table(head, rows)
 
 
 def _ap_cells(artifact: dict[str, Any], iou_type: str) -> list[str]:

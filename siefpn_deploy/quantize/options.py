@@ -51,3 +51,13 @@ class QuantizeOptions:
         name = self.onnx.name.removesuffix(".onnx")
         suffix = INT8_SUFFIX[self.target] if self.precision == "int8" else self.precision
         return self.onnx.with_name(f"{name}.{suffix}.onnx")
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """`quantize --budget`: what `parity.budget.quantize_within_budget` holds an INT8 model to."""
+
+    budget: float  # AP points (0..100) INT8 may lose against FP32 on the held-out images
+    sensitivity_images: int = 200  # the last N train images by id: held out of calibration, scored
+    max_excluded: int = 8  # layers kept out of INT8 before the loop gives up
+    report_dir: Path = Path("reports/quantize")

@@ -20,6 +20,7 @@ ORT_CALIBRATION = {"max": "MinMax", "entropy": "Entropy"}  # --calib-method -> o
 # the fully connected layers worth int8: the R-CNN box head's (every RoI, 1000 of them); the neck's squeeze-
 # excitation layers see one vector per image, where int8 would add error and save nothing
 INT8_GEMMS = r"^/decoder/"
+QUANTIZED_OPS = ("Conv", "Gemm")  # op_types_to_quantize: these quantize their own outputs
 
 
 def quantize_for_cpu_in_subprocess(source: Path, target: Path, calib: CalibrationSet, *, method: str, batch: int,
@@ -38,7 +39,7 @@ def quantize_for_cpu(source: Path, target: Path, reader: BatchReader, *, method:
     names = [n.name for n in nodes if any(re.match(p, n.name) for p in excludes)
              or (n.op_type == "Gemm" and not re.match(INT8_GEMMS, n.name))]
     quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
                     nodes_to_exclude=names, calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
                     # a Q/DQ pair per quantized consumer: an excluded node reading the same input keeps it FP32
                     extra_options={"DedicatedQDQPair": True})
@@ -62,23 +63,35 @@ def fp32_inputs_for_excluded(path: Path, excludes: list[str]) -> int:
     DQ -> Conv -> Q into one integer convolution), and every consumer of that tensor then reads the
     dequantized copy, excluded ones too: RoIAlign reading a pyramid level, box decoding reading a head's
     deltas. Point each excluded node back at the FP32 tensor, and drop the Q/DQ pairs nothing reads any
-    more (a head's last Conv then keeps its FP32 output). Returns the inputs rewired."""
+    more (a head's last Conv then keeps its FP32 output). Returns the inputs rewired.
+
+    An input may itself come from an op that reads a quantized tensor (conv1 -> Q/DQ -> Relu -> conv2, where
+    an excluded conv2 would still see conv1's quantized output through the Relu; or the GAU attention's
+    Reshape of a quantized projection): such ops are rewired too, back to the nearest quantized layers'
+    outputs, so an excluded node reads exactly what the FP32 model computes from those outputs."""
     import onnx
 
     model = onnx.load(str(path))
     graphs = _graphs(model.graph)
     producer = {o: n for g in graphs for n in g.node for o in n.output}
     rewired = 0
-    for graph in graphs:
-        for node in graph.node:
-            if node.op_type in QDQ_OPS or not any(re.match(p, node.name) for p in excludes):
-                continue
-            for i, name in enumerate(node.input):
-                dq = producer.get(name)
-                q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-                if q is not None and q.op_type == "QuantizeLinear":
-                    node.input[i] = q.input[0]
-                    rewired += 1
+    pending = [n for g in graphs for n in g.node
+               if n.op_type not in QDQ_OPS and any(re.match(p, n.name) for p in excludes)]
+    done: set[int] = set()
+    while pending:
+        node = pending.pop()
+        if id(node) in done:
+            continue
+        done.add(id(node))
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                rewired += 1
+            source = producer.get(node.input[i])
+            if source is not None and source.op_type not in (*QDQ_OPS, *QUANTIZED_OPS):
+                pending.append(source)  # an op that may itself read a quantized tensor
     while True:  # Q/DQ nodes whose outputs nobody reads, until none is left
         read = {i for g in graphs for n in g.node for i in n.input} | {o.name for o in model.graph.output}
         dead = [(g, n) for g in graphs for n in g.node if n.op_type in QDQ_OPS and not set(n.output) & read]
