@@ -44,7 +44,7 @@ BENCHMARK = Level("benchmark", max_objects=8, min_object_size=10.0, max_object_f
                   max_blotches=5, noise=(2.0, 12.0))
 # The demo level: the same shapes and classes, at most 4 larger objects (24 px and up) on calmer backgrounds,
 # which a model trained for minutes on 2 CPU cores can learn to detect well. The 24 px floor was chosen on
-# held-out train images (benchmarks/results/demo_level_h100.md): below it the five shapes are confused.
+# held-out train images (benchmarks/results/demo_level_h100.md): below it the six shapes are confused.
 EASY = Level("easy", max_objects=4, min_object_size=24.0, max_object_fraction=0.35, max_stripes=0, max_blotches=2,
              noise=(2.0, 6.0))
 LEVELS = {level.name: level for level in (BENCHMARK, EASY)}
@@ -263,16 +263,19 @@ def _settings(level: Level) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(level).items()}
 
 
+def _info(annotation_file: str | Path) -> dict:
+    return read_json(Path(annotation_file), what="annotation file").get("info") or {}
+
+
 def level_of(annotation_file: str | Path) -> str:
     """The level a generated instances file records (files from before levels: the benchmark level)."""
-    info = read_json(Path(annotation_file), what="annotation file").get("info") or {}
-    return str(info.get("level", BENCHMARK.name))
+    return str(_info(annotation_file).get("level", BENCHMARK.name))
 
 
 def generated_at(annotation_file: str | Path, level: Level) -> bool:
     """Whether a generated instances file was drawn at `level` as it is defined now. Files from before the
     settings were recorded match only the benchmark level, which has not changed since."""
-    info = read_json(Path(annotation_file), what="annotation file").get("info") or {}
+    info = _info(annotation_file)
     recorded = info.get("level_settings")
     if recorded is None:
         return info.get("level", BENCHMARK.name) == level.name == BENCHMARK.name
