@@ -9,7 +9,7 @@ import pytest
 
 from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import generate_synthetic
-from siefpn_deploy.data.synth import split_paths
+from siefpn_deploy.data.synth import EASY, split_paths
 from siefpn_deploy.quantize.options import INT8_SUFFIX
 
 # pycocotools calls a numpy API that numpy 2 deprecates, once per mask
@@ -21,6 +21,14 @@ def tiny_synth(tmp_path_factory) -> Path:
     """A small synthetic COCO dataset, generated once per test session (read-only: copy to modify)."""
     root = tmp_path_factory.mktemp("synth")
     generate_synthetic(root, num_train=16, num_val=6, seed=0, min_side=96, max_side=160, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_easy(tmp_path_factory) -> Path:
+    """The same, drawn at the easy level: the only level the demo trains on."""
+    root = tmp_path_factory.mktemp("synth_easy")
+    generate_synthetic(root, num_train=16, num_val=6, seed=0, min_side=96, max_side=160, level=EASY, progress=False)
     return root
 
 

@@ -9,14 +9,14 @@ from conftest import tiny_overrides
 from siefpn_deploy.cli import main
 
 
-def test_demo_runs_end_to_end_and_prints_summary(tiny_synth, tmp_path, capsys):
+def test_demo_runs_end_to_end_and_prints_summary(tiny_synth_easy, tmp_path, capsys):
     out = tmp_path / "demo"
-    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=40, SOLVER__BASE_LR=0.003, SOLVER__CHECKPOINT_PERIOD=100)
+    opts = tiny_overrides(tiny_synth_easy, out, SOLVER__MAX_ITER=40, SOLVER__BASE_LR=0.003, SOLVER__CHECKPOINT_PERIOD=100)
     # the demo sets DATASETS.* and OUTPUT_DIR itself from --data/--output
     keep = [k for k in zip(opts[::2], opts[1::2]) if not k[0].startswith(("DATASETS.", "OUTPUT_DIR"))]
     flat = [x for kv in keep for x in kv]
     export, engines, reports = tmp_path / "export", tmp_path / "engines", tmp_path / "reports"
-    args = ["demo", "--data", str(tiny_synth), "--output", str(out), "--export-dir", str(export),
+    args = ["demo", "--data", str(tiny_synth_easy), "--output", str(out), "--export-dir", str(export),
             "--engine-dir", str(engines), "--calib-dir", str(tmp_path / "calib"), "--report", str(reports), *flat]
     assert main(args) == 0
     text = capsys.readouterr().out
