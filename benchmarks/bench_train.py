@@ -7,8 +7,9 @@ FPN vs Dual SIE-FPN under one budget.
     python benchmarks/bench_train.py --skip-ab --option-ap-iters 0   # the options' throughput and memory only
     python benchmarks/bench_train.py --skip-ab --data datasets/synth-easy --option-ap-iters 300   # AP on the easy level
 
-Options (issue 13): FP32 (before), FP32 + channels_last, bf16 autocast, bf16 autocast + channels_last (the
-default: SOLVER.AMP auto, SOLVER.CHANNELS_LAST True). Each is measured in a process of its own, so its peak RSS
+Options (issue 13): FP32 with 1 loader worker (before), FP32 + channels_last, bf16 autocast, bf16 autocast +
+channels_last (each with 1 worker), and the preset's default (SOLVER.AMP auto, SOLVER.CHANNELS_LAST True,
+DATALOADER.NUM_WORKERS 0). Each is measured in a process of its own, so its peak RSS
 is its own: images/s of the real training step with the preset's data loader, then, with --option-ap-iters N,
 AP after N iterations on a held-out part of the train split (the last 200 images; never val).
 
@@ -61,15 +62,17 @@ def profile(cfg, num_classes: int, size: tuple[int, int], runs: int) -> dict:
     }
 
 
+ONE_WORKER = ["DATALOADER.NUM_WORKERS", "1"]  # the loader as it was before issue 13
 OPTIONS = {  # name -> (label, config overrides)
-    "fp32": ("fp32 (before)", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False"]),
-    "fp32-cl": ("fp32 + channels_last", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "True"]),
-    "bf16": ("bf16 autocast", ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "False"]),
-    "bf16-cl": ("bf16 autocast + channels_last (default)", ["SOLVER.AMP", "auto", "SOLVER.CHANNELS_LAST", "True"]),
-    # the loader in the training process: on 2 cores a worker process competes with the step for a core, and
-    # a batch of 8 costs 20-30 ms to load there (the loader alone delivers 280-415 images/s)
-    "bf16-cl-w0": ("bf16 autocast + channels_last, no loader worker", ["SOLVER.AMP", "auto", "SOLVER.CHANNELS_LAST",
-                                                                      "True", "DATALOADER.NUM_WORKERS", "0"]),
+    "fp32": ("fp32, 1 loader worker (before)", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False", *ONE_WORKER]),
+    "fp32-cl": ("fp32 + channels_last, 1 worker", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "True", *ONE_WORKER]),
+    "bf16": ("bf16 autocast, 1 worker", ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "False", *ONE_WORKER]),
+    "bf16-cl": ("bf16 autocast + channels_last, 1 worker", ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "True",
+                                                            *ONE_WORKER]),
+    # the preset as shipped: SOLVER.AMP auto (bf16 where the CPU computes it natively), channels_last, and the
+    # loader in the training process (on 2 cores a worker process competes with the step for a core, and a
+    # batch of 8 costs 20-30 ms to load there; the loader alone delivers 280-415 images/s)
+    "default": ("the preset's default: AMP auto + channels_last, no loader worker", []),
 }
 HOLDOUT = 200  # train images held out to score the options on
 
@@ -140,7 +143,7 @@ def main() -> int:
     base = load_config(args.config_file, dataset_overrides(data))
     size = (base.INPUT.MIN_SIZE_TEST, base.INPUT.MIN_SIZE_TEST * 4 // 3 // 32 * 32)
     lines = [(f"Preset `{args.config_file}` on `{args.data}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes "
-              f"{base.INPUT.MIN_SIZE_TRAIN}, {base.DATALOADER.NUM_WORKERS} loader worker(s); images/s over {args.iters} "
+              f"{base.INPUT.MIN_SIZE_TRAIN}; images/s over {args.iters} "
               f"training steps after {args.warmup}, data loading included.")]
     lines += options_section(args)
     if not args.skip_ab:

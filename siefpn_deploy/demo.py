@@ -35,6 +35,9 @@ DEMO_LEVEL = EASY  # the scenes the demo generates (`data synth --level easy`); 
 # On a GPU the demo trains this many times the preset's iterations (unless SOLVER.MAX_ITER is given): the
 # preset's schedule is what fits 15 minutes on 2 CPU cores, and a GPU runs it in about 4.
 GPU_ITER_FACTOR = 2
+# On a GPU a loader worker overlaps loading with the step (the CPU presets load in the training process): the
+# one worker the H100 runs of benchmarks/results/demo_level_h100.md had.
+GPU_LOADER_WORKERS = 1
 CALIBRATION_IMAGES = 128  # of the train split; the quantize command's default is 512
 BENCH = {"batches": [1, 4], "warmup": 3, "iters": 10}
 
@@ -173,9 +176,12 @@ def run_demo(*, data_dir: Path, output_dir: Path, export_dir: Path, config_file:
     t0 = time.perf_counter()
     fresh_data = ensure_synthetic(data_dir, level=LEVELS[level], regenerate=regenerate)
     cfg = load_config(config_file, dataset_overrides(data_dir) + ["OUTPUT_DIR", str(output_dir)] + list(overrides))
-    if torch.cuda.is_available() and "SOLVER.MAX_ITER" not in overrides:
-        cfg.SOLVER.MAX_ITER *= GPU_ITER_FACTOR
-        print(f"[demo] CUDA: {cfg.SOLVER.MAX_ITER} iterations, {GPU_ITER_FACTOR}x the preset's (a GPU has the time)")
+    if torch.cuda.is_available():
+        if "SOLVER.MAX_ITER" not in overrides:
+            cfg.SOLVER.MAX_ITER *= GPU_ITER_FACTOR
+            print(f"[demo] CUDA: {cfg.SOLVER.MAX_ITER} iterations, {GPU_ITER_FACTOR}x the preset's (a GPU has the time)")
+        if "DATALOADER.NUM_WORKERS" not in overrides:
+            cfg.DATALOADER.NUM_WORKERS = GPU_LOADER_WORKERS
     # Rerunning with the same config and data resumes (or just re-evaluates a finished run); a changed config
     # or newly generated data starts over.
     saved = output_dir / "config.yaml"

@@ -314,3 +314,19 @@ def test_auto_amp_is_bf16_only_where_the_cpu_computes_it_natively():
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert autocast_dtype("auto", cuda) is None and autocast_dtype("bf16", cuda) == torch.bfloat16
     assert autocast_dtype("fp32", cpu) is None
+
+
+def test_the_loader_worker_count_does_not_change_the_batches(tiny_synth, tmp_path):
+    """The synthetic presets load in the training process (DATALOADER.NUM_WORKERS 0) for speed on 2 cores, a GPU
+    run gives the loader workers: each sample carries its augmentation seed, so both see the same batches."""
+    assert load_config(PRESET).DATALOADER.NUM_WORKERS == 0
+    batches = {}
+    for workers in (0, 2):
+        cfg = load_config(PRESET, tiny_overrides(tiny_synth, tmp_path / str(workers), DATALOADER__NUM_WORKERS=workers))
+        loader = Trainer(cfg, config_name=PRESET).loader()
+        batches[workers] = [batch for batch, _ in zip(loader, range(4))]  # 4 batches of 2: two workers' turns each
+    for (images0, targets0), (images2, targets2) in zip(batches[0], batches[2], strict=True):
+        # the same images, sizes and flips; the pixels agree to float rounding (a worker resizes on one thread)
+        assert [im.shape for im in images0] == [im.shape for im in images2]
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(images0, images2))
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(targets0, targets2) for k in a)

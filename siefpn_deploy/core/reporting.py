@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cpu import bf16_units, cpu_model
 from .fileio import atomic_path, atomic_write, write_json
 
 
@@ -49,14 +50,17 @@ def machine() -> dict[str, Any]:
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "gpu": gpu, "commit": source_commit()}
+            "processor": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpu_bf16": bf16_units(),
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": gpu, "commit": source_commit()}
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    """e.g. "2026-11-25T20:00:00, x86_64, 2 threads, torch 2.14.1, commit 1a2b3c4" (+ the GPU)."""
-    return (f"{m['date']}, {m['machine']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "")
-            + (f", commit {m['commit']}" if m.get("commit") else ""))
+    """e.g. "2026-11-25T20:00:00, x86_64 (Intel(R) Xeon(R) Processor, bf16 on AMX), 2 threads, torch 2.14.1,
+    commit 1a2b3c4" (+ the GPU)."""
+    cpu = ", ".join(filter(None, [m.get("cpu"), m.get("cpu_bf16") and f"bf16 on {m['cpu_bf16']}"]))
+    return (f"{m['date']}, {m['machine']}" + (f" ({cpu})" if cpu else "") + f", {m['threads']} threads, "
+            f"torch {m['torch']}" + (f", {m['gpu']}" if m["gpu"] else "") + (f", commit {m['commit']}" if m.get("commit") else ""))
 
 
 def write_report(folder: str | Path, name: str, *, data: dict[str, Any], markdown: str,

@@ -27,7 +27,7 @@ from typing import Any
 from ..core.contract import GraphContract
 from ..core.errors import UserError
 from ..core.fileio import atomic_path
-from ..core.reporting import machine, markdown_table, write_report
+from ..core.reporting import machine, machine_line, markdown_table, write_report
 from ..core.sidecar import read_meta, write_meta
 from ..data import CocoDetection
 from ..data.coco import holdout_split
@@ -181,8 +181,7 @@ def markdown(report: dict[str, Any]) -> str:
         text += (f"\nRanking: {report['ranking']}. Lower SQNR = more sensitive; the {min(30, len(report['layers']))} "
                  f"most sensitive of {len(report['layers'])} quantized layers:\n\n"
                  + markdown_table(["rank", "layer", "op", "SQNR dB", "NSR", "kept out"], layers) + "\n")
-    m = report["machine"]
-    return text + f"\nMachine: {m['date']}, {m['machine']}, {m['threads']} threads, commit {m['commit']}.\n"
+    return text + f"\nMachine: {machine_line(report['machine'])}.\n"
 
 
 def plot(report: dict[str, Any], fig: Any) -> None:

@@ -7,7 +7,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from ..core.reporting import markdown_table, write_report
+from ..core.reporting import machine_line, markdown_table, write_report
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -16,9 +16,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{report['images']} images of `{report['dataset']}`; reference `{report['reference']}` (PyTorch eager). "
             f"AP in points (0..100); Δ is the artifact minus PyTorch; the budget is the largest drop allowed.\n\n"
             + table(report)
-            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {env['machine']}, device "
-            f"{env['device']}, {env['cpu_threads']} CPU threads; torch {env['torch']}, onnxruntime "
-            f"{env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {machine_line(env)}; device "
+            f"{env['device']}; onnxruntime {env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
 
 
 def table(report: dict[str, Any]) -> str:

@@ -18,9 +18,11 @@ import contextlib
 
 import torch
 
+from ..core.cpu import bf16_units
+
 
 def cpu_has_native_bf16() -> bool:
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return bf16_units() is not None
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
