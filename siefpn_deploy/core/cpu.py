@@ -1,6 +1,6 @@
 """What this CPU is, for the choices that depend on it (training arithmetic) and for the benchmark reports
-(CPU figures differ between hosts of the same size: the same 2-core preset trained 1.5x faster where the
-CPU had AMX than where it had AVX512-BF16 only)."""
+(CPU figures differ between hosts of the same size: the same 2-core preset trained about 1.5x faster in
+bf16 where the CPU had AMX than where it had AVX512-BF16 only)."""
 
 from __future__ import annotations
 
