@@ -87,8 +87,10 @@ class Trained:
             # in enough places within 40 iterations
             rcnn = {} if arch == "retinanet" else {"MODEL__SCORE_THRESH_TEST": 0.02}
             lr = 0.003 if arch == "retinanet" else 0.01
+            # FP32, not the CPU-dependent default: these 40 iterations were tuned in FP32, and in bf16 on an AMX CPU
+            # the Mask R-CNN found no object of val (AR100 0.000; FP32 on the same CPU 0.017)
             opts = tiny_overrides(self.data, out, arch, **rcnn, SOLVER__MAX_ITER=self.ITERATIONS, SOLVER__BASE_LR=lr,
-                                  SOLVER__CHECKPOINT_PERIOD=1000, LOG_PERIOD=10)
+                                  SOLVER__CHECKPOINT_PERIOD=1000, LOG_PERIOD=10, SOLVER__AMP="fp32")
             assert main(["train", "--config-file", "configs/synth_retinanet_R18.yaml", *opts]) == 0
         return out
 
@@ -171,6 +173,12 @@ def quantized(exported, tmp_path_factory) -> Quantized:
 
 
 FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has room to fail it
+# The parity gates' budgets on the memorised model's 16 train images. There one detection more or less moves
+# AP by up to about a point: the same calibrated INT8 scored -1.02 (TensorRT layout) and -1.19 (NNCF) on an AMX
+# CPU against +0.05 elsewhere. So the gate tests use budgets this set can resolve; a broken INT8 still loses
+# 15-30 points. The project's budgets (FP16 0.2, INT8 1.0) are measured on 200 val images of models that
+# detect: benchmarks/parity_cpu.py.
+SMALL_SET_BUDGETS = ["fp16=0.5", "int8=2.0"]
 
 
 def broken_int8(source: Path, target: Path) -> None:

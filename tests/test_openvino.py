@@ -10,7 +10,7 @@ import sys
 
 import onnx
 import pytest
-from conftest import FP32_AP_FLOOR, broken_int8
+from conftest import FP32_AP_FLOOR, SMALL_SET_BUDGETS, broken_int8
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.contract import image_rows
@@ -114,13 +114,13 @@ def test_nncf_int8_runs_in_openvino_within_the_int8_budget_and_a_damaged_one_fai
     broken = tmp_path / "broken.int8-ov.onnx"
     broken_int8(path, broken)
     code = main(["parity", "--config-file", str(detecting.config), "--artifacts", str(path), str(broken),
-                 "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
+                 "--budget", *SMALL_SET_BUDGETS, "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
     print(capsys.readouterr().out)
     reference, *rows = json.loads((tmp_path / "r" / "parity.json").read_text())["artifacts"]
     assert 100 * reference["metrics"]["bbox"]["AP"] >= FP32_AP_FLOOR, "the gate needs a model that detects"
     assert [(r["kind"], r["precision"], r["int8_target"], r["status"]) for r in rows] == [
         ("openvino", "int8", "openvino", "pass"), ("openvino", "int8", "openvino", "fail")]
-    assert rows[0]["delta"]["bbox"] >= -1.0 > rows[1]["delta"]["bbox"] and code == 1
+    assert rows[0]["delta"]["bbox"] >= -2.0 > rows[1]["delta"]["bbox"] and code == 1
 
 
 def test_nncf_quantize_refuses_what_it_cannot_do_in_one_line(exported, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import FP32_AP_FLOOR, broken_int8
+from conftest import FP32_AP_FLOOR, SMALL_SET_BUDGETS, broken_int8
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.contract import GraphContract
@@ -124,7 +124,8 @@ def test_budget_gates_pass_fp16_and_calibrated_int8_and_fail_a_broken_int8(detec
     broken = tmp_path / "broken.int8.onnx"
     broken_int8(int8, broken)
     code = main(["parity", "--config-file", str(detecting.config), "--artifacts", str(fp32), str(fp16), str(int8),
-                 str(cpu_int8), str(broken), "--report", str(tmp_path / "r"), "MODEL.WEIGHTS", str(detecting.weights)])
+                 str(cpu_int8), str(broken), "--budget", *SMALL_SET_BUDGETS, "--report", str(tmp_path / "r"),
+                 "MODEL.WEIGHTS", str(detecting.weights)])
     print(capsys.readouterr().out)
     report = json.loads((tmp_path / "r" / "parity.json").read_text())
     reference, *rows = report["artifacts"]
@@ -132,8 +133,8 @@ def test_budget_gates_pass_fp16_and_calibrated_int8_and_fail_a_broken_int8(detec
     assert [(r["precision"], r["status"]) for r in rows] == [("fp32", "pass"), ("fp16", "pass"), ("int8", "pass"),
                                                              ("int8", "pass"), ("int8", "fail")]
     assert [r.get("int8_target") for r in rows] == [None, None, "tensorrt", "ort-cpu", "tensorrt"]
-    assert rows[0]["delta"]["bbox"] == pytest.approx(0, abs=0.1) and rows[1]["delta"]["bbox"] >= -0.2
-    assert -1.0 <= rows[2]["delta"]["bbox"] and -1.0 <= rows[3]["delta"]["bbox"] and rows[4]["delta"]["bbox"] < -1.0
+    assert rows[0]["delta"]["bbox"] == pytest.approx(0, abs=0.1) and rows[1]["delta"]["bbox"] >= -0.5
+    assert -2.0 <= rows[2]["delta"]["bbox"] and -2.0 <= rows[3]["delta"]["bbox"] and rows[4]["delta"]["bbox"] < -2.0
     assert code == 1 and not report["passed"]
 
 

@@ -214,6 +214,13 @@ def test_infer_coco_json_scored_by_cocoeval_equals_parity(detecting, trained, ex
         assert row["metrics"][iou_type]["AR100"] == pytest.approx(direct[iou_type][8], abs=1e-4)
 
 
+def grow(masks: np.ndarray) -> np.ndarray:
+    """Boolean masks [N, H, W] dilated by one pixel (3x3)."""
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
+    h, w = masks.shape[1:]
+    return np.any([padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
 @pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
 def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, trained, exported, tiny_synth):
     """Detector.predict (the runtime's preprocessing, the ONNX graph, box mapping, mask pasting) against
@@ -255,8 +262,11 @@ def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, trained,
             assert got.masks.shape == (len(got), *image.shape[1:]) and got.masks.dtype == bool
             mine, theirs = got.masks[sel][g], want["masks"][keep][r, 0].numpy() > 0.5
             # the runtime pastes as detectron2 (grid_sample at pixel centres), torchvision expands the box by a
-            # pixel and resizes: borders move by up to a pixel, which on these ~100-pixel masks is a few percent
-            assert (mine & theirs).sum() / max(1, (mine | theirs).sum()) > 0.85
+            # pixel and resizes: borders move by up to a pixel (a share of the mask that grows as masks shrink),
+            # so each mask lies within the other grown by one pixel, but for the pixel or two that torchvision's
+            # expansion gives a box under a pixel wide, where the runtime pastes nothing
+            outside = [(a & ~grow(b)).sum(axis=(1, 2)) for a, b in ((mine, theirs), (theirs, mine))]
+            assert max(o.max(initial=0) for o in outside) <= 2, outside
     assert compared > 20
 
 
