@@ -55,13 +55,14 @@ def ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
-def val_split(data: Path) -> tuple[Path, Path, list[Path]]:
-    images, annotations = split_paths(data, "val")
+def val_split(data: Path, split: str = "val") -> tuple[Path, Path, list[Path]]:
+    images, annotations = split_paths(data, split)
     return Path(images), Path(annotations), sorted(Path(images).glob("*.jpg"))
 
 
-def cpp_detections(cpp, package: Path, data: Path, out: Path, *extra: object) -> tuple[list[dict], dict[str, int]]:
-    images, annotations, _ = val_split(data)
+def cpp_detections(cpp, package: Path, data: Path, out: Path, *extra: object,
+                   split: str = "val") -> tuple[list[dict], dict[str, int]]:
+    images, annotations, _ = val_split(data, split)
     ok(cpp("--artifact", package, "--source", images, "--annotations", annotations, "--json", out, *extra))
     records = json.loads(out.read_text())
     ids = {info["file_name"]: info["id"] for info in json.loads(annotations.read_text())["images"]}
@@ -118,10 +119,12 @@ def test_cpp_detections_agree_with_onnx_runtime(cpp, exported, tiny_synth, tmp_p
 
 def test_cocoeval_on_the_cpp_json_gives_parity_s_ap(cpp, exported, tiny_synth, tmp_path):
     """The C++ results file (rounded as `siefpn-deploy infer` rounds) loads with COCO.loadRes, names the true
-    image ids, and scores the AP that parity's evaluation of the same package gives (batch 1, parity's default)."""
+    image ids, and scores the AP that parity's evaluation of the same package gives (batch 1, parity's default).
+    On the train images, which the 40-iteration model has seen: on val it may find nothing (AR100 0.000 on an
+    AMX CPU), and equal zeros would prove nothing."""
     package = exported.package(ARCH)
-    records, ids = cpp_detections(cpp, package, tiny_synth, tmp_path / "cpp.json")
-    images, annotations, _ = val_split(tiny_synth)
+    records, ids = cpp_detections(cpp, package, tiny_synth, tmp_path / "cpp.json", split="train")
+    images, annotations, _ = val_split(tiny_synth, "train")
     dataset = CocoDetection(image_dir=images, annotation_file=annotations)
     assert {r["image_id"] for r in records} <= set(ids.values())
     dataset.coco.loadRes(str(tmp_path / "cpp.json"))
