@@ -20,11 +20,11 @@ import sys
 from functools import partial
 
 import torch
+from common import shapes, synthetic_benchmark_arguments, synthetic_model
 
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
-from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.core.timing import measure
-from siefpn_deploy.demo import synthetic_benchmark_arguments, synthetic_export
+from siefpn_deploy.pipeline import ExportOptions
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import cpp_settings, synthetic_batch
 from siefpn_deploy.runtime.cpp import CppBuild, default_build_dir
@@ -35,19 +35,19 @@ def main() -> None:
     p.set_defaults(sizes=[384])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     args = p.parse_args()
-    shapes = ["--dynamic-batch", str(max(args.batches)), "--dynamic-size", "64", str(max(args.sizes))]
+    dynamic = shapes(max(args.batches), max(args.sizes))
     rows = []
     CppBuild(build_dir=default_build_dir()).run()
     for arch in args.archs:
-        run, onnx_path = synthetic_export(arch, args, export_args=shapes)
-        _, package = synthetic_export(arch, args, export_args=["--format", "aoti", *shapes])
+        run, onnx = synthetic_model(arch, args, ExportOptions(**dynamic))
+        _, package = synthetic_model(arch, args, ExportOptions(format="aoti", **dynamic))
         threads = torch.get_num_threads()
-        runtimes = {"PyTorch eager": Detector.from_path(run / "model_final.pth", device="cpu"),
-                    ".pt2 (Python)": Detector.from_path(package),
-                    "ONNX Runtime": Detector.from_path(onnx_path, threads=threads)}
-        compile_s = read_meta(package)["export"]["compile_seconds"]
+        runtimes = {"PyTorch eager": Detector.from_path(run.weights, device="cpu"),
+                    ".pt2 (Python)": Detector.from_path(package.path),
+                    "ONNX Runtime": Detector.from_path(onnx.path, threads=threads)}
+        compile_s = package.meta["export"]["compile_seconds"]
         for size in args.sizes:
-            cpp = {s.batch: s.model.median_ms for s in cpp_settings(package, runtimes[".pt2 (Python)"],
+            cpp = {s.batch: s.model.median_ms for s in cpp_settings(package.path, runtimes[".pt2 (Python)"],
                                                                     batches=args.batches, size=size, warmup=3,
                                                                     iters=args.iters)}
             for batch in args.batches:
@@ -70,6 +70,7 @@ def main() -> None:
     title = "AOTInductor package vs PyTorch eager and ONNX Runtime (CPU)"
     write_benchmark_report(args.report, title=title, data={"header": header, "rows": rows}, command=command,
                            body=markdown_table(header, rows) + "\n\n" + notes)
+
 
 if __name__ == "__main__":
     main()

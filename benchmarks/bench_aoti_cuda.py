@@ -2,7 +2,7 @@
 
     PyTorch eager FP32 | eager FP16 autocast | .pt2 FP16 (Python) | .pt2 FP16 (C++ siefpn-infer)
 
-    python benchmarks/bench_aoti_cuda.py --report benchmarks/results/aoti_cuda_h100.md
+    python benchmarks/bench_aoti_cuda.py --report benchmarks/results/aoti_cuda_h200.md
 
 Models: the synthetic presets (ResNet-18), trained --train-iters iterations on the GPU, exported with
 `export --format aoti --device cuda --precision fp16` (verified against eager FP16 autocast). Each detector's
@@ -25,23 +25,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import shapes, synthetic_benchmark_arguments, synthetic_data, synthetic_model
 
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
-from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data.image import load_image
-from siefpn_deploy.data.synth import split_paths
-from siefpn_deploy.demo import synthetic_benchmark_arguments, synthetic_export
 from siefpn_deploy.model.inference import EagerBackend
+from siefpn_deploy.pipeline import ExportOptions
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import synthetic_batch
 from siefpn_deploy.runtime.cpp import CppBuild, cpp_bench, default_build_dir, run_infer_cli
 
 
-def cpp_agreement(package: Path, data: Path, count: int) -> dict:
+def cpp_agreement(package: Path, val: tuple[Path, Path], count: int) -> dict:
     """siefpn-infer on the first `count` val images against the Python runtime on the same package."""
-    images, annotations = split_paths(data, "val")
+    images, annotations = val
     files = sorted(Path(images).glob("*.jpg"))[:count]
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
@@ -81,20 +80,21 @@ def main() -> None:
     except UserError as e:  # the Python columns are still measured
         cpp_error = f"C++ build failed: {e}"
         print(f"[bench] {cpp_error}", flush=True)
-    shapes = ["--dynamic-batch", str(max(args.batches)), "--dynamic-size", "64", str(max(args.sizes))]
+    fp16_package = ExportOptions(format="aoti", device="cuda", precision="fp16",
+                                 **shapes(max(args.batches), max(args.sizes)))
     header = ["detector", "input", "batch", "eager FP32 ms", "eager FP16 autocast ms", ".pt2 FP16 (Python) ms",
               ".pt2 FP16 (C++) ms", "speed-up Python", "speed-up C++", "compile s"]
     rows, agreements = [], {}
     command = f"python benchmarks/bench_aoti_cuda.py {' '.join(sys.argv[1:])}".strip()
     for arch in args.archs:
-        export_args = ["--format", "aoti", "--device", "cuda", "--precision", "fp16", *shapes]
         try:
-            run, package = synthetic_export(arch, args, export_args=export_args)
+            run, exported = synthetic_model(arch, args, fp16_package)
         except UserError as e:  # kept and measured, with the failed verification reported
-            agreements[f"{arch} verification"] = f"failed ({e}); measured the package exported with --no-verify"
-            run, package = synthetic_export(arch, args, export_args=[*export_args, "--no-verify"])
-        compile_s = read_meta(package)["export"]["compile_seconds"]
-        eager = Detector.from_path(run / "model_final.pth", device="cuda")
+            agreements[f"{arch} verification"] = f"failed ({e}); measured the package exported without verification"
+            run, exported = synthetic_model(arch, args, fp16_package, verify=False)
+        package = exported.path
+        compile_s = exported.meta["export"]["compile_seconds"]
+        eager = Detector.from_path(run.weights, device="cuda")
         base = eager.backend
         fp16 = Detector(EagerBackend(base.detector, base.contract, base.device, autocast_dtype=torch.float16),
                         eager.meta, eager.path)
@@ -117,7 +117,7 @@ def main() -> None:
                              "-" if c is None else f"{c:.2f}", f"{ms['eager FP32'] / ms['.pt2 FP16']:.2f}x",
                              "-" if c is None else f"{ms['eager FP32'] / c:.2f}x", f"{compile_s:.0f}"])
                 print(" | ".join(map(str, rows[-1])), flush=True)
-        agreements[arch] = cpp_agreement(package, Path(args.data), count=8) if cpp_error is None else cpp_error
+        agreements[arch] = cpp_agreement(package, synthetic_data(args).val, count=8) if cpp_error is None else cpp_error
         print(f"[bench] {arch}: C++ vs Python on the FP16 CUDA package: {agreements[arch]}", flush=True)
         notes = (f"Synthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations on "
                  f"the GPU; median of {args.iters} runs of the model alone after 3 warm-up runs, host clock (the "

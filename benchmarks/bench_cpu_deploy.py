@@ -23,6 +23,7 @@ Prints the tables and writes them, with the date, CPU, threads and commit, to --
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import platform
 import sys
@@ -30,16 +31,22 @@ import time
 from pathlib import Path
 
 import torch
+from common import shapes, synthetic_benchmark_arguments, synthetic_model
 
-from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
-from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.demo import synthetic_benchmark_arguments, synthetic_export
-from siefpn_deploy.parity.check import DEFAULT_BUDGETS, run_parity
-from siefpn_deploy.parity.rank import rank
-from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
-from siefpn_deploy.runtime import Detector
-from siefpn_deploy.runtime.bench import run_bench
+from siefpn_deploy.parity.check import DEFAULT_BUDGETS
+from siefpn_deploy.pipeline import (
+    BenchJob,
+    ExportOptions,
+    ParityJob,
+    QuantizeJob,
+    QuantizeOptions,
+    TrainResult,
+    bench_artifacts,
+    check_parity,
+    quantize_detector,
+    rank_artifacts,
+)
 
 INT8_SPEEDUP, MASK_VS_EAGER, FASTEST_VS_EAGER = 1.5, 0.8, 0.5
 OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
@@ -55,29 +62,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def artifacts_of(arch: str, args) -> tuple[Path, list[Path], list[Path], dict[Path, float]]:
-    """(the training run, every artifact to rank, the FP32 graphs, seconds each quantization took)."""
-    shapes = ["--dynamic-batch", str(max(args.batches)), "--dynamic-size", "64", str(args.size)]
-    run, fp32 = synthetic_export(arch, args, export_args=["--nms", "onnx", *shapes])
-    graphs = [fp32]
+def artifacts_of(arch: str, args) -> tuple[TrainResult, list[Path], list[Path], dict[Path, float]]:
+    """(the training run, every artifact to rank, the FP32 graphs, seconds each quantization took). The quantized
+    models are made again on every run, so that their times are measured."""
+    dynamic = shapes(max(args.batches), args.size)
+    run, fp32 = synthetic_model(arch, args, ExportOptions(nms="onnx", **dynamic))
+    graphs = [fp32.path]
     if arch == "mask_rcnn":
-        graphs.append(synthetic_export(arch, args, export_args=["--nms", "onnx", *shapes, "--max-det-masks",
-                                                                str(args.mask_rows)])[1])
-    found, seconds = [fp32], {}
+        cut = ExportOptions(nms="onnx", max_det_masks=args.mask_rows, **dynamic)
+        graphs.append(synthetic_model(arch, args, cut)[1].path)
+    found, seconds = [fp32.path], {}
 
     def quantized(onnx: Path, precision: str, target: str = "tensorrt") -> Path:
         t = time.perf_counter()
-        path, _ = quantize_model(QuantizeOptions(onnx=onnx, precision=precision, target=target,
-                                                 num_calib=args.num_calib, calib_batch=4,
-                                                 calib_cache=Path(args.work) / "calib"))
+        path = quantize_detector(QuantizeJob(QuantizeOptions(
+            onnx=onnx, precision=precision, target=target, num_calib=args.num_calib, calib_batch=4,
+            calib_cache=Path(args.work) / "calib"), reuse=False)).path
         seconds[path] = time.perf_counter() - t
         return path
 
-    found += [quantized(fp32, "fp16"), quantized(fp32, "int8", "tensorrt")]
+    found += [quantized(fp32.path, "fp16"), quantized(fp32.path, "int8", "tensorrt")]
     for graph in graphs:
-        found += ([graph] if graph != fp32 else []) + [quantized(graph, "int8", "ort-cpu")]
+        found += ([graph] if graph != fp32.path else []) + [quantized(graph, "int8", "ort-cpu")]
         found += [quantized(graph, "int8", "openvino")] if OPENVINO else []
-    found.append(synthetic_export(arch, args, export_args=["--format", "aoti", *shapes])[1])
+    found.append(synthetic_model(arch, args, ExportOptions(format="aoti", **dynamic))[1].path)
     return run, found, graphs, seconds
 
 
@@ -103,20 +111,21 @@ def main() -> None:
     sections, verdicts, data = [], [], {}
     for arch in args.archs:
         run, artifacts, graphs, quantize_s = artifacts_of(arch, args)
-        cfg = load_config(run / "config.yaml")
-        dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS,
-                                with_masks=cfg.MODEL.has_masks)
-        weights = run / "model_final.pth"
-        reference = Detector.from_checkpoint(weights, config=run / "config.yaml", device="cpu")
-        parity = run_parity(reference, artifacts, dataset, budgets=dict(DEFAULT_BUDGETS), max_images=None, batch_size=1)
-        timing = {"batches": args.batches, "sizes": [args.size], "warmup": 3, "iters": args.iters, "device": "cpu"}
-        bench = run_bench([weights, *artifacts], cpp=not args.no_cpp, **timing)
+        reports = Path(args.work) / "cpu_deploy" / arch  # each stage's own parity, bench and ranking reports
+        parity_job = ParityJob(run.config, weights=run.weights, artifacts=tuple(artifacts), batch=1,
+                               report_dir=reports)
+        parity = check_parity(parity_job).report
+        timing = {"batches": tuple(args.batches), "sizes": (args.size,), "warmup": 3, "iters": args.iters,
+                  "device": "cpu"}
+        bench = bench_artifacts(BenchJob(artifacts=(run.weights, *artifacts), cpp=not args.no_cpp,
+                                         report_dir=reports, **timing)).report
         if OPENVINO:
-            parity = with_openvino_fp32(parity, run_parity(reference, graphs, dataset, budgets=dict(DEFAULT_BUDGETS),
-                                                           max_images=None, batch_size=1, runtimes=("openvino",)),
-                                        "artifacts")
-            bench = with_openvino_fp32(bench, run_bench(graphs, runtimes=("openvino",), **timing), "rows")
-        ranking = rank(bench, parity)
+            openvino = reports / "openvino"
+            parity = with_openvino_fp32(parity, check_parity(dataclasses.replace(
+                parity_job, artifacts=tuple(graphs), runtimes=("openvino",), report_dir=openvino)).report, "artifacts")
+            bench = with_openvino_fp32(bench, bench_artifacts(BenchJob(
+                artifacts=tuple(graphs), runtimes=("openvino",), report_dir=openvino, **timing)).report, "rows")
+        ranking = rank_artifacts(bench, parity, reports).ranking
         data[arch] = {"parity": parity, "bench": bench, "ranking": ranking,
                       "quantize_seconds": {str(k): v for k, v in quantize_s.items()}}
         ref_ap = {t: 100 * m["AP"] for t, m in parity["artifacts"][0]["metrics"].items()}
@@ -142,7 +151,8 @@ def main() -> None:
     notes = [(f"CPU: {cpu_model()}, {threads} threads; {args.size}x{args.size} canvas, synthetic scenes; "
               f"{args.iters} timed runs after 3 warm-up runs; p50 and p99 of those runs."),
              (f"Models: the synthetic presets (ResNet-18, 64-wide Dual SIE-FPN) trained {args.train_iters} iterations "
-              "(issue 13's demo-quality models are not trained yet): their AP is low, so a ΔAP here is a coarse check. "
+              "(benchmarks/parity_cpu.py measures parity on models that detect): their AP is low, so a ΔAP here is "
+              "a coarse check. "
               f"INT8: {args.num_calib} train images. ΔAP: the worst of bbox and segm against PyTorch, AP points."),
              "Targets: " + "; ".join(verdicts) + "."]
     body = "\n\n".join(sections) + "\n\n" + "\n\n".join(notes)

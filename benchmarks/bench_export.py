@@ -6,7 +6,8 @@ PyTorch eager CPU latency for the same weights and the same input canvases.
 
 Models are the synthetic presets (ResNet-18, 64-wide pyramid), briefly trained once into
 --work/<arch> so that postprocessing sees real candidate counts (random weights give none). Both
-runtimes get the same val images on the same canvases (the runtime's preprocessing); PyTorch runs the detector's own eager postprocessing.
+runtimes get the same val images on the same canvases (the runtime's preprocessing); PyTorch runs the
+detector's own eager postprocessing. The export time is the one meta.json recorded when the export was made.
 Prints a markdown table and writes it, with date and machine, to --report.
 """
 
@@ -16,18 +17,18 @@ import sys
 from functools import partial
 
 import torch
+from common import shapes, synthetic_benchmark_arguments, synthetic_model
 
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.contract import IMAGE_SIZES, INPUT, GraphContract, graph_inputs
 from siefpn_deploy.core.ort import ort_session
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
-from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.preprocess import Preprocess
-from siefpn_deploy.demo import synthetic_benchmark_arguments, synthetic_export
 from siefpn_deploy.model.checkpoint import load_trained_detector
 from siefpn_deploy.model.inference import EagerBackend
+from siefpn_deploy.pipeline import ExportOptions
 
 
 def main() -> None:
@@ -38,12 +39,11 @@ def main() -> None:
 
     rows = []
     for arch in args.archs:
-        run, onnx_path = synthetic_export(arch, args, export_args=[
-            "--dynamic-batch", str(max(args.batches)), "--dynamic-size", "64", str(max(args.sizes))])
-        cfg = load_config(run / "config.yaml", ["MODEL.WEIGHTS", str(run / "model_final.pth")])
+        run, onnx = synthetic_model(arch, args, ExportOptions(**shapes(max(args.batches), max(args.sizes))))
+        onnx_path, meta = onnx.path, onnx.meta
+        cfg = load_config(run.config, ["MODEL.WEIGHTS", str(run.weights)])
         detector, _ = load_trained_detector(cfg, config_name=arch)
         dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS)
-        meta = read_meta(onnx_path)
         contract = GraphContract.from_meta(meta, source=str(onnx_path))
         eager_backend = EagerBackend(detector, contract, torch.device("cpu"))
         session = ort_session(onnx_path, threads=torch.get_num_threads())
@@ -66,9 +66,9 @@ def main() -> None:
               "ORT CPU ms", "ORT / PyTorch"]
     write_benchmark_report(
         args.report, title="Export benchmark", data={"header": header, "rows": rows},
-        body=markdown_table(header, rows) + "\n\n" + f"Synthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations; "
-        f"ONNX with `--nms onnx`, dynamic batch and size; median of {args.iters} runs after {args.warmup} warm-up "
-        "runs, whole detector with postprocessing, same canvases for both runtimes.",
+        body=markdown_table(header, rows) + "\n\nSynthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained "
+        f"{args.train_iters} iterations; ONNX with `--nms onnx`, dynamic batch and size; median of {args.iters} runs "
+        f"after {args.warmup} warm-up runs, whole detector with postprocessing, same canvases for both runtimes.",
         command=f"python benchmarks/bench_export.py {' '.join(sys.argv[1:])}".strip(),
     )
 

@@ -6,8 +6,9 @@ engine sizes, ONNX Runtime CPU latency at each size, and COCO bbox AP on the syn
 
 Models: the synthetic presets, briefly trained once into --work/<arch> (shared with bench_export.py),
 exported with --nms tensor and dynamic sizes up to the largest --sizes. INT8 calibrates on
---num-calib train images at --calib-size. Engines are built with whichever TensorRT is installed
-(TensorRT-RTX here, on the CPU); they cannot run without a GPU, so they have sizes and build times only.
+--num-calib train images at --calib-size. Engines are built with whichever TensorRT is installed (TensorRT-RTX
+builds without a GPU); an engine cannot run without one, so engines have sizes and build times only. The
+quantized models and engines are made again on every run: their times are what is measured.
 """
 
 from __future__ import annotations
@@ -18,18 +19,26 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from common import shapes, synthetic_benchmark_arguments, synthetic_model
 
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 from siefpn_deploy.core.timing import measure
 from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.demo import synthetic_benchmark_arguments, synthetic_export
 from siefpn_deploy.evaluation.loop import evaluate_predictor
-from siefpn_deploy.quantize.quantizer import QuantizeOptions, quantize_model
+from siefpn_deploy.pipeline import (
+    BuildJob,
+    BuildOptions,
+    ExportOptions,
+    QuantizeJob,
+    QuantizeOptions,
+    build_detector_engine,
+    quantize_detector,
+)
 from siefpn_deploy.runtime import Detector
 from siefpn_deploy.runtime.bench import synthetic_batch
-from siefpn_deploy.tensorrt.plan import BuildOptions, build_engine, engine_name
+from siefpn_deploy.tensorrt.plan import engine_name
 
 
 def main() -> None:
@@ -41,26 +50,26 @@ def main() -> None:
 
     rows = []
     for arch in args.archs:
-        run, onnx_path = synthetic_export(arch, args, export_args=[
-            "--nms", "tensor", "--dynamic-batch", "4", "--dynamic-size", "64", str(max(args.sizes))])
-        cfg = load_config(run / "config.yaml")
+        run, onnx = synthetic_model(arch, args, ExportOptions(nms="tensor", **shapes(4, max(args.sizes))))
+        onnx_path = onnx.path
+        cfg = load_config(run.config)
         dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS)
         models = {"fp32": (onnx_path, 0.0)}
         for precision in ("fp16", "int8"):
             t = time.perf_counter()
             # FP16's range check keeps its default 16 images (it holds all their activations in memory)
-            path, _ = quantize_model(QuantizeOptions(
+            quantized = quantize_detector(QuantizeJob(QuantizeOptions(
                 onnx=onnx_path, precision=precision, num_calib=args.num_calib if precision == "int8" else None,
                 calib_size=(args.calib_size, args.calib_size), calib_batch=args.calib_batch,
-                calib_cache=Path(args.work) / "calib"))
-            models[precision] = (path, time.perf_counter() - t)
+                calib_cache=Path(args.work) / "calib"), reuse=False))
+            models[precision] = (quantized.path, time.perf_counter() - t)
         for precision, (path, quantize_s) in models.items():
             try:
                 t = time.perf_counter()
-                engine, _ = build_engine(BuildOptions(onnx=path, engine=Path(args.work) / "engines" / engine_name(path),
-                                                      timing_cache=None))
-                build = (f"{time.perf_counter() - t:.1f}", f"{engine.stat().st_size / 2**20:.1f}")
-            except UserError as e:
+                engine = build_detector_engine(BuildJob(BuildOptions(
+                    onnx=path, engine=Path(args.work) / "engines" / engine_name(path), timing_cache=None), reuse=False))
+                build = (f"{time.perf_counter() - t:.1f}", f"{engine.path.stat().st_size / 2**20:.1f}")
+            except UserError as e:  # no TensorRT builder here (CannotRunHere), or the build failed
                 build = ("-", f"not built: {e}")
             detector = Detector.from_path(path, threads=torch.get_num_threads())
             ap = evaluate_predictor(detector, dataset, batch_size=1).metrics["bbox"]["AP"]
@@ -76,7 +85,8 @@ def main() -> None:
               *[f"ORT CPU ms @{s} (b1)" for s in args.sizes], "bbox AP (val, points)"]
     write_benchmark_report(
         args.report, title="Quantize and build benchmark", data={"header": header, "rows": rows},
-        body=markdown_table(header, rows) + "\n\n" + f"Synthetic presets trained {args.train_iters} iterations, exported with `--nms tensor`. INT8: "
+        body=markdown_table(header, rows) + "\n\n"
+        + f"Synthetic presets trained {args.train_iters} iterations, exported with `--nms tensor`. INT8: "
         f"{args.num_calib} train images at {args.calib_size}x{args.calib_size}, entropy calibration in batches of "
         f"{args.calib_batch} (the quantize time includes preprocessing and caching them on a first run); FP16: "
         "AutoCast with a 16-image range check. Latency: median of "

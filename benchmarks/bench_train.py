@@ -7,7 +7,7 @@ FPN vs Dual SIE-FPN under one budget.
     python benchmarks/bench_train.py --skip-ab --option-ap-iters 0   # the options' throughput and memory only
     python benchmarks/bench_train.py --skip-ab --data datasets/synth-easy --option-ap-iters 300   # AP on the easy level
 
-Options (issue 13): FP32 with 1 loader worker (before), FP32 + channels_last, bf16 autocast, bf16 autocast +
+Options (issue 13): FP32 with 1 loader worker (the baseline), FP32 + channels_last, bf16 autocast, bf16 autocast +
 channels_last (each with 1 worker), and the preset's default (SOLVER.AMP auto, SOLVER.CHANNELS_LAST True,
 DATALOADER.NUM_WORKERS 0). Each is measured in a process of its own, so its peak RSS
 is its own: images/s of the real training step with the preset's data loader, then, with --option-ap-iters N,
@@ -33,11 +33,10 @@ from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.reporting import write_benchmark_report
 from siefpn_deploy.core.timing import peak_rss_mib
 from siefpn_deploy.data.coco import holdout_split
-from siefpn_deploy.data.synth import split_paths
-from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
 from siefpn_deploy.model import build_detector
+from siefpn_deploy.pipeline import DatasetOptions, DatasetResult, TrainOptions, synthetic_dataset, train_detector
 from siefpn_deploy.train.throughput import throughput
-from siefpn_deploy.train.trainer import Trainer, build_test_dataset, train
+from siefpn_deploy.train.trainer import Trainer, build_test_dataset
 
 
 def profile(cfg, num_classes: int, size: tuple[int, int], runs: int) -> dict:
@@ -62,37 +61,43 @@ def profile(cfg, num_classes: int, size: tuple[int, int], runs: int) -> dict:
     }
 
 
-ONE_WORKER = ["DATALOADER.NUM_WORKERS", "1"]  # the loader as it was before issue 13
-OPTIONS = {  # name -> (label, config overrides)
-    "fp32": ("fp32, 1 loader worker (before)", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False", *ONE_WORKER]),
+ONE_WORKER = ["DATALOADER.NUM_WORKERS", "1"]  # a loader process beside the training step
+OPTIONS = {  # name -> (label, config overrides); the first is the baseline the others are compared with
+    "fp32": ("fp32, 1 loader worker (baseline)", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "False",
+                                                  *ONE_WORKER]),
     "fp32-cl": ("fp32 + channels_last, 1 worker", ["SOLVER.AMP", "fp32", "SOLVER.CHANNELS_LAST", "True", *ONE_WORKER]),
     "bf16": ("bf16 autocast, 1 worker", ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "False", *ONE_WORKER]),
     "bf16-cl": ("bf16 autocast + channels_last, 1 worker", ["SOLVER.AMP", "bf16", "SOLVER.CHANNELS_LAST", "True",
                                                             *ONE_WORKER]),
     # the preset as shipped: SOLVER.AMP auto (bf16 where the CPU computes it natively), channels_last, and the
-    # loader in the training process (on 2 cores a worker process competes with the step for a core, and a
-    # batch of 8 costs 20-30 ms to load there; the loader alone delivers 280-415 images/s)
+    # loader in the training process (on a small CPU a worker process competes with the step for a core, while
+    # loading a batch costs a small part of a step)
     "default": ("the preset's default: AMP auto + channels_last, no loader worker", []),
 }
 HOLDOUT = 200  # train images held out to score the options on
 
 
+def dataset(args: argparse.Namespace, log=print) -> DatasetResult:
+    return synthetic_dataset(DatasetOptions(root=Path(args.data)), log=log)
+
+
 def measure_option(args: argparse.Namespace) -> dict:
     """One option, in this process: throughput, then (with --option-ap-iters) AP after that many iterations."""
-    data = Path(args.data)
-    fit, tune = holdout_split(split_paths(data, "train")[1], HOLDOUT)
-    images = str(split_paths(data, "train")[0])
-    split = ["DATASETS.TRAIN_ANNOTATIONS", str(fit), "DATASETS.TEST_IMAGES", images, "DATASETS.TEST_ANNOTATIONS", str(tune)]
-    opts = dataset_overrides(data) + split + OPTIONS[args.measure_option][1]
+    data = dataset(args, log=lambda message: print(message, file=sys.stderr))  # stdout carries the result
+    images, annotations = data.train
+    fit, tune = holdout_split(annotations, HOLDOUT)
+    split = ["DATASETS.TRAIN_ANNOTATIONS", str(fit), "DATASETS.TEST_IMAGES", str(images),
+             "DATASETS.TEST_ANNOTATIONS", str(tune)]
+    opts = data.overrides() + split + OPTIONS[args.measure_option][1]
     t = throughput(Trainer(load_config(args.config_file, opts), config_name="bench"), iters=args.iters,
                    warmup=args.warmup)
     out = {"images_per_s": t["images_per_s"]}
     if args.option_ap_iters:
         out_dir = Path(args.output) / "options" / args.measure_option
-        cfg = load_config(args.config_file, opts + ["SOLVER.MAX_ITER", str(args.option_ap_iters), "OUTPUT_DIR",
-                                                    str(out_dir)])
+        train = TrainOptions(args.config_file, overrides=(*opts, "SOLVER.MAX_ITER", str(args.option_ap_iters),
+                                                          "OUTPUT_DIR", str(out_dir)), reuse=False)  # timed
         t0 = time.perf_counter()
-        bbox = train(cfg, config_name=args.config_file, resume=False)["bbox"]
+        bbox = train_detector(train).metrics["bbox"]
         out.update(ap=bbox["AP"], ap50=bbox["AP50"], train_minutes=(time.perf_counter() - t0) / 60)
     out["peak_rss_mib"] = peak_rss_mib()
     return out
@@ -138,9 +143,8 @@ def main() -> int:
         print(json.dumps(measure_option(args)))
         return 0
 
-    data = Path(args.data)
-    ensure_synthetic(data)
-    base = load_config(args.config_file, dataset_overrides(data))
+    data = dataset(args).overrides()
+    base = load_config(args.config_file, data)
     size = (base.INPUT.MIN_SIZE_TEST, base.INPUT.MIN_SIZE_TEST * 4 // 3 // 32 * 32)
     lines = [(f"Preset `{args.config_file}` on `{args.data}`, batch {base.SOLVER.IMS_PER_BATCH}, train sizes "
               f"{base.INPUT.MIN_SIZE_TRAIN}; images/s over {args.iters} "
@@ -154,9 +158,10 @@ def main() -> int:
                   "|---|---|---|---|---|---|---|---|"]
         for neck in ["fpn", "dual_sie_fpn"]:
             out = Path(args.output) / neck
-            cfg = load_config(args.config_file, dataset_overrides(data) + [
-                "MODEL.NECK", neck, "SOLVER.MAX_ITER", str(iters), "OUTPUT_DIR", str(out)])
-            metrics = train(cfg, config_name=args.config_file, resume=False)["bbox"]
+            arm = data + ["MODEL.NECK", neck, "SOLVER.MAX_ITER", str(iters), "OUTPUT_DIR", str(out)]
+            cfg = load_config(args.config_file, arm)
+            # not timed: a finished run of the same arm on the same data is reused
+            metrics = train_detector(TrainOptions(args.config_file, overrides=tuple(arm))).metrics["bbox"]
             prof = profile(cfg, build_test_dataset(cfg).num_classes, size, args.latency_runs)
             lines.append(f"| {neck} | {metrics['AP']:.3f} | {metrics['AP50']:.3f} | {metrics['APs']:.3f} | "
                          f"{prof['params_m']:.2f} | {prof['neck_params_m']:.2f} | {prof['gflops']:.1f} | {prof['latency_ms']:.0f} |")

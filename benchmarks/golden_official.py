@@ -27,8 +27,11 @@ sys.path.insert(0, str(TESTS))  # the checkpoint generator and the golden images
 from detectron2_layout import detectron2_state_dict, save_detectron2_pth
 from test_convert import GOLDEN, golden_image
 
-from siefpn_deploy.cli import main as cli
+from siefpn_deploy.convert.detectron2 import convert_checkpoint, read_classes
+from siefpn_deploy.core.config import load_config, resolve_config_file
+from siefpn_deploy.core.contract import ShapeRange
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
+from siefpn_deploy.pipeline import ExportJob, ExportOptions, export_detector
 from siefpn_deploy.runtime.detector import Detector
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
@@ -70,14 +73,17 @@ def main() -> None:
         for arch in args.archs:
             source, converted = Path(work) / f"{arch}_model_final.pth", Path(work) / f"{arch}.pth"
             save_detectron2_pth(detectron2_state_dict(arch, seed=0), source, style="trainer")
-            assert cli(["convert", "--from", "detectron2", str(source), "--config-file", f"{arch}_R50_1x",
-                        "--output", str(converted)]) == 0
+            preset = f"{arch}_R50_1x"
+            convert_checkpoint(source, load_config(preset), output=converted, classes=read_classes(None),
+                               config_name=str(resolve_config_file(preset)))
             artifacts = [("PyTorch eager", converted)]
             if not args.no_onnx:
-                onnx = Path(work) / f"{arch}.onnx"
-                assert cli(["export", "--config-file", f"{arch}_R50_1x", "--output", str(onnx), "--dynamic-size",
-                            "224", "352", "--no-verify", "MODEL.WEIGHTS", str(converted)]) == 0
-                artifacts.append(("ONNX Runtime CPU", onnx))
+                # the official images' sizes, and no verification: the comparison below is the check
+                sizes = ShapeRange(224, 352)
+                onnx = export_detector(ExportJob(preset, weights=converted, verify_images=None, reuse=False,
+                                                 options=ExportOptions(output=Path(work) / f"{arch}.onnx",
+                                                                       height=sizes, width=sizes)))
+                artifacts.append(("ONNX Runtime CPU", onnx.path))
             for runtime, path in artifacts:
                 detector = Detector.from_path(path)
                 for record in golden[arch]:

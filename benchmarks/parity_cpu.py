@@ -4,10 +4,10 @@
     python benchmarks/parity_cpu.py --archs retinanet --max-images 50
 
 Per detector, from weights trained on the easy synthetic level (datasets/synth-easy, generated if missing):
-  - retinanet: the demo's model (`siefpn-deploy demo`, output/demo/model_final.pth, trained on this CPU);
+  - retinanet: the demo's model (`siefpn-deploy demo`, output/demo/model_final.pth);
   - faster_rcnn, mask_rcnn: configs/synth_{faster,mask}_rcnn_R18_demo.yaml, weights in output/parity_cpu/ARCH/
-    (trained on the lent H100 by benchmarks/device/train_rcnn_easy.sh and rejoined by
-    benchmarks/device/join_weights.py; or train them here: `siefpn-deploy train --config-file CONFIG` with the
+    (from a GPU: benchmarks/experiments/train_rcnn_easy.sh trains them and benchmarks/experiments/join_weights.py
+    rejoins the parts it sends back; or train them here: `siefpn-deploy train --config-file CONFIG` with the
     dataset given as in the demo). --weights ARCH=PATH overrides either.
 The script exports the demo's graph (tensor NMS), makes FP16, INT8 for TensorRT (ModelOpt, entropy), INT8 for
 ONNX Runtime's CPU kernels (max) and that INT8 again with `quantize --budget` (sensitivity-driven exclusions
@@ -23,54 +23,61 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.reporting import write_benchmark_report
-from siefpn_deploy.data import CocoDetection
-from siefpn_deploy.data.synth import EASY
-from siefpn_deploy.demo import dataset_overrides, ensure_synthetic, export_stage, quantize_stage
-from siefpn_deploy.parity.budget import quantize_within_budget
-from siefpn_deploy.parity.check import DEFAULT_BUDGETS, run_parity
 from siefpn_deploy.parity.report import table as parity_table
-from siefpn_deploy.quantize.options import BudgetOptions, QuantizeOptions
-from siefpn_deploy.quantize.quantizer import quantize_model
-from siefpn_deploy.runtime import Detector
-from siefpn_deploy.runtime.bench import run_bench
+from siefpn_deploy.pipeline import (
+    BenchJob,
+    BudgetOptions,
+    DatasetOptions,
+    ExportJob,
+    ExportOptions,
+    ParityJob,
+    QuantizeJob,
+    QuantizeOptions,
+    bench_artifacts,
+    check_parity,
+    export_detector,
+    quantize_detector,
+    synthetic_dataset,
+)
 
 CONFIGS = {"retinanet": "configs/synth_retinanet_R18_demo.yaml", "faster_rcnn": "configs/synth_faster_rcnn_R18_demo.yaml",
            "mask_rcnn": "configs/synth_mask_rcnn_R18_demo.yaml"}
 WEIGHTS = {"retinanet": "output/demo/model_final.pth", "faster_rcnn": "output/parity_cpu/faster_rcnn/model_final.pth",
            "mask_rcnn": "output/parity_cpu/mask_rcnn/model_final.pth"}
-CALIBRATION_IMAGES = 128  # as the demo
+CALIBRATION_IMAGES = 128  # the demo's: enough for these small models
 
 
-def artifacts(arch: str, weights: Path, args) -> tuple[Path, list[Path], dict]:
-    """(config, [FP32 ONNX, FP16, INT8 TensorRT layout, INT8 CPU, INT8 CPU within the goal], the budget loop's
-    outcome) for one detector."""
-    config = CONFIGS[arch]
-    cfg = load_config(config, dataset_overrides(Path(args.data)) + ["MODEL.WEIGHTS", str(weights)])
+def artifacts(arch: str, weights: Path, overrides: tuple[str, ...], args) -> tuple[list[Path], list[dict]]:
+    """([FP32 ONNX, FP16, INT8 TensorRT layout, INT8 CPU, INT8 CPU within the goal], the budget loop's outcome)
+    for one detector; each made again only when its input or request changed."""
     work = Path(args.work)
-    onnx_path = work / f"{arch}.onnx"
-    meta = export_stage(cfg, config, onnx_path)
     calib = work / "calib"
-    found = [onnx_path, quantize_stage(onnx_path, meta["sha256"], "fp16", calib),
-             quantize_stage(onnx_path, meta["sha256"], "int8", calib)]
-    cpu = QuantizeOptions(onnx=onnx_path, precision="int8", target="ort-cpu", num_calib=CALIBRATION_IMAGES,
+    # the demo's graph: tensor NMS, which ONNX Runtime runs and every TensorRT flavour builds
+    onnx = export_detector(ExportJob(CONFIGS[arch], weights=weights, overrides=overrides,
+                                     options=ExportOptions(output=work / f"{arch}.onnx", nms="tensor"))).path
+    # FP16's range check keeps its default image count
+    found = [onnx] + [quantize_detector(QuantizeJob(QuantizeOptions(
+        onnx=onnx, precision=p, calib_cache=calib, num_calib=CALIBRATION_IMAGES if p == "int8" else None))).path
+        for p in ("fp16", "int8")]
+    cpu = QuantizeOptions(onnx=onnx, precision="int8", target="ort-cpu", num_calib=CALIBRATION_IMAGES,
                           calib_cache=calib)
-    found.append(quantize_model(cpu)[0])
+    found.append(quantize_detector(QuantizeJob(cpu)).path)
     outcomes = []
     for budget in args.int8_goals:  # the first goal met ends the list
         goal = BudgetOptions(budget=budget, report_dir=Path(args.report).parent / "parity_cpu_sensitivity")
         name = f"{arch}.int8-cpu-goal{budget:g}"
         try:
-            found.append(quantize_within_budget(dataclasses.replace(cpu, output=work / f"{name}.onnx"), goal)[0])
+            within = dataclasses.replace(cpu, output=work / f"{name}.onnx")
+            found.append(quantize_detector(QuantizeJob(within, budget=goal)).path)
             outcomes.append({"goal": budget, "met": True})
         except UserError as e:
             outcomes.append({"goal": budget, "met": False, "message": str(e)})
         outcomes[-1]["report"] = str(Path(goal.report_dir) / f"{name}.sensitivity.md")
         if outcomes[-1]["met"]:
             break
-    return Path(config), found, outcomes
+    return found, outcomes
 
 
 def main() -> None:
@@ -87,20 +94,19 @@ def main() -> None:
     p.add_argument("--report", default="benchmarks/results/parity_cpu.md")
     args = p.parse_args()
     weights = {**WEIGHTS, **dict(item.split("=", 1) for item in args.weights)}
-    ensure_synthetic(Path(args.data), level=EASY)
+    overrides = tuple(synthetic_dataset(DatasetOptions(root=Path(args.data), level="easy")).overrides())
     sections, data = [], {}
     for arch in args.archs:
         if not Path(weights[arch]).is_file():
             raise SystemExit(f"error: {arch}: no weights at {weights[arch]} (see this script's --help)")
-        config, found, goal = artifacts(arch, Path(weights[arch]), args)
-        cfg = load_config(config, dataset_overrides(Path(args.data)))
-        dataset = CocoDetection(image_dir=cfg.DATASETS.TEST_IMAGES, annotation_file=cfg.DATASETS.TEST_ANNOTATIONS,
-                                with_masks=cfg.MODEL.has_masks)
-        reference = Detector.from_checkpoint(weights[arch], config=config, device="cpu")
-        parity = run_parity(reference, found, dataset, budgets=dict(DEFAULT_BUDGETS), max_images=args.max_images,
-                            batch_size=1)
-        cpu_int8 = [path for path in found if ".int8-cpu" in path.name]
-        bench = run_bench(cpu_int8, batches=[1], sizes=[args.size], warmup=3, iters=args.iters, device="cpu")
+        found, goal = artifacts(arch, Path(weights[arch]), overrides, args)
+        reports = Path(args.work) / "reports" / arch  # the parity and bench stages' own reports
+        parity = check_parity(ParityJob(CONFIGS[arch], weights=Path(weights[arch]), artifacts=tuple(found),
+                                        overrides=overrides, max_images=args.max_images, batch=1,
+                                        report_dir=reports)).report
+        cpu_int8 = tuple(path for path in found if ".int8-cpu" in path.name)
+        bench = bench_artifacts(BenchJob(artifacts=cpu_int8, batches=(1,), sizes=(args.size,), iters=args.iters,
+                                         device="cpu", report_dir=reports)).report
         data[arch] = {"weights": weights[arch], "parity": parity, "bench": bench, "int8_goal": goal}
         trained = {t: 100 * m["AP"] for t, m in parity["artifacts"][0]["metrics"].items()}
         e2e = {Path(r["artifact"]).name: r["e2e_p50_ms"] for r in bench["rows"]}

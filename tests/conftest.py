@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import functools
 import shutil
 import warnings
 from pathlib import Path
@@ -7,10 +9,30 @@ from pathlib import Path
 import onnx
 import pytest
 
+from siefpn_deploy.core.contract import ShapeRange
 from siefpn_deploy.core.sidecar import read_meta, write_meta
 from siefpn_deploy.data import generate_synthetic
 from siefpn_deploy.data.synth import EASY, split_paths
+from siefpn_deploy.pipeline import (
+    DatasetOptions,
+    ExportJob,
+    ExportOptions,
+    QuantizeJob,
+    QuantizeOptions,
+    TrainOptions,
+    TrainResult,
+    export_detector,
+    quantize_detector,
+    synthetic_dataset,
+    train_detector,
+)
 from siefpn_deploy.quantize.options import INT8_SUFFIX
+
+PRESET = "configs/synth_retinanet_R18.yaml"  # the tiny models' base: tiny_overrides shrinks it
+
+
+def quiet(*args: object) -> None:
+    """The stages' log for fixtures: their progress is not the test's output."""
 
 # pycocotools calls a numpy API that numpy 2 deprecates, once per mask
 warnings.filterwarnings("ignore", message=".*product.*", category=DeprecationWarning)
@@ -69,27 +91,22 @@ def tiny_overrides(data: Path, out: Path, arch: str = "retinanet", **extra: obje
     return [str(x) for kv in opts.items() for x in kv]
 
 
-class Trained:
-    """Briefly trained tiny models, one per architecture, trained on first use (real detections, not
-    random weights): `trained.config(arch)`, `trained.weights(arch)`."""
-
-    ITERATIONS = 40
+class Seeded:
+    """Seeded tiny detectors that detect (tests/seeded.py), one per architecture, written on first use as a
+    training run leaves them: `seeded.config(arch)`, `seeded.weights(arch)`. For equality tests (exported vs
+    eager, C++ vs Python, runtime vs torchvision): no training, so no CPU- or arithmetic-dependent draw."""
 
     def __init__(self, data: Path, root: Path) -> None:
         self.data, self.root = data, root
 
     def run_dir(self, arch: str) -> Path:
-        from siefpn_deploy.cli import main
+        from seeded import write_seeded_run
+
+        from siefpn_deploy.core.config import load_config
 
         out = self.root / arch
         if not (out / "model_final.pth").is_file():
-            # the R-CNNs' box classifier needs a higher rate, and a lower test threshold, to rise above background
-            # in enough places within 40 iterations
-            rcnn = {} if arch == "retinanet" else {"MODEL__SCORE_THRESH_TEST": 0.02}
-            lr = 0.003 if arch == "retinanet" else 0.01
-            opts = tiny_overrides(self.data, out, arch, **rcnn, SOLVER__MAX_ITER=self.ITERATIONS, SOLVER__BASE_LR=lr,
-                                  SOLVER__CHECKPOINT_PERIOD=1000, LOG_PERIOD=10)
-            assert main(["train", "--config-file", "configs/synth_retinanet_R18.yaml", *opts]) == 0
+            write_seeded_run(load_config(PRESET, tiny_overrides(self.data, out, arch)), out)
         return out
 
     def config(self, arch: str) -> Path:
@@ -100,69 +117,63 @@ class Trained:
 
 
 @pytest.fixture(scope="session")
-def trained(tiny_synth, tmp_path_factory) -> Trained:
-    return Trained(tiny_synth, tmp_path_factory.mktemp("trained"))
+def seeded(tiny_synth, tmp_path_factory) -> Seeded:
+    return Seeded(tiny_synth, tmp_path_factory.mktemp("seeded"))
+
+
+# the exports' ranges: dynamic batch 1..4 and H, W in 64..256; 1800 box candidates, all that 300 proposals x
+# 6 classes make, so the graph's candidate cut cannot change a detection
+TINY_EXPORT = ExportOptions(batch=ShapeRange(1, 4), height=ShapeRange(64, 256), width=ShapeRange(64, 256),
+                            box_candidates=1800)
 
 
 class Exported:
-    """Each (architecture, NMS lowering) exported once per session through the CLI, dynamic batch 1..4
-    and H, W in 64..256: `exported.onnx(arch, nms)`, and the AOTInductor package: `exported.package(arch)`."""
+    """Each (architecture, NMS lowering) of the seeded models exported once per session: `exported.onnx(arch,
+    nms)`, and the AOTInductor package: `exported.package(arch)`."""
 
-    def __init__(self, trained: Trained, root: Path) -> None:
-        self.trained, self.root = trained, root
+    def __init__(self, seeded: Seeded, root: Path) -> None:
+        self.seeded, self.root = seeded, root
+
+    def export(self, arch: str, path: Path, **options: object) -> Path:
+        job = ExportJob(self.seeded.config(arch), weights=self.seeded.weights(arch),
+                        options=dataclasses.replace(TINY_EXPORT, output=path, **options))
+        return export_detector(job, log=quiet).path
 
     def onnx(self, arch: str, nms: str) -> Path:
-        from siefpn_deploy.cli import main
-
-        path = self.root / f"{arch}_{nms}.onnx"
-        if not path.is_file():
-            assert main(["export", "--config-file", str(self.trained.config(arch)), "--output", str(path),
-                         "--nms", nms, "--dynamic-batch", "4", "--dynamic-size", "64", "256", "--box-candidates", "1800",
-                         "MODEL.WEIGHTS", str(self.trained.weights(arch))]) == 0
-        return path
+        return self.export(arch, self.root / f"{arch}_{nms}.onnx", nms=nms)
 
     def package(self, arch: str) -> Path:
-        from siefpn_deploy.cli import main
-
-        path = self.root / f"{arch}_aoti.pt2"
-        if not path.is_file():
-            assert main(["export", "--format", "aoti", "--config-file", str(self.trained.config(arch)), "--output",
-                         str(path), "--dynamic-batch", "4", "--dynamic-size", "64", "256", "--box-candidates", "1800",
-                         "MODEL.WEIGHTS", str(self.trained.weights(arch))]) == 0
-        return path
+        return self.export(arch, self.root / f"{arch}_aoti.pt2", format="aoti")
 
 
 @pytest.fixture(scope="session")
-def exported(trained, tmp_path_factory) -> Exported:
-    return Exported(trained, tmp_path_factory.mktemp("exported"))
+def exported(seeded, tmp_path_factory) -> Exported:
+    return Exported(seeded, tmp_path_factory.mktemp("exported"))
 
 
-def precision_args(precision: str) -> list[str]:
-    """`quantize`'s arguments for a fixture's precision name: fp16, int8 (TensorRT layout), int8-cpu (ONNX
-    Runtime's CPU layout) or int8-ov (NNCF, for OpenVINO)."""
-    targets = {suffix: target for target, suffix in INT8_SUFFIX.items()}  # NAME.<suffix>.onnx -> --target
-    return ["--precision", "int8", "--target", targets[precision]] if precision in targets else ["--precision", precision]
+def quantize_options(source: Path, precision: str, output: Path, **options: object) -> QuantizeOptions:
+    """QuantizeOptions for a fixture's precision name: fp16, int8 (TensorRT layout), int8-cpu (ONNX Runtime's CPU
+    layout) or int8-ov (NNCF, for OpenVINO)."""
+    targets = {suffix: target for target, suffix in INT8_SUFFIX.items()}  # NAME.<suffix>.onnx -> target
+    if precision in targets:
+        return QuantizeOptions(onnx=source, precision="int8", target=targets[precision], output=output, **options)
+    return QuantizeOptions(onnx=source, precision=precision, output=output, **options)
 
 
 class Quantized:
-    """FP16 and INT8 versions of the tensor-NMS exports, made once per session through the CLI:
-    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself; the others: precision_args)."""
+    """FP16 and INT8 versions of the seeded tensor-NMS exports, made once per session:
+    `quantized.onnx(arch, precision)` (precision fp32 returns the export itself; the others: quantize_options)."""
 
     def __init__(self, exported: Exported, root: Path) -> None:
         self.exported, self.root = exported, root
 
     def onnx(self, arch: str, precision: str) -> Path:
-        from siefpn_deploy.cli import main
-
         source = self.exported.onnx(arch, "tensor")
         if precision == "fp32":
             return source
-        path = self.root / f"{arch}.{precision}.onnx"
-        if not path.is_file():
-            assert main(["quantize", "--onnx", str(source), *precision_args(precision), "--output", str(path),
-                         "--num-calib", "8", "--calib-batch", "4", "--calib-size", "128", "160",
-                         "--calib-cache", str(self.root / "calib")]) == 0
-        return path
+        options = quantize_options(source, precision, self.root / f"{arch}.{precision}.onnx", num_calib=8,
+                                   calib_batch=4, calib_size=(128, 160), calib_cache=self.root / "calib")
+        return quantize_detector(QuantizeJob(options), log=quiet).path
 
 
 @pytest.fixture(scope="session")
@@ -194,10 +205,10 @@ def broken_int8(source: Path, target: Path) -> None:
 class Detecting:
     """A RetinaNet that really detects, for accuracy gates: trained 600 iterations on the 16 tiny training
     images at their test size without flips, and scored on them (its DATASETS.TEST is the train split):
-    memorised, so its FP32 AP (12 points when written) stands well above the INT8 budget and a broken INT8
-    model has room to fall through it. Its INT8 version is calibrated on 32 images of another synthetic set
-    (seed 1), which it is never scored on: with the 6 val images alone, entropy calibration lost 2.4 AP
-    points. `detecting.onnx(precision)`, `.config`, `.weights`."""
+    memorised, so its FP32 AP stands well above the INT8 budget and a broken INT8 model has room to fall
+    through it. It trains in FP32 whatever the CPU (SOLVER.AMP fp32), so its arithmetic does not follow the
+    CPU's bf16 units or SIEFPN_CPU_BF16. Its INT8 version is calibrated on 32 images of another synthetic set
+    (seed 1), which it is never scored on. `detecting.onnx(precision)`, `.config`, `.weights`."""
 
     ITERATIONS = 600
 
@@ -206,44 +217,32 @@ class Detecting:
 
     @property
     def config(self) -> Path:
-        return self.run_dir / "config.yaml"
+        return self.run.config
 
     @property
     def weights(self) -> Path:
-        return self.run_dir / "model_final.pth"
+        return self.run.weights
 
-    @property
-    def run_dir(self) -> Path:
-        from siefpn_deploy.cli import main
-
-        out = self.root / "retinanet"
-        if not (out / "model_final.pth").is_file():
-            train_images, train_json = split_paths(self.data, "train")
-            opts = tiny_overrides(self.data, out, SOLVER__MAX_ITER=self.ITERATIONS, SOLVER__OPTIMIZER="AdamW",
-                                  SOLVER__BASE_LR=0.002, SOLVER__LR_SCHEDULER="cosine", SOLVER__CHECKPOINT_PERIOD=10000,
-                                  LOG_PERIOD=50, INPUT__FLIP_PROB=0.0, INPUT__MIN_SIZE_TRAIN="[128]",
-                                  DATASETS__TEST_IMAGES=train_images, DATASETS__TEST_ANNOTATIONS=train_json)
-            assert main(["train", "--config-file", "configs/synth_retinanet_R18.yaml", *opts]) == 0
-        return out
+    @functools.cached_property
+    def run(self) -> TrainResult:
+        train_images, train_json = split_paths(self.data, "train")
+        opts = tiny_overrides(self.data, self.root / "retinanet", SOLVER__MAX_ITER=self.ITERATIONS,
+                              SOLVER__OPTIMIZER="AdamW", SOLVER__BASE_LR=0.002, SOLVER__LR_SCHEDULER="cosine",
+                              SOLVER__CHECKPOINT_PERIOD=10000, SOLVER__AMP="fp32", LOG_PERIOD=50,
+                              INPUT__FLIP_PROB=0.0, INPUT__MIN_SIZE_TRAIN="[128]",
+                              DATASETS__TEST_IMAGES=train_images, DATASETS__TEST_ANNOTATIONS=train_json)
+        return train_detector(TrainOptions(PRESET, overrides=tuple(opts)), log=quiet)
 
     def onnx(self, precision: str) -> Path:
-        from siefpn_deploy.cli import main
-
-        source = self.root / "retinanet.onnx"
-        if not source.is_file():
-            assert main(["export", "--config-file", str(self.config), "--output", str(source), "--dynamic-batch", "2",
-                         "MODEL.WEIGHTS", str(self.weights)]) == 0
+        source = export_detector(ExportJob(self.config, weights=self.weights, options=ExportOptions(
+            output=self.root / "retinanet.onnx", batch=ShapeRange(1, 2))), log=quiet).path
         if precision == "fp32":
             return source
-        path = self.root / f"retinanet.{precision}.onnx"
-        calibration = self.root / "calibration"
-        if not calibration.is_dir():
-            generate_synthetic(calibration, num_train=32, num_val=0, seed=1, min_side=96, max_side=160, progress=False)
-        if not path.is_file():
-            assert main(["quantize", "--onnx", str(source), *precision_args(precision), "--output", str(path),
-                         "--calib-data", str(split_paths(calibration, "train")[0]), "--num-calib", "32",
-                         "--calib-batch", "4", "--calib-cache", ""]) == 0
-        return path
+        calibration = synthetic_dataset(DatasetOptions(root=self.root / "calibration", num_train=32, num_val=0,
+                                                       seed=1, min_side=96, max_side=160, progress=False), log=quiet)
+        options = quantize_options(source, precision, self.root / f"retinanet.{precision}.onnx",
+                                   calib_data=calibration.train[0], num_calib=32, calib_batch=4)
+        return quantize_detector(QuantizeJob(options), log=quiet).path
 
 
 @pytest.fixture(scope="session")

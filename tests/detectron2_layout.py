@@ -1,7 +1,8 @@
 """Synthetic checkpoints in the layout of the official Dual SIE-FPN (detectron2) models.
 
-The key list is written out from the documented structure in ``/work/shared/detectron2_checkpoints.md``
-(§3: names, order, shapes; §1: containers; §6: what a converter infers from the tensors). It is
+The key list is written out from the documented layout of the official checkpoints (docs/detectron2.md: names,
+order and shapes of the keys, the containers, what a converter infers from the tensors; the § numbers below are
+those of the detectron2 checkpoint notes that page condenses). It is
 deliberately *not* derived from ``siefpn_deploy.model``: a converter test built on the project's own
 state_dict would only prove that the converter agrees with itself.
 

@@ -66,8 +66,8 @@ def test_the_package_detects_what_onnx_runtime_detects(exported, tiny_synth):
     assert agreement.max_box_rel <= 1e-3 and agreement.max_score_abs <= 1e-4
 
 
-def test_package_options_and_files_refused_in_one_line(exported, trained, tmp_path, capsys):
-    config, weights = str(trained.config(ARCH)), str(trained.weights(ARCH))
+def test_package_options_and_files_refused_in_one_line(exported, seeded, tmp_path, capsys):
+    config, weights = str(seeded.config(ARCH)), str(seeded.weights(ARCH))
     onnx_source, package = exported.onnx(ARCH, "onnx"), exported.package(ARCH)
     capsys.readouterr()  # the fixtures' training and export output
 
@@ -101,7 +101,7 @@ def test_package_options_and_files_refused_in_one_line(exported, trained, tmp_pa
     assert "cannot load the AOTInductor package" in err and "b.pt2" in err
 
 
-def test_infer_and_parity_take_the_package(exported, trained, tiny_synth, tmp_path, capsys):
+def test_infer_and_parity_take_the_package(exported, seeded, tiny_synth, tmp_path, capsys):
     from siefpn_deploy.data.synth import split_paths
 
     package = exported.package(ARCH)
@@ -113,8 +113,8 @@ def test_infer_and_parity_take_the_package(exported, trained, tiny_synth, tmp_pa
     ids = {im["id"] for im in json.loads(annotations.read_text())["images"]}
     assert detections and {d["image_id"] for d in detections} <= ids
     report = tmp_path / "parity"
-    code = main(["parity", "--config-file", str(trained.config(ARCH)), "--artifacts", str(package),
-                 "--report", str(report), "MODEL.WEIGHTS", str(trained.weights(ARCH))])
+    code = main(["parity", "--config-file", str(seeded.config(ARCH)), "--artifacts", str(package),
+                 "--report", str(report), "MODEL.WEIGHTS", str(seeded.weights(ARCH))])
     rows = {a["kind"]: a for a in json.loads((report / "parity.json").read_text())["artifacts"]}
     assert code == 0, rows
     assert rows["aoti"]["status"] == "pass" and rows["aoti"]["agreement"]["matched_fraction"] == 1.0

@@ -331,7 +331,7 @@ def test_detections_equal_the_official_implementations(arch, d2, tmp_path, capsy
 def test_the_exported_onnx_equals_the_official_implementation(arch, d2, tmp_path, capsys):
     """The same golden check on the exported ONNX graph in ONNX Runtime (the in-graph anchors, RPN, RoIAlign,
     per-image clipping, NMS and mask head). Mask R-CNN runs every step that Faster R-CNN runs, and the masks;
-    RetinaNet's graph is checked against the official code by hand (README: Bring the paper's models) and
+    RetinaNet's graph is checked against the official code by hand (docs/detectron2.md) and
     against PyTorch by export verification. --no-verify: verification is tested elsewhere, and this R50
     export already takes ~45 s here."""
     weights = convert_ok(capsys, d2[arch], tmp_path / "converted.pth", f"{arch}_R50_1x")

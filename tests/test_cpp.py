@@ -278,7 +278,7 @@ def test_cpp_build_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA package path needs a GPU")
-def test_a_cuda_package_runs_in_cpp_and_python(cpp, trained, tiny_synth, tmp_path):
+def test_a_cuda_package_runs_in_cpp_and_python(cpp, seeded, tiny_synth, tmp_path):
     """`--device cuda`: exported (and verified) on the GPU, then run by the Python runtime (`siefpn-deploy infer`)
     and by siefpn-infer. Each step is its own process, so a native crash is a failure that names its step."""
     package = tmp_path / "cuda.pt2"
@@ -289,9 +289,9 @@ def test_a_cuda_package_runs_in_cpp_and_python(cpp, trained, tiny_synth, tmp_pat
                               timeout=900, check=False)
         assert done.returncode == 0, f"{name} exited {done.returncode}: {done.stderr[-2000:]}"
 
-    step("export", "export", "--format", "aoti", "--device", "cuda", "--config-file", trained.config(ARCH), "--output",
+    step("export", "export", "--format", "aoti", "--device", "cuda", "--config-file", seeded.config(ARCH), "--output",
          package, "--dynamic-batch", "2", "--dynamic-size", "64", "256", "--box-candidates", "1800",
-         "MODEL.WEIGHTS", trained.weights(ARCH))
+         "MODEL.WEIGHTS", seeded.weights(ARCH))
     step("infer", "infer", "--artifact", package, "--source", images, "--annotations", annotations, "--save-json",
          tmp_path / "python.json")
     ok(cpp("--artifact", package, "--source", images, "--annotations", annotations, "--json", tmp_path / "cpp.json"))

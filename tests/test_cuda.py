@@ -34,8 +34,8 @@ def matched(a: dict, b: dict) -> tuple[float, float]:
     return (hit / total if total else 1.0), worst
 
 
-def test_fp16_and_cuda_graphs_need_a_gpu(trained):
-    cpu = Detector.from_path(trained.weights("retinanet"), device="cpu")
+def test_fp16_and_cuda_graphs_need_a_gpu(seeded):
+    cpu = Detector.from_path(seeded.weights("retinanet"), device="cpu")
     with pytest.raises(UserError, match="CUDA device"):
         EagerBackend(cpu.backend.detector, cpu.contract, torch.device("cpu"), cuda_graphs=True)
 
@@ -49,9 +49,9 @@ def test_gau_memory_probe_names_the_attention_kernel_on_cpu():
 
 @needs_cuda
 @pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
-def test_cuda_fp32_fp16_and_graphs_agree_with_the_cpu(arch, trained):
-    cpu = Detector.from_path(trained.weights(arch), device="cpu")
-    gpu = Detector.from_path(trained.weights(arch), device="cuda")
+def test_cuda_fp32_fp16_and_graphs_agree_with_the_cpu(arch, seeded):
+    cpu = Detector.from_path(seeded.weights(arch), device="cpu")
+    gpu = Detector.from_path(seeded.weights(arch), device="cuda")
     canvas = canvas_for(cpu, 128)
     want = cpu.run_canvas(canvas)
     assert want["num_dets"].sum() > 0
@@ -59,7 +59,7 @@ def test_cuda_fp32_fp16_and_graphs_agree_with_the_cpu(arch, trained):
     assert fraction >= 0.98 and worst <= 1e-3
 
     base = gpu.backend
-    eager16 = Detector.from_checkpoint(trained.weights(arch), config=None, device="cuda",
+    eager16 = Detector.from_checkpoint(seeded.weights(arch), config=None, device="cuda",
                                        autocast_dtype=torch.float16)
     assert eager16.backend.variant == "fp16-autocast"
     graphed = EagerBackend(base.detector, base.contract, base.device, autocast_dtype=torch.float16, cuda_graphs=True)
@@ -77,8 +77,8 @@ def test_cuda_fp32_fp16_and_graphs_agree_with_the_cpu(arch, trained):
 
 
 @needs_cuda
-def test_bench_on_cuda_times_every_pytorch_variant(trained):
-    report = run_bench([trained.weights("retinanet")], batches=[1], sizes=[128], warmup=1, iters=3, device="cuda")
+def test_bench_on_cuda_times_every_pytorch_variant(seeded):
+    report = run_bench([seeded.weights("retinanet")], batches=[1], sizes=[128], warmup=1, iters=3, device="cuda")
     variants = [r["variant"] for r in report["rows"]]
     assert variants == ["pytorch fp32", "pytorch fp16-autocast", "pytorch fp16-autocast+cuda-graphs"]
     assert all(r["peak_cuda_mib"] > 0 and 0 < r["model_p50_ms"] <= r["model_p99_ms"] for r in report["rows"])

@@ -21,7 +21,7 @@ from siefpn_deploy.data import (
 )
 from siefpn_deploy.data.synth import BENCHMARK, EASY, generated_at, level_of, mask_to_polygons, render
 from siefpn_deploy.data.transforms import RandomHorizontalFlip, ResizeShortestEdge
-from siefpn_deploy.demo import ensure_synthetic
+from siefpn_deploy.pipeline import DatasetOptions, synthetic_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TINY = {"num_train": 8, "num_val": 4, "min_side": 96, "max_side": 160, "progress": False}
@@ -185,7 +185,7 @@ def test_the_easy_level_has_fewer_calmer_mid_sized_objects(tmp_path):
     data["info"]["level_settings"]["min_object_size"] = 16.0
     (easy / "annotations/instances_val.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match=f"{easy}.*--regenerate"):
-        ensure_synthetic(easy, level=EASY)
+        synthetic_dataset(DatasetOptions(root=easy, level="easy"))
     del data["info"]["level_settings"]  # a file from before the settings were recorded
     (easy / "annotations/instances_val.json").write_text(json.dumps(data))
     assert not generated_at(easy / "annotations/instances_val.json", EASY)

@@ -42,12 +42,12 @@ def nonempty_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[keep] for k, v in rows.items()}
 
 
-def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path) -> int:
+def assert_ort_matches_pytorch(path: Path, seeded, arch: str, tiny_synth: Path) -> int:
     """The graph's detections equal the detector's own eager ones at two sizes (neither the export
     example's), batch 2: the same count, each detection matched with its label (IoU >= 0.99), boxes within
     1e-3 relative, scores within 1e-4, in score order. Two detections whose scores tie to 1e-6 may trade
     places, and at the K-th place a tie may keep the other one. Returns how many were compared."""
-    cfg = load_config(trained.config(arch), ["MODEL.WEIGHTS", str(trained.weights(arch))])
+    cfg = load_config(seeded.config(arch), ["MODEL.WEIGHTS", str(seeded.weights(arch))])
     detector, _ = load_trained_detector(cfg, config_name="test")
     session = ort_session(path)
     names = [o.name for o in session.get_outputs()]
@@ -85,18 +85,18 @@ def assert_ort_matches_pytorch(path: Path, trained, arch: str, tiny_synth: Path)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_onnx_nms_graph_matches_pytorch(arch, trained, exported, tiny_synth):
+def test_onnx_nms_graph_matches_pytorch(arch, seeded, exported, tiny_synth):
     path = exported.onnx(arch, "onnx")
-    assert assert_ort_matches_pytorch(path, trained, arch, tiny_synth) > 10  # real detections, not an empty match
+    assert assert_ort_matches_pytorch(path, seeded, arch, tiny_synth) > 10  # real detections, not an empty match
     meta = read_meta(path)
     assert meta["verification"]["passed"] and meta["verification"]["matched"] == meta["verification"]["reference"] > 0
     assert {"NonMaxSuppression", "TopK"} <= op_types(path) and "Loop" not in op_types(path)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_tensor_nms_graph_matches_pytorch(arch, trained, exported, tiny_synth):
+def test_tensor_nms_graph_matches_pytorch(arch, seeded, exported, tiny_synth):
     path = exported.onnx(arch, "tensor")
-    assert assert_ort_matches_pytorch(path, trained, arch, tiny_synth) > 10
+    assert assert_ort_matches_pytorch(path, seeded, arch, tiny_synth) > 10
     assert "NonMaxSuppression" not in op_types(path) and "Loop" in op_types(path)
 
 
@@ -110,16 +110,16 @@ def op_types(path: Path) -> set[str]:
     return ops
 
 
-def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(trained, exported, tiny_synth, tmp_path):
+def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(seeded, exported, tiny_synth, tmp_path):
     """export --max-det-masks 3: the same detections as the full graph, the first 3 rows' masks equal its
     masks, later rows are zeros (pasted: empty), and meta.json says so; the export's own check against eager
     PyTorch passes because the eager backend follows the same contract."""
     from siefpn_deploy.runtime import Detector
 
     path, full = tmp_path / "m3.onnx", exported.onnx("mask_rcnn", "onnx")
-    assert main(["export", "--config-file", str(trained.config("mask_rcnn")), "--output", str(path),
+    assert main(["export", "--config-file", str(seeded.config("mask_rcnn")), "--output", str(path),
                  "--dynamic-batch", "2", "--dynamic-size", "64", "256", "--box-candidates", "1800",
-                 "--max-det-masks", "3", "MODEL.WEIGHTS", str(trained.weights("mask_rcnn"))]) == 0
+                 "--max-det-masks", "3", "MODEL.WEIGHTS", str(seeded.weights("mask_rcnn"))]) == 0
     meta = read_meta(path)
     assert meta["mask_detections"] == 3 and read_meta(full)["mask_detections"] == meta["max_detections"] == 100
     assert GraphContract.from_meta(meta, source="m3").mask_rows == 3
@@ -143,7 +143,7 @@ def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(trained, exporte
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, exported, trained):
+def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, exported, seeded):
     path = exported.onnx(arch, "onnx")
     model = onnx.load(str(path))
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}  # no custom ops
@@ -163,10 +163,10 @@ def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, expo
     assert [o["name"] for o in meta["outputs"]] == expected == [o.name for o in model.graph.output]
     assert meta["outputs"][1]["shape"] == ["batch", 100, 4]
     assert meta["shapes"]["batch"] == {"min": 1, "max": 4} and meta["shapes"]["height"] == {"min": 64, "max": 256}
-    ckpt = torch.load(trained.weights(arch), weights_only=True)
+    ckpt = torch.load(seeded.weights(arch), weights_only=True)
     assert meta["classes"]["names"] == ckpt["classes"]["names"]
     assert meta["classes"]["category_ids"] == [1, 3, 5, 7, 9, 11]
-    cfg = load_config(trained.config(arch))
+    cfg = load_config(seeded.config(arch))
     assert meta["postprocess"]["score_thresh"] == cfg.MODEL.SCORE_THRESH_TEST and meta["postprocess"]["iou_thresh"] == 0.5
     assert meta["preprocess"]["input_scale"] == 255.0 and meta["preprocess"]["normalized_in_graph"]
     assert {"torch", "onnx", "torchvision"} <= set(meta["versions"]) and meta["opset"] >= 18
@@ -225,12 +225,12 @@ def test_tensorrt_parses_the_onnx_nms_graph(arch, exported):
         "num_dets", "boxes", "scores", "labels"]
 
 
-def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_file(trained, tmp_path, capsys,
+def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_file(seeded, tmp_path, capsys,
                                                                                   monkeypatch):
     out = tmp_path / "static" / "retina.onnx"
-    args = ["export", "--config-file", str(trained.config("retinanet")), "--output", str(out), "--batch", "2",
+    args = ["export", "--config-file", str(seeded.config("retinanet")), "--output", str(out), "--batch", "2",
             "--imgsz", "128", "160", "--simplify", "--input-range", "1", "--max-det", "50",
-            "MODEL.WEIGHTS", str(trained.weights("retinanet"))]
+            "MODEL.WEIGHTS", str(seeded.weights("retinanet"))]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "[verify] [2, 3, 128, 160]:" in text and "max score error" in text
@@ -249,21 +249,21 @@ def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_fil
     assert sorted(p.name for p in out.parent.iterdir()) == ["retina.meta.json", "retina.onnx"]  # no temp files
 
 
-def test_weights_over_the_protobuf_limit_go_to_external_data(trained, tiny_synth, tmp_path, monkeypatch):
+def test_weights_over_the_protobuf_limit_go_to_external_data(seeded, tiny_synth, tmp_path, monkeypatch):
     """A model whose weights exceed protobuf's 2 GB is written as NAME.onnx + NAME.onnx.data, verified in the
     staging folder and moved into place together. The tiny model stands in, with the limit lowered."""
     monkeypatch.setattr(exporter, "PROTOBUF_LIMIT", 1 << 20)
     out = tmp_path / "ext" / "retina.onnx"
-    assert main(["export", "--config-file", str(trained.config("retinanet")), "--output", str(out),
+    assert main(["export", "--config-file", str(seeded.config("retinanet")), "--output", str(out),
                  "--dynamic-batch", "2", "--dynamic-size", "64", "256",
-                 "MODEL.WEIGHTS", str(trained.weights("retinanet"))]) == 0
+                 "MODEL.WEIGHTS", str(seeded.weights("retinanet"))]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["retina.meta.json", "retina.onnx", "retina.onnx.data"]
     graph = onnx.load(str(out), load_external_data=False).graph
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     assert out.stat().st_size * 5 < out.with_name("retina.onnx.data").stat().st_size  # the weights moved out
     meta = read_meta(out)
     assert meta["export"]["external_data"] is True and meta["verification"]["matched"] > 0
-    assert assert_ort_matches_pytorch(out, trained, "retinanet", tiny_synth) > 0
+    assert assert_ort_matches_pytorch(out, seeded, "retinanet", tiny_synth) > 0
 
 
 # ---------------------------------------------------------------- bad input: one line each, nothing written
@@ -276,36 +276,36 @@ def run_export(capsys, *args: str) -> str:
     return err
 
 
-def test_size_not_divisible_by_32(trained, tmp_path, capsys):
-    err = run_export(capsys, "--config-file", str(trained.config("retinanet")), "--imgsz", "300", "320",
-                     "--output", str(tmp_path / "m.onnx"), "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+def test_size_not_divisible_by_32(seeded, tmp_path, capsys):
+    err = run_export(capsys, "--config-file", str(seeded.config("retinanet")), "--imgsz", "300", "320",
+                     "--output", str(tmp_path / "m.onnx"), "MODEL.WEIGHTS", str(seeded.weights("retinanet")))
     assert "not a multiple of 32" in err and "--imgsz" in err
-    err = run_export(capsys, "--config-file", str(trained.config("retinanet")), "--dynamic-size", "32", "320",
-                     "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+    err = run_export(capsys, "--config-file", str(seeded.config("retinanet")), "--dynamic-size", "32", "320",
+                     "MODEL.WEIGHTS", str(seeded.weights("retinanet")))
     assert "below the smallest input, 64" in err
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_weights_that_do_not_match_the_config(trained, tmp_path, capsys):
-    err = run_export(capsys, "--config-file", str(trained.config("faster_rcnn")), "--output", str(tmp_path / "m.onnx"),
-                     "MODEL.WEIGHTS", str(trained.weights("retinanet")))
-    assert "does not match the model built from" in err and str(trained.weights("retinanet")) in err
+def test_weights_that_do_not_match_the_config(seeded, tmp_path, capsys):
+    err = run_export(capsys, "--config-file", str(seeded.config("faster_rcnn")), "--output", str(tmp_path / "m.onnx"),
+                     "MODEL.WEIGHTS", str(seeded.weights("retinanet")))
+    assert "does not match the model built from" in err and str(seeded.weights("retinanet")) in err
     assert not list(tmp_path.iterdir())
 
 
-def test_output_folder_not_writable(trained, tmp_path, capsys):
+def test_output_folder_not_writable(seeded, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    err = run_export(capsys, "--config-file", str(trained.config("retinanet")), "--output", str(blocker / "m.onnx"),
-                     "MODEL.WEIGHTS", str(trained.weights("retinanet")))
+    err = run_export(capsys, "--config-file", str(seeded.config("retinanet")), "--output", str(blocker / "m.onnx"),
+                     "MODEL.WEIGHTS", str(seeded.weights("retinanet")))
     assert "cannot write to" in err and str(blocker) in err
     assert blocker.read_text() == "not a folder"
 
 
-def test_other_bad_options(trained, tmp_path, capsys):
-    base = ["--config-file", str(trained.config("retinanet")), "--output", str(tmp_path / "m.onnx")]
-    weights = ["MODEL.WEIGHTS", str(trained.weights("retinanet"))]
-    masks = ["--config-file", str(trained.config("mask_rcnn")), "--output", str(tmp_path / "m.onnx")]
+def test_other_bad_options(seeded, tmp_path, capsys):
+    base = ["--config-file", str(seeded.config("retinanet")), "--output", str(tmp_path / "m.onnx")]
+    weights = ["MODEL.WEIGHTS", str(seeded.weights("retinanet"))]
+    masks = ["--config-file", str(seeded.config("mask_rcnn")), "--output", str(tmp_path / "m.onnx")]
     capsys.readouterr()  # the session's training, when this test is the first to need it, is not an export's error
     assert "--opset must be in 18.." in run_export(capsys, *base, "--opset", "11", *weights)
     assert "--max-det must be in 1..3840" in run_export(capsys, *base, "--max-det", "5000", *weights)
@@ -315,7 +315,7 @@ def test_other_bad_options(trained, tmp_path, capsys):
     assert "checkpoint not found" in run_export(capsys, *base, "MODEL.WEIGHTS", str(tmp_path / "none.pth"))
     assert "--max-det-masks is for Mask R-CNN" in run_export(capsys, *base, "--max-det-masks", "5", *weights)
     err = run_export(capsys, *masks, "--max-det", "20", "--max-det-masks", "21", "MODEL.WEIGHTS",
-                     str(trained.weights("mask_rcnn")))
+                     str(seeded.weights("mask_rcnn")))
     assert "--max-det-masks 21 is more than K" in err
     assert "--max-det-masks must be at least 1" in run_export(capsys, *masks, "--max-det-masks", "0", *weights)
     assert not list(tmp_path.iterdir())

@@ -1,4 +1,4 @@
-"""The neck and detectors, checked against the structure in shared/DESIGN.md §2."""
+"""The neck and detectors, checked against the structure in docs/architecture.md (the neck: LFE, GAU and MIC)."""
 
 from __future__ import annotations
 

@@ -46,10 +46,10 @@ def test_openvino_detections_equal_onnx_runtime_s(arch, exported, tiny_synth):
     assert agreement.max_mask_abs <= t.mask_abs and (arch != "mask_rcnn" or agreement.max_mask_abs > 0)
 
 
-def test_parity_and_bench_put_openvino_beside_onnx_runtime(trained, exported, tmp_path, capsys):
+def test_parity_and_bench_put_openvino_beside_onnx_runtime(seeded, exported, tmp_path, capsys):
     pytest.importorskip("openvino", reason="OpenVINO is not installed (the [openvino] extra)")
-    onnx_path, weights = exported.onnx("retinanet", "onnx"), trained.weights("retinanet")
-    assert main(["parity", "--config-file", str(trained.config("retinanet")), "--artifacts", str(onnx_path),
+    onnx_path, weights = exported.onnx("retinanet", "onnx"), seeded.weights("retinanet")
+    assert main(["parity", "--config-file", str(seeded.config("retinanet")), "--artifacts", str(onnx_path),
                  "--runtime", "onnxruntime", "openvino", "--max-images", "8", "--report", str(tmp_path / "p"),
                  "MODEL.WEIGHTS", str(weights)]) == 0
     rows = json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"]
@@ -66,7 +66,7 @@ def test_parity_and_bench_put_openvino_beside_onnx_runtime(trained, exported, tm
     capsys.readouterr()
 
 
-def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_synth, trained, tmp_path, capsys,
+def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_synth, seeded, tmp_path, capsys,
                                                                monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     onnx_path = str(exported.onnx("retinanet", "onnx"))
@@ -75,9 +75,9 @@ def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_syn
     err = capsys.readouterr().err.strip()
     assert err == "error: OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"
     # parity lists the OpenVINO row as not run, with the reason, and still evaluates ONNX Runtime
-    assert main(["parity", "--config-file", str(trained.config("retinanet")), "--artifacts", onnx_path, "--runtime",
+    assert main(["parity", "--config-file", str(seeded.config("retinanet")), "--artifacts", onnx_path, "--runtime",
                  "onnxruntime", "openvino", "--max-images", "2", "--report", str(tmp_path / "p"),
-                 "MODEL.WEIGHTS", str(trained.weights("retinanet"))]) == 0
+                 "MODEL.WEIGHTS", str(seeded.weights("retinanet"))]) == 0
     rows = json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"]
     assert [(r["kind"], r["status"]) for r in rows[1:]] == [("onnxruntime", "pass"), ("openvino", "not run")]
     assert "pip install 'siefpn-deploy[openvino]'" in rows[2]["reason"]
@@ -87,7 +87,7 @@ def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_syn
     bench = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert [r["variant"] for r in bench["rows"]] == ["onnxruntime fp32"]
     assert [s["reason"] for s in bench["skipped"]] == ["OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"]
-    assert main(["infer", "--artifact", str(trained.weights("retinanet")), "--source", str(image),
+    assert main(["infer", "--artifact", str(seeded.weights("retinanet")), "--source", str(image),
                  "--runtime", "openvino"]) == 2
     assert "runs .onnx files" in capsys.readouterr().err
 

@@ -225,7 +225,7 @@ def test_calibration_folder_without_images_and_too_few_images(exported, tmp_path
                                  str(empty), "--calib-cache", str(tmp_path / "c"))
     three = tmp_path / "three"
     three.mkdir()
-    for image in sorted(split_paths(exported.trained.data, "train")[0].iterdir())[:3]:
+    for image in sorted(split_paths(exported.seeded.data, "train")[0].iterdir())[:3]:
         shutil.copy(image, three / image.name)
     err = run(capsys, "quantize", "--onnx", source, "--precision", "int8", "--calib-data", str(three),
               "--calib-batch", "4", "--calib-cache", str(tmp_path / "c"))

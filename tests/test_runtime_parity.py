@@ -26,6 +26,7 @@ from siefpn_deploy.evaluation.agreement import match_detections
 from siefpn_deploy.evaluation.coco import coco_eval, coco_results
 from siefpn_deploy.evaluation.loop import CocoSubset
 from siefpn_deploy.model.checkpoint import load_trained_detector
+from siefpn_deploy.parity.check import verdict
 from siefpn_deploy.runtime import Detector
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
@@ -38,7 +39,7 @@ def val(data: Path, arch: str = "retinanet") -> CocoDetection:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, trained, exported, quantized, tmp_path, capsys):
+def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, seeded, exported, quantized, tmp_path, capsys):
     artifacts = [exported.onnx(arch, "onnx")] + [quantized.onnx(arch, p) for p in ("fp32", "fp16", "int8")]
     if arch == "retinanet":  # an engine this machine cannot run is listed, not dropped
         pytest.importorskip("tensorrt_rtx_bindings", reason="no TensorRT builder installed")
@@ -46,8 +47,8 @@ def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, trained, ex
         assert main(["build", "--onnx", str(artifacts[1]), "--engine", str(engine), "--timing-cache", ""]) == 0
         artifacts.append(engine)
     report = tmp_path / "report"
-    code = main(["parity", "--config-file", str(trained.config(arch)), "--artifacts", *map(str, artifacts),
-                 "--report", str(report), "MODEL.WEIGHTS", str(trained.weights(arch))])
+    code = main(["parity", "--config-file", str(seeded.config(arch)), "--artifacts", *map(str, artifacts),
+                 "--report", str(report), "MODEL.WEIGHTS", str(seeded.weights(arch))])
     out = capsys.readouterr().out
     assert code == 0, out
     data = json.loads((report / "parity.json").read_text())
@@ -70,7 +71,7 @@ def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, trained, ex
     assert "| pass |" in out and "Result: **PASS**" in out
 
 
-def test_a_damaged_artifact_breaks_its_budget(trained, exported, tmp_path, capsys):
+def test_a_damaged_artifact_breaks_its_budget(seeded, exported, tmp_path, capsys):
     source = exported.onnx("retinanet", "onnx")
     model = onnx.load(str(source))
     damaged_tensors = 0
@@ -84,9 +85,9 @@ def test_a_damaged_artifact_breaks_its_budget(trained, exported, tmp_path, capsy
     meta = read_meta(source)
     write_meta(damaged, {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256")})
     # the tiny model's AP is small, so the budget is zero: any drop fails
-    code = main(["parity", "--config-file", str(trained.config("retinanet")), "--artifacts", str(source),
+    code = main(["parity", "--config-file", str(seeded.config("retinanet")), "--artifacts", str(source),
                  str(damaged), "--budget", "fp32=0", "--report", str(tmp_path / "r"),
-                 "MODEL.WEIGHTS", str(trained.weights("retinanet"))])
+                 "MODEL.WEIGHTS", str(seeded.weights("retinanet"))])
     assert code == 1
     data = json.loads((tmp_path / "r" / "parity.json").read_text())
     reference, intact, broken = data["artifacts"]
@@ -96,7 +97,7 @@ def test_a_damaged_artifact_breaks_its_budget(trained, exported, tmp_path, capsy
     assert "Result: **FAIL**" in capsys.readouterr().out
 
     # bench --parity ranks the same files by speed within each budget, each with the AP cost parity measured
-    weights = trained.weights("retinanet")
+    weights = seeded.weights("retinanet")
     assert main(["bench", "--artifacts", str(source), str(damaged), str(weights), "--batch", "1", "--imgsz", "128",
                  "--warmup", "1", "--iters", "2", "--device", "cpu", "--parity", str(tmp_path / "r" / "parity.json"),
                  "--report", str(tmp_path / "b")]) == 0
@@ -170,6 +171,47 @@ def test_coco_eval_ap_equals_the_definition_on_a_crafted_case():
     assert metrics["per_class"] == {"7": pytest.approx(metrics["AP"])}
 
 
+def test_the_gate_passes_and_fails_at_hand_computed_ap():
+    """The parity gate on constructed detections, no model: one image with ten boxes of one class.
+    The reference returns all ten exactly (AP 1). Artifacts, with their AP by the COCO definition:
+      - nine of the ten: recall stops at 0.9 with precision 1, so 91 of the 101 recall points -> AP 91/101,
+        a drop of 100 * 10/101 = 9.90 points: it passes a 10-point budget and fails a 9.8-point one;
+      - all ten and one false positive scored last: precision 1 up to recall 1 -> AP 1, passes a 0 budget;
+      - all ten and one false positive scored first: precision k/(k+1) after k hits, whose best at any recall is
+        10/11 -> AP 10/11 at every IoU threshold, a drop of 9.09 points;
+      - a NaN score fails whatever its AP."""
+    boxes = np.array([[10.0 * i, 0, 10.0 * i + 8, 8] for i in range(10)])
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "file_name": "a.jpg", "width": 120, "height": 40}],
+                    "categories": [{"id": 3, "name": "thing"}],
+                    "annotations": [{"id": i + 1, "image_id": 1, "category_id": 3, "bbox": [10 * i, 0, 8, 8],
+                                     "area": 64, "iscrowd": 0} for i in range(10)]}
+    coco.createIndex()
+
+    def ap(rows: np.ndarray, scores: list[float]) -> dict:
+        results = coco_results(1, rows, np.array(scores), [3] * len(rows))
+        return {"bbox": coco_eval(CocoSubset(coco, [1]), results, "bbox", verbose=False)}
+
+    false_positive = np.array([[100.0, 20, 110, 30]])
+    reference = ap(boxes, [1 - 0.01 * i for i in range(10)])
+    nine = ap(boxes[:9], [1 - 0.01 * i for i in range(9)])
+    fp_last = ap(np.concatenate([boxes, false_positive]), [1 - 0.01 * i for i in range(11)])
+    fp_first = ap(np.concatenate([false_positive, boxes]), [1 - 0.01 * i for i in range(11)])
+    assert reference["bbox"]["AP"] == pytest.approx(1.0) and nine["bbox"]["AP"] == pytest.approx(91 / 101)
+    assert fp_last["bbox"]["AP"] == pytest.approx(1.0) and fp_first["bbox"]["AP"] == pytest.approx(10 / 11)
+
+    assert verdict(reference, nine, budget=10.0, non_finite=0) == ("pass", {"bbox": pytest.approx(-1000 / 101)})
+    assert verdict(reference, nine, budget=9.8, non_finite=0)[0] == "fail"
+    assert verdict(reference, fp_last, budget=0.0, non_finite=0) == ("pass", {"bbox": pytest.approx(0.0)})
+    assert verdict(reference, fp_first, budget=9.0, non_finite=0)[0] == "fail"
+    assert verdict(reference, fp_first, budget=9.1, non_finite=0) == ("pass", {"bbox": pytest.approx(-100 / 11)})
+    assert verdict(reference, reference, budget=1.0, non_finite=1)[0] == "fail"
+    assert verdict(nine, reference, budget=0.0, non_finite=0)[0] == "pass"  # gaining AP never fails
+    # Mask R-CNN: the worst of bbox and segm decides
+    both = lambda bbox, segm: {"bbox": bbox["bbox"], "segm": segm["bbox"]}
+    assert verdict(both(reference, reference), both(reference, nine), budget=5.0, non_finite=0)[0] == "fail"
+
+
 def infer_then_cocoeval(onnx_path: Path, images: Path, annotations: Path, out: Path, iou_types: tuple[str, ...]):
     """`infer --save-json --annotations` (its own loop over image files), then pycocotools on its JSON, as is."""
     results = out / "results.json"
@@ -193,7 +235,7 @@ def parity_row(config: Path, weights: Path, onnx_path: Path, report: Path) -> di
     return json.loads((report / "parity.json").read_text())["artifacts"][1]
 
 
-def test_infer_coco_json_scored_by_cocoeval_equals_parity(detecting, trained, exported, tiny_synth, tmp_path, capsys):
+def test_infer_coco_json_scored_by_cocoeval_equals_parity(detecting, seeded, exported, tiny_synth, tmp_path, capsys):
     """COCO results from `infer` go into COCO.loadRes unchanged, and COCOeval on them gives the AP parity
     reports for the same artifact: on a model that detects (bbox), and on a Mask R-CNN (RLE masks, segm)."""
     images, annotations = split_paths(tiny_synth, "train")  # what the `detecting` model is scored on
@@ -207,7 +249,7 @@ def test_infer_coco_json_scored_by_cocoeval_equals_parity(detecting, trained, ex
     records, direct = infer_then_cocoeval(exported.onnx("mask_rcnn", "onnx"), images, annotations, tmp_path / "m",
                                           ("bbox", "segm"))
     assert set(records[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
-    row = parity_row(trained.config("mask_rcnn"), trained.weights("mask_rcnn"), exported.onnx("mask_rcnn", "onnx"),
+    row = parity_row(seeded.config("mask_rcnn"), seeded.weights("mask_rcnn"), exported.onnx("mask_rcnn", "onnx"),
                      tmp_path / "rm")
     for iou_type in ("bbox", "segm"):
         assert row["metrics"][iou_type]["AP"] == pytest.approx(direct[iou_type][0], abs=1e-4)
@@ -222,10 +264,10 @@ def grow(masks: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
-def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, trained, exported, tiny_synth):
+def test_predict_matches_the_torchvision_detector_in_image_pixels(arch, seeded, exported, tiny_synth):
     """Detector.predict (the runtime's preprocessing, the ONNX graph, box mapping, mask pasting) against
     the trained torchvision model called as users call it, with its own resize and postprocessing."""
-    cfg = load_config(trained.config(arch), ["MODEL.WEIGHTS", str(trained.weights(arch))])
+    cfg = load_config(seeded.config(arch), ["MODEL.WEIGHTS", str(seeded.weights(arch))])
     model, _ = load_trained_detector(cfg, config_name="test")
     detector = Detector.from_path(exported.onnx(arch, "onnx"))
     images = [val(tiny_synth).image(i) for i in range(3)]

@@ -16,13 +16,14 @@ from conftest import tiny_overrides
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.config import SolverConfig, load_config
+from siefpn_deploy.core.cpu import BF16_ENV, bf16_units
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.evaluation.loop import evaluate_predictor
 from siefpn_deploy.model.checkpoint import last_checkpoint, load_checkpoint
 from siefpn_deploy.parity.check import parse_budgets, run_parity
 from siefpn_deploy.runtime import Detector
-from siefpn_deploy.train.precision import autocast_dtype, cpu_has_native_bf16
+from siefpn_deploy.train.precision import autocast_dtype
 from siefpn_deploy.train.trainer import Trainer, TrainingBatches, lr_factor
 
 PRESET = "configs/synth_retinanet_R18.yaml"
@@ -309,11 +310,19 @@ def test_training_arithmetic_follows_solver_amp(tiny_synth, tmp_path, amp):
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
-def test_auto_amp_is_bf16_only_where_the_cpu_computes_it_natively():
+def test_auto_amp_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else None)
-    assert autocast_dtype("auto", cuda) is None and autocast_dtype("bf16", cuda) == torch.bfloat16
-    assert autocast_dtype("fp32", cpu) is None
+    monkeypatch.delenv(BF16_ENV, raising=False)
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if bf16_units() is not None else None)
+    # the switch the suite runs both ways with: it overrides the detection, and only SOLVER.AMP auto's
+    for forced, dtype in (("1", torch.bfloat16), ("0", None)):
+        monkeypatch.setenv(BF16_ENV, forced)
+        assert autocast_dtype("auto", cpu) == dtype
+        assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+        assert autocast_dtype("auto", cuda) is None
+    monkeypatch.setenv(BF16_ENV, "yes")
+    with pytest.raises(UserError, match=BF16_ENV):
+        autocast_dtype("auto", cpu)
 
 
 def test_the_loader_worker_count_does_not_change_the_batches(tiny_synth, tmp_path):

@@ -9,7 +9,7 @@ and pyramid width are read from the tensors, never from file names, and checked 
 
 Mapping: every detectron2 key has one rule below, every parameter of the model built from the config
 must be filled, and every shape must agree; otherwise the error lists the keys. Never a non-strict load.
-The numerics-relevant differences (see README "Bring the paper's models") are handled by the config
+The numerics-relevant differences (docs/detectron2.md) are handled by the config
 (BGR input, MSRA stride-in-1x1, ROIAlignV2, detectron2 anchors and test rules, `model/`) and by three
 weight rewrites here: the R-CNN classifier's background row moves from last to first, the box
 regressor and the mask predictor get a zero background slot, and the RetinaNet classifier gets a

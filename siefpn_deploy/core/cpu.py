@@ -4,7 +4,14 @@ bf16 where the CPU had AMX than where it had AVX512-BF16 only)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from .errors import UserError
+
+# SIEFPN_CPU_BF16=1 or 0 overrides what `native_bf16` detects: the test suite runs both ways, so that no test
+# passes only on a CPU of one kind, and a user can keep SOLVER.AMP auto in FP32 on a bf16 CPU.
+BF16_ENV = "SIEFPN_CPU_BF16"
 
 
 def bf16_units() -> str | None:
@@ -15,6 +22,14 @@ def bf16_units() -> str | None:
     if torch.cpu._is_amx_tile_supported():
         return "AMX"
     return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else None
+
+
+def native_bf16() -> bool:
+    """Whether SOLVER.AMP auto trains in bf16 on this CPU: the detected bf16 units, unless BF16_ENV says."""
+    forced = os.environ.get(BF16_ENV, "")
+    if forced not in ("", "0", "1"):
+        raise UserError(f"{BF16_ENV} must be 1 (bf16) or 0 (FP32), got {forced!r}")
+    return bf16_units() is not None if forced == "" else forced == "1"
 
 
 def cpu_model() -> str | None:

@@ -26,7 +26,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def source_commit() -> str | None:
     """The git commit of the siefpn-deploy checkout being measured (with "+changes" when it has
     uncommitted ones), or None outside a git checkout. $SIEFPN_SOURCE_COMMIT names it for a copy of the tree
-    without its .git (the lent GPU machine's)."""
+    without its .git (a copy sent to another machine)."""
     import os
     import subprocess
 

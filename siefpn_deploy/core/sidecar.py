@@ -9,7 +9,9 @@ is read through the same `read_sidecar`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,14 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def request_key(*parts: Any) -> str:
+    """A short hash of what a stage was asked to do (options dataclasses, a config's text), recorded in the
+    artifact's sidecar so a later run can tell whether the artifact on disk answers the same request."""
+    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p for p in parts]
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def artifact_key(artifact: str | Path) -> str:

@@ -21,8 +21,8 @@ from torch import nn
 from ..core.contract import IMAGE_SIZES, INPUT
 from ..core.errors import UserError
 from ..core.sidecar import PACKAGE_META_KEY
-from .exporter import _dynamic_shapes, example_shape
 from .options import ExportOptions
+from .shapes import dynamic_shapes, example_shape
 
 
 def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta: dict[str, Any], *,
@@ -38,7 +38,7 @@ def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta:
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            program = torch.export.export(deploy, example, dynamic_shapes=_dynamic_shapes(options))
+            program = torch.export.export(deploy, example, dynamic_shapes=dynamic_shapes(options))
     except Exception as e:  # torch.export's messages are pages long; keep the first line
         raise UserError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from e
     traced = time.perf_counter() - t0

@@ -16,6 +16,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from ..core.contract import BOXES, DETECTION_OUTPUTS, LABELS, MASKS, PAD_LABEL, PreprocessSpec
 from ..model.torchvision_api import rpn_test_top_n
 from .nms import BatchedNMS
+from .options import BOX_CANDIDATES, ROI_SAMPLES
 from .rcnn import BoxDecoder, MaskDecoder, RPNDecoder
 from .retinanet import RetinaNetDecoder
 from .roi_align import MultiScaleRoIAlign
@@ -26,9 +27,9 @@ class PostprocessSettings:
     """What the export stage decides about the graph's postprocessing (recorded in meta.json)."""
 
     nms: type[BatchedNMS]
-    box_candidates: int = 1000  # R-CNN box head: best per-class candidates entering NMS (<= 3840)
+    box_candidates: int = BOX_CANDIDATES  # R-CNN box head: best per-class candidates entering NMS
     roi_align: str = "onnx"  # export.roi_align.ROI_ALIGN_LOWERINGS
-    roi_samples: int = 2  # the gather lowering's bound on adaptive samples per bin and axis
+    roi_samples: int = ROI_SAMPLES  # the gather lowering's bound on adaptive samples per bin and axis
     mask_detections: int | None = None  # Mask R-CNN: mask head on the first N detections (None: all K)
 
 

@@ -2,11 +2,12 @@
 
 torch.onnx's dynamo exporter traces the deploy wrapper with symbolic batch, H = 32*h and W = 32*w,
 so nothing shape-dependent (anchors, GAU attention sizes, upsample targets, RoI levels) is frozen.
-The example batch is 2 when the batch is dynamic: a batch-1 example specialises the batch to 1.
+The example input and symbolic dims are in shapes.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -19,52 +20,20 @@ import torch
 from torch import nn
 
 from ..core.config import Config
-from ..core.contract import IMAGE_SIZES, INPUT, INPUT_NAMES
+from ..core.contract import INPUT_NAMES
 from ..core.errors import UserError
-from ..core.sidecar import check_meta_free, meta_path, write_meta
+from ..core.sidecar import check_meta_free, meta_path, request_key, write_meta
 from ..model.checkpoint import load_trained_detector
 from ..model.meta import contract_for, model_meta
 from .deploy import PostprocessSettings, build_deploy_model
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
 from .onnx_passes import name_nodes_by_module, type_loop_bodies
 from .options import MAX_TOPK, ExportOptions
+from .shapes import dynamic_shapes, example_shape
 from .verify import Verification, verify_onnx, verify_package
 
 PROTOBUF_LIMIT = (1 << 31) - (1 << 26)  # weights above ~1.9 GB go to NAME.onnx.data
-EXAMPLE_BATCH = 2  # >= 2, or the dynamo exporter specialises the batch dimension to 1
 AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16}  # ExportOptions.precision -> the package's autocast
-
-
-def default_output_name(config_file: str | Path, nms: str, format: str = "onnx", precision: str = "fp32") -> str:
-    """<config name>.onnx; the tensor-NMS variant and the AOTInductor packages get their own names, so all of them
-    (and their meta.json) can sit side by side."""
-    path = Path(config_file)
-    # a training run's OUTPUT_DIR/config.yaml is named after its folder
-    stem = path.parent.name if path.stem == "config" and path.parent.name else path.stem
-    if format == "aoti":
-        return f"{stem}_aoti.pt2" if precision == "fp32" else f"{stem}_aoti_{precision}.pt2"
-    return f"{stem}.onnx" if nms == "onnx" else f"{stem}_{nms}nms.onnx"
-
-
-def _dynamic_shapes(options: ExportOptions) -> dict:
-    from torch.export import Dim
-
-    dims: dict[int, Any] = {}
-    sizes: dict[int, Any] = {}
-    if not options.batch.static:
-        dims[0] = sizes[0] = Dim("batch", min=options.batch.min, max=options.batch.max)
-    div = options.divisibility
-    for axis, name, r in ((2, "height", options.height), (3, "width", options.width)):
-        if not r.static:
-            dims[axis] = div * Dim(f"{name}_{div}", min=r.min // div, max=r.max // div)
-    return {INPUT: dims, IMAGE_SIZES: sizes}
-
-
-def example_shape(options: ExportOptions) -> tuple[int, int, int, int]:
-    batch = options.batch.min if options.batch.static else max(EXAMPLE_BATCH, options.batch.min)
-    # H != W where the ranges allow: a square example lets the tracer conflate the two dims unnoticed
-    pick = lambda r, target: r.min if r.static else min(r.max, max(r.min, target))
-    return (batch, 3, pick(options.height, 256), pick(options.width, 320))
 
 
 def check_output(output: Path) -> None:
@@ -86,7 +55,7 @@ def trace(deploy: nn.Module, options: ExportOptions) -> tuple[Any, tuple[int, ..
     try:
         program = torch.onnx.export(
             deploy, (example, sizes), dynamo=True, input_names=list(INPUT_NAMES), output_names=list(deploy.output_names),
-            dynamic_shapes=_dynamic_shapes(options), custom_translation_table=ONNX_TRANSLATIONS,
+            dynamic_shapes=dynamic_shapes(options), custom_translation_table=ONNX_TRANSLATIONS,
             opset_version=options.opset, verbose=False,
         )
     except Exception as e:  # the exporter's own messages are pages long; keep its first line
@@ -116,6 +85,12 @@ class Prepared:
     deploy: nn.Module
     settings: PostprocessSettings
     meta: dict[str, Any]
+
+
+def export_request(cfg: Config, options: ExportOptions) -> str:
+    """What an export answers, as its meta.json records it (export.request): the options but the output path,
+    and the config (thresholds, sizes, classes). The weights are meta's source.weights_sha256."""
+    return request_key({**dataclasses.asdict(options), "output": None}, cfg.dump())
 
 
 def published(output: Path, meta: dict[str, Any], verification: Verification | None, *, log=print) -> ExportResult:
@@ -163,7 +138,7 @@ def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print)
 
 def export_model(cfg: Config, options: ExportOptions, *, config_name: str, verify_images: list[torch.Tensor] | None,
                  log=print) -> ExportResult:
-    """`export --format onnx|aoti`."""
+    """`export --format onnx|aoti`; options' None fields are resolved against the config."""
     write = export_package if options.format == "aoti" else export_onnx
     return write(cfg, options, config_name=config_name, verify_images=verify_images, log=log)
 
@@ -175,6 +150,7 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     verification leaves an existing NAME.onnx untouched."""
     import onnx
 
+    options = options.resolved(cfg, config_name)
     job = prepare(cfg, options, config_name=config_name, log=log)
     output, meta = Path(options.output), job.meta
     t0 = time.perf_counter()
@@ -185,7 +161,7 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     meta["versions"]["onnx"] = onnx.__version__
     large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
     meta["export"] = {"seconds": round(export_seconds, 2), "external_data": large, "simplified": options.simplify,
-                      "example_shape": list(shape)}
+                      "example_shape": list(shape), "request": export_request(cfg, options)}
     log(f"[export] traced in {export_seconds:.1f} s ({len(model.graph.node)} nodes, opset {opset})")
 
     # The staging folder holds the final file names: external data refers to its file by name.
@@ -211,6 +187,7 @@ def export_package(cfg: Config, options: ExportOptions, *, config_name: str, ver
     moved into place with NAME.meta.json, as for ONNX). The package's own metadata carries the contract."""
     from .aoti import compile_package
 
+    options = options.resolved(cfg, config_name)
     job = prepare(cfg, options, config_name=config_name, log=log)
     output, meta = Path(options.output), job.meta
     meta["opset"] = None  # not an ONNX graph
@@ -218,7 +195,8 @@ def export_package(cfg: Config, options: ExportOptions, *, config_name: str, ver
     stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         staged = stage / output.name
-        meta["export"] = compile_package(job.deploy, options, staged, meta, log=log)
+        meta["export"] = {**compile_package(job.deploy, options, staged, meta, log=log),
+                          "request": export_request(cfg, options)}
         verification = None
         if verify_images is not None:
             verification = verify_package(staged, meta, job.detector, verify_images, device=options.device,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.contract import ShapeRange
 from ..core.errors import UserError
 from ..core.sidecar import PACKAGE_SUFFIX
+
+if TYPE_CHECKING:
+    from ..core.config import Config
 
 MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
 FORMATS = ("onnx", "aoti")  # NAME.onnx, or an AOTInductor package NAME.pt2
@@ -18,33 +23,63 @@ ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather", "loop": "onnx"}
 PACKAGE_DEVICES = ("cpu", "cuda")
 PACKAGE_PRECISIONS = ("fp32", "fp16")  # fp16: the network under CUDA autocast, inside the package
 DEFAULT_BATCH = ShapeRange(1, 8)
-DEFAULT_SIZE = ShapeRange(64, 1344)
+EXPORT_DIR = Path("export")  # where an export goes when no output is given
+DEFAULT_NMS = {"onnx": "onnx", "aoti": "loop"}  # per format, when no NMS lowering is given
+BOX_CANDIDATES = 1000  # R-CNN box head: best per-class candidates entering NMS (<= MAX_TOPK)
+ROI_SAMPLES = 2  # the gather RoIAlign's bound on adaptive samples per bin and axis
+
+
+def default_output_name(config_file: str | Path, nms: str, format: str = "onnx", precision: str = "fp32") -> str:
+    """<config name>.onnx; the tensor-NMS variant and the AOTInductor packages get their own names, so all of them
+    (and their meta.json) can sit side by side."""
+    path = Path(config_file)
+    # a training run's OUTPUT_DIR/config.yaml is named after its folder
+    stem = path.parent.name if path.stem == "config" and path.parent.name else path.stem
+    if format == "aoti":
+        return f"{stem}_aoti.pt2" if precision == "fp32" else f"{stem}_aoti_{precision}.pt2"
+    return f"{stem}.onnx" if nms == "onnx" else f"{stem}_{nms}nms.onnx"
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    output: Path
+    """None fields are resolved against the config by `resolved`: the output export/<config name>.onnx (or
+    _aoti.pt2), H and W from 2 x the divisibility to the test resize's long side, the config's divisibility,
+    and the format's NMS lowering (DEFAULT_NMS)."""
+
+    output: Path | None = None
     format: str = "onnx"
     batch: ShapeRange = DEFAULT_BATCH
-    height: ShapeRange = DEFAULT_SIZE
-    width: ShapeRange = DEFAULT_SIZE
-    divisibility: int = 32  # INPUT.SIZE_DIVISIBILITY: every level is exactly 2x the next
-    nms: str = "onnx"
+    height: ShapeRange | None = None
+    width: ShapeRange | None = None
+    divisibility: int | None = None  # INPUT.SIZE_DIVISIBILITY: every level is exactly 2x the next
+    nms: str | None = None
     input_scale: float = 255.0
     opset: int | None = None
-    box_candidates: int = 1000
+    box_candidates: int = BOX_CANDIDATES
     max_det_masks: int | None = None  # Mask R-CNN: the mask head on the best N of the K rows (None: all K)
     simplify: bool = False
     roi_align: str | None = None  # None: "onnx" with --nms onnx, "gather" (plugin-free) with --nms tensor
-    roi_samples: int = 2  # the gather lowering's bound on adaptive RoIAlign samples per bin and axis
+    roi_samples: int = ROI_SAMPLES  # the gather lowering's bound on adaptive RoIAlign samples per bin and axis
     device: str = "cpu"  # the AOTInductor package's device
     precision: str = "fp32"  # the AOTInductor package's arithmetic: fp32, or fp16 (CUDA autocast)
+
+    def resolved(self, cfg: Config, config_file: str | Path) -> ExportOptions:
+        from ..model.meta import default_size_range
+
+        nms = self.nms or DEFAULT_NMS.get(self.format, "onnx")
+        size = default_size_range(cfg)
+        output = self.output or EXPORT_DIR / default_output_name(config_file, nms, self.format, self.precision)
+        return dataclasses.replace(self, output=Path(output), nms=nms, height=self.height or size,
+                                   width=self.width or size,
+                                   divisibility=self.divisibility or cfg.INPUT.SIZE_DIVISIBILITY)
 
     @property
     def roi_align_lowering(self) -> str:
         return self.roi_align or ROI_ALIGN_FOR_NMS[self.nms]
 
     def validate(self) -> None:
+        if self.output is None or self.nms is None or self.height is None or self.width is None or not self.divisibility:
+            raise ValueError("validate() takes resolved options (ExportOptions.resolved)")
         if self.format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         suffix = PACKAGE_SUFFIX if self.format == "aoti" else ".onnx"

@@ -61,6 +61,16 @@ def parse_budgets(items: list[str]) -> dict[str, float]:
     return budgets
 
 
+def verdict(reference: dict[str, dict[str, Any]], metrics: dict[str, dict[str, Any]], *, budget: float,
+            non_finite: int) -> tuple[str, dict[str, float]]:
+    """("pass" or "fail", the AP change in points per IoU type): an artifact passes when no IoU type (bbox, and
+    segm for masks) loses more than `budget` AP points against the reference and no value it returned is
+    NaN or infinite. Gaining AP never fails."""
+    delta = {t: 100 * (metrics[t]["AP"] - reference[t]["AP"]) for t in reference}
+    ok = all(-d <= budget for d in delta.values()) and non_finite == 0
+    return ("pass" if ok else "fail"), delta
+
+
 def _agreement(reference: Evaluation, other: Evaluation, score_thresh: float, max_det: int) -> Agreement:
     agreement = Agreement()
     for image_id, ref in reference.detections.items():
@@ -108,12 +118,11 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
     for path, detector in runnable:
         evaluation = evaluate_predictor(detector, dataset, max_images=max_images, batch_size=batch,
                                         desc=f"{detector.kind} {detector.precision} {path.name}")
-        delta = {t: 100 * (evaluation.metrics[t]["AP"] - ref_eval.metrics[t]["AP"]) for t in ref_eval.metrics}
         budget = budgets.get(detector.precision, budgets["fp32"])
         agreement = _agreement(ref_eval, evaluation, post["score_thresh"], reference.contract.max_detections)
-        ok = all(-d <= budget for d in delta.values()) and agreement.non_finite == 0
+        status, delta = verdict(ref_eval.metrics, evaluation.metrics, budget=budget, non_finite=agreement.non_finite)
         rows.append(ArtifactResult(path=str(path), kind=detector.kind, precision=detector.precision,
-                                   status="pass" if ok else "fail", metrics=evaluation.metrics, delta=delta,
+                                   status=status, metrics=evaluation.metrics, delta=delta,
                                    budget=budget, agreement=agreement.statistics(), int8_target=int8_target(detector)))
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")

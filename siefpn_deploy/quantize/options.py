@@ -16,6 +16,7 @@ TARGETS = ("tensorrt", "ort-cpu", "openvino")
 # ORT's entropy pass histograms every tensor; NNCF offers min/max statistics only
 DEFAULT_CALIB_METHOD = {"tensorrt": "entropy", "ort-cpu": "max", "openvino": "max"}
 INT8_SUFFIX = {"tensorrt": "int8", "ort-cpu": "int8-cpu", "openvino": "int8-ov"}  # NAME.<suffix>.onnx
+CALIB_CACHE = Path("calib")  # `quantize --calib-cache`'s default: preprocessed calibration images
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class QuantizeOptions:
     target: str = "tensorrt"  # int8 only: TARGETS
     calib_batch: int = 8
     calib_size: tuple[int, int] | None = None  # the calibration canvas; default: the largest exported size
-    calib_cache: Path | None = None  # preprocessed images are cached here (the CLI's default: calib/)
+    calib_cache: Path | None = None  # preprocessed images are cached here (the CLI's default: CALIB_CACHE)
     exclude: list[str] = field(default_factory=list)
     default_excludes: bool = True
 

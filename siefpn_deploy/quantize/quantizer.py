@@ -10,6 +10,7 @@ the same meta.json fields and the same TensorRT build path serve every precision
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import io
@@ -25,7 +26,7 @@ import numpy as np
 from ..core.contract import GraphContract
 from ..core.errors import CannotRunHere, UserError
 from ..core.fileio import atomic_path
-from ..core.sidecar import meta_path, read_meta, write_meta
+from ..core.sidecar import meta_path, read_meta, request_key, write_meta
 from ..data.preprocess import Preprocess
 from .calibration import BatchReader, CalibrationSet, check_batch, choose, list_images, load_or_build
 from .nncf_ov import quantize_for_openvino_in_subprocess
@@ -150,6 +151,12 @@ def _convert(options: QuantizeOptions, calib: CalibrationSet, excludes: list[str
     return range_kept, qdq
 
 
+def quantize_request(options: QuantizeOptions) -> str:
+    """What a quantization answers, as its meta.json records it (quantization.request): the options but where
+    the output and the calibration cache go. The source model is quantization.source_sha256."""
+    return request_key({**dataclasses.asdict(options), "output": None, "calib_cache": None})
+
+
 def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[str, Any]]:
     if options.precision not in ("fp16", "int8"):
         raise UserError(f"--precision must be fp16 or int8, got {options.precision!r}")
@@ -204,7 +211,7 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
                         "images": len(images), "source": str(source), "canvas": list(canvas),
                         "cache": str(calib.path) if options.calib_cache else None, "batch": options.calib_batch},
         "excludes": excludes, "qdq_nodes": qdq, "seconds": round(seconds, 1),
-        "fp16_range_kept": range_kept,
+        "fp16_range_kept": range_kept, "request": quantize_request(options),
     }
     versions = new_meta.setdefault("versions", {})
     if options.target == "ort-cpu":

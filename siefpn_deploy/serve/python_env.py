@@ -3,7 +3,7 @@
 `serve` runs a real `tritonserver` (from the nvidia-pytriton wheel). Requests reach this process through
 the Python backend: a stub process per model instance, with an embedded interpreter, runs PyTriton's proxy
 model, which hands each batch to us over ZeroMQ and shared memory. Two facts about nvidia-pytriton 0.7's
-stub make it need an environment of its own (both seen on this project's machines, 2026-11-26):
+stub make it need an environment of its own :
 
 - it was built for NumPy 1: under NumPy 2 every tensor it returns is empty ("output tensor shape does not
   match size of output"). This project runs on NumPy 2 (torch, ONNX Runtime), so the stub gets a venv of

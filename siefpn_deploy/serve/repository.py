@@ -29,6 +29,7 @@ from ..core.fileio import write_json
 from ..core.sidecar import ENGINE_SUFFIX, read_meta
 from ..runtime.detector import engine_model_meta
 from . import protocol
+from .options import MAX_IMAGE_PIXELS, MAX_QUEUE_DELAY_US
 from .protocol import ORIGINAL_SIZE
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ENGINE_SUFFIX: "tensorrt_plan"}
@@ -40,13 +41,13 @@ INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 
 @dataclass(frozen=True)
 class RepositoryOptions:
-    output: Path
+    output: Path = Path("model_repository")
     max_batch: int | None = None  # default: the artifact's largest batch (an engine's: its profile's)
     instances: int = 1  # instances per GPU (KIND_GPU) or in all (KIND_CPU)
     instance_kind: str = "gpu"
-    delay_us: int = 100  # dynamic batching's max_queue_delay_microseconds
+    delay_us: int = MAX_QUEUE_DELAY_US  # dynamic batching's max_queue_delay_microseconds
     ensemble: bool = False  # also NAME_preprocess, NAME_postprocess and NAME_ensemble (encoded images in)
-    max_image_pixels: int = 40_000_000  # the ensemble's preprocessing refuses larger images
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # the ensemble's preprocessing refuses larger images
 
 
 @dataclass(frozen=True)

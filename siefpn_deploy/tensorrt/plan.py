@@ -7,6 +7,7 @@ source meta.json (preprocessing, classes, thresholds), so a runtime needs nothin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from ..core.contract import SCHEMA_VERSION
 from ..core.errors import UserError
 from ..core.fileio import atomic_write, write_json
-from ..core.sidecar import ENGINE_META_SUFFIX, ENGINE_SUFFIX, outside_range, read_meta, read_sidecar
+from ..core.sidecar import ENGINE_META_SUFFIX, ENGINE_SUFFIX, outside_range, read_meta, read_sidecar, request_key
 from .builder import Profile, build_serialized, load_backend, parse_onnx
 
 ENGINE_FORMAT = "siefpn-deploy/engine-meta"
@@ -33,12 +34,16 @@ def engine_name(onnx: Path) -> str:
     return onnx.name.removesuffix(".onnx") + ENGINE_SUFFIX
 
 
+ENGINE_DIR = Path("engines")  # where an engine goes when no path is given: engines/NAME.plan
+TIMING_CACHE = ENGINE_DIR / "timing.cache"  # shared by builds: later builds of similar layers skip their timing
+
+
 @dataclass(frozen=True)
 class BuildOptions:
-    """Paths are used as given (the CLI puts defaults under engines/); timing_cache None builds without one."""
+    """engine None: ENGINE_DIR/NAME.plan; timing_cache None builds without one."""
 
     onnx: Path
-    engine: Path
+    engine: Path | None = None
     min_shape: tuple[int, ...] | None = None
     opt_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
@@ -46,6 +51,14 @@ class BuildOptions:
     timing_cache: Path | None = None
     optimization_level: int | None = None
     version_compatible: bool = False
+
+    def engine_path(self) -> Path:
+        return self.engine or ENGINE_DIR / engine_name(self.onnx)
+
+
+def build_request(options: BuildOptions) -> str:
+    """What a build answers, as NAME.engine.json records it (build.request): the options but the paths."""
+    return request_key({**dataclasses.asdict(options), "onnx": None, "engine": None, "timing_cache": None})
 
 
 def parse_shape(text: str, flag: str) -> tuple[int, ...]:
@@ -99,7 +112,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
                         "NNCF's layout): build the `quantize --target tensorrt` model")
     profile = profile_for(meta, options)
     backend = load_backend()
-    engine = options.engine
+    engine = options.engine_path()
     if engine.suffix != ENGINE_SUFFIX:
         raise UserError(f"--engine must end in {ENGINE_SUFFIX}, got {engine}")
     log(f"[build] {options.onnx} ({meta.get('precision', 'fp32')}) with {backend.flavour} {backend.version}, "
@@ -118,7 +131,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
         "tensorrt": {"flavour": backend.flavour, "version": backend.version, "strongly_typed": True,
                      "version_compatible": options.version_compatible},
         "io": _io(parsed.network), "profile": profile.as_dict(),
-        "build": {"seconds": round(seconds, 1), "workspace_gib": options.workspace_gib,
+        "build": {"seconds": round(seconds, 1), "request": build_request(options), "workspace_gib": options.workspace_gib,
                   "optimization_level": options.optimization_level,
                   "timing_cache": str(options.timing_cache) if options.timing_cache and backend.has_timing_cache
                   else None},

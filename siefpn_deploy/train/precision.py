@@ -1,9 +1,10 @@
 """Training arithmetic: bfloat16 autocast where the CPU computes bfloat16 natively, FP32 elsewhere.
 
 SOLVER.AMP:
-- auto: bf16 autocast on a CPU with AVX512-BF16 or AMX (a measured 1.6x on the synthetic preset's step on
-  this project's 2-core CI machine, 1.8x with channels_last; DESIGN.md section 3), FP32 on other CPUs (where
-  bf16 is emulated and slower) and on CUDA (the GPU figures are FP32; ask for bf16 there explicitly);
+- auto: bf16 autocast on a CPU with AVX512-BF16 or AMX (about 1.9x FP32's training throughput with
+  channels_last on the synthetic preset, 2 cores: benchmarks/results/train_default_cpu.md), FP32 on other CPUs
+  (where bf16 is emulated and slower) and on CUDA (ask for bf16 there explicitly). SIEFPN_CPU_BF16=0 or 1
+  overrides the CPU detection (core/cpu.py);
 - bf16: bf16 autocast on any device;
 - fp32: no autocast (YAML would read a bare `off` as false).
 
@@ -18,16 +19,12 @@ import contextlib
 
 import torch
 
-from ..core.cpu import bf16_units
-
-
-def cpu_has_native_bf16() -> bool:
-    return bf16_units() is not None
+from ..core.cpu import native_bf16
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype SOLVER.AMP asks for on `device`, or None for FP32."""
-    if amp == "bf16" or (amp == "auto" and device.type == "cpu" and cpu_has_native_bf16()):
+    if amp == "bf16" or (amp == "auto" and device.type == "cpu" and native_bf16()):
         return torch.bfloat16
     return None
 

@@ -1,7 +1,7 @@
 """The first training losses of one preset with the loader in the training process and with a loader worker.
 
-    python benchmarks/loader_workers_steps.py                  # the demo preset on datasets/synth-easy, bf16
-    python benchmarks/loader_workers_steps.py --amp fp32 --steps 10
+    python benchmarks/experiments/loader_workers_steps.py      # the demo preset on datasets/synth-easy
+    python benchmarks/experiments/loader_workers_steps.py --amp fp32 --steps 10
 
 Both loaders give the same batches up to float rounding (a worker resizes on one thread; the pixels differ by
 about 1e-7, tests/test_train.py::test_the_loader_worker_count_does_not_change_the_batches). This shows what
@@ -18,8 +18,7 @@ from pathlib import Path
 
 from siefpn_deploy.core.config import load_config
 from siefpn_deploy.core.reporting import markdown_table
-from siefpn_deploy.data.synth import EASY
-from siefpn_deploy.demo import dataset_overrides, ensure_synthetic
+from siefpn_deploy.pipeline import DatasetOptions, synthetic_dataset
 from siefpn_deploy.train.trainer import Trainer
 
 
@@ -36,12 +35,12 @@ def main() -> int:
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp32"], help="SOLVER.AMP")
     p.add_argument("--steps", type=int, default=6)
     args = p.parse_args()
-    ensure_synthetic(Path(args.data), level=EASY)
+    data = synthetic_dataset(DatasetOptions(root=Path(args.data), level="easy"))
     runs = {}
     with tempfile.TemporaryDirectory() as out:
         for workers in (0, 1):
-            opts = dataset_overrides(Path(args.data)) + ["DATALOADER.NUM_WORKERS", str(workers), "SOLVER.AMP", args.amp,
-                                                         "OUTPUT_DIR", str(Path(out) / str(workers))]
+            opts = data.overrides() + ["DATALOADER.NUM_WORKERS", str(workers), "SOLVER.AMP", args.amp,
+                                       "OUTPUT_DIR", str(Path(out) / str(workers))]
             runs[workers] = losses(args.config_file, opts, args.steps)
     rows = [[i + 1, f"{a:.7f}", f"{b:.7f}", f"{abs(a - b) / abs(a):.1e}"] for i, (a, b) in enumerate(zip(runs[0], runs[1]))]
     print(markdown_table(["step", "loss, no worker", "loss, 1 worker", "relative difference"], rows))

@@ -1,11 +1,12 @@
 #!/bin/bash
-# Issue 13 part 4 on the lent GPU machine: Faster and Mask R-CNN (R18 presets, the demo's input sizes) trained
-# on the easy level's train split (scored on its last 100 images, which it trained on: a smoke check,
-# not a measure), for the CPU parity table (benchmarks/parity_cpu.py). A time limit keeps
-# the call inside the device budget: each run checkpoints every 250 iterations and the newest checkpoint
-# comes back, as FP16 parts of 15 MiB (the device's transfer limit); benchmarks/device/join_weights.py
-# rejoins them into an FP32 model_final.pth. Run from the repository root there:
-#   bash benchmarks/device/train_rcnn_easy.sh [SECONDS]
+# On a GPU machine: Faster and Mask R-CNN (R18 presets, the demo's input sizes) trained on the easy level's
+# train split (scored on its last 100 images, which it trained on: a smoke check, not a measure), for the CPU
+# parity table (benchmarks/parity_cpu.py). A time limit keeps the call inside a device time budget: each run
+# checkpoints every 250 iterations and the newest checkpoint comes back, as FP16 parts of 15 MiB (under the
+# machine's 16 MiB transfer limit); benchmarks/experiments/join_weights.py rejoins them into an FP32
+# model_final.pth. Run from the repository root there, with the pycocotools wheel in .whl/ and $OUT the folder
+# that comes back:
+#   bash benchmarks/experiments/train_rcnn_easy.sh [SECONDS]
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/pycocotools-*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 limit=${1:-230}

@@ -1,12 +1,12 @@
 #!/bin/bash
-# Issue 13, round 2 on the lent GPU machine (round 1: tune_demo_level.sh). Round 1 showed the easy level's
-# misses are wrong classes, not loose boxes; here the smallest object grows (16 px -> 24, 32 px) so the five
-# shapes are told apart, and the R-CNN detectors are trained for issue 13's CPU parity table (part 4).
-# Every RetinaNet run is scored on the last 200 train images of 1400, held out (never val); the first 1200
-# are exactly the demo's train split. Results: benchmarks/results/demo_level_h100.md. (As run, it also sent
-# the R-CNN weights back in two halves; one half was over the device's 16 MiB limit and did not come back,
-# so that step was removed. The parity table's R-CNNs come from train_rcnn_easy.sh on the chosen level.)
-#   bash benchmarks/device/tune_demo_level2.sh
+# On a GPU machine, after tune_demo_level.sh: the easy level's misses there are wrong classes, not loose
+# boxes, so here the smallest object grows (16 px -> 24, 32 px) for the five shapes to be told apart, and
+# the R-CNN detectors train at the same settings (their weights for the CPU parity table come from
+# train_rcnn_easy.sh, which sends them back). Every RetinaNet run is scored on the last 200 train images of
+# 1400, held out (never val); the first 1200 are exactly the demo's train split.
+# Results: benchmarks/results/demo_level_h100.md. Run from the repository root there, with the pycocotools
+# wheel in .whl/ and $OUT the folder that comes back:
+#   bash benchmarks/experiments/tune_demo_level2.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/pycocotools-*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 - <<'PY'

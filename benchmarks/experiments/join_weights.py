@@ -1,7 +1,7 @@
-"""Rejoin the FP16 weight parts a device script sends back (the device returns files of at most 16 MiB) into an
-FP32 checkpoint the project loads: `{"model": state dict, "classes": ...}`.
+"""Rejoin the FP16 weight parts that train_rcnn_easy.sh sends back from a GPU machine (which returns files of at
+most 16 MiB) into an FP32 checkpoint the project loads: `{"model": state dict, "classes": ...}`.
 
-    python benchmarks/device/join_weights.py OUT.pth PART [PART ...]
+    python benchmarks/experiments/join_weights.py OUT.pth PART [PART ...]
 
 The parts are the byte pieces of one `torch.save` file (from `split`), in order. The weights were rounded to
 FP16 on the way, so the rejoined model is not bit-equal to the one trained there: evaluate it here, and report

@@ -1,9 +1,9 @@
 #!/bin/bash
-# Issue 13, on the lent GPU machine: which synthetic scene level a short training budget can learn. Four
-# RetinaNet R18 runs in parallel on one GPU (3 loader workers each), scored on the last 200 train images, held
-# out (never val). Results: benchmarks/results/demo_level_h100.md. Run from the repository root there, with
-# the pycocotools wheel in .whl/ (the device README says how to fetch one):
-#   bash benchmarks/device/tune_demo_level.sh
+# On a GPU machine: which synthetic scene level a short training budget can learn. Four RetinaNet R18 runs in
+# parallel on one GPU (3 loader workers each), scored on the last 200 train images, held out (never val).
+# Results: benchmarks/results/demo_level_h100.md. Run from the repository root there, with the pycocotools
+# wheel in .whl/ and $OUT the folder that comes back:
+#   bash benchmarks/experiments/tune_demo_level.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/pycocotools-*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 - <<'PY'

@@ -1,0 +1,47 @@
+"""`siefpn-deploy client`: send images to a `serve` server (serve.client)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_detections_json, add_source
+
+HELP = "send images to a `serve` server (HTTP or gRPC): detections as COCO JSON, latency"
+DESCRIPTION = ("Send every image under --source to a `siefpn-deploy serve` server (or a `triton-repo --ensemble` "
+               "model) and print throughput and latency percentiles.")
+EPILOG = """\
+examples:
+  siefpn-deploy client --url localhost:{http} --source datasets/synth/val --concurrency 8
+  siefpn-deploy client --url localhost:{grpc} --grpc --source datasets/synth/val \\
+      --annotations datasets/synth/annotations/instances_val.json --save-json out/served_results.json
+
+Sends each image's file bytes to a `siefpn-deploy serve` server (tritonclient, HTTP or gRPC), CONCURRENCY
+requests at a time, and prints throughput and latency percentiles. --save-json writes what
+`siefpn-deploy infer --save-json` writes: COCO results with --annotations (COCO.loadRes takes them).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    import inspect
+
+    from ..serve.client import run_client
+    from ..serve.options import ServeOptions
+
+    parser.epilog = EPILOG.format(http=ServeOptions.http_port, grpc=ServeOptions.grpc_port)
+    parser.add_argument("--url", default=f"localhost:{ServeOptions.http_port}",
+                        help=f"host:port (default %(default)s; gRPC: :{ServeOptions.grpc_port})")
+    parser.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
+    parser.add_argument("--model", metavar="NAME", help="the model (default: the server's only one)")
+    add_source(parser)
+    add_detections_json(parser)
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        default=inspect.signature(run_client).parameters["concurrency"].default,
+                        help="requests in flight (default %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..serve.client import run_client
+
+    run_client(args.url, args.source, grpc=args.grpc, model=args.model, annotations=args.annotations,
+               save_json=args.save_json, concurrency=args.concurrency)
+    return 0

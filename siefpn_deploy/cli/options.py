@@ -1,0 +1,147 @@
+"""What the commands share: the parser class every command gets, and the options several commands take, each
+defined once here so it reads and defaults the same everywhere.
+
+A default in help text is argparse's `%(default)s` (the value the parser really uses) or an f-string of the
+options dataclass field it comes from; no default is written out twice. A command's options come from the
+stage modules that own their defaults, and those import torch: `CommandParser` adds them only when that command
+is parsed or its help printed, so `siefpn-deploy --help` and every other command stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+DESCRIPTION_WIDTH = 110  # the width the epilogs' paragraphs are laid out at
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks (the examples are laid out by hand; `add_command` wraps a
+    description)."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one command module (HELP, DESCRIPTION, EPILOG, add_arguments, run). Its options are added on
+    first use, and its `run` becomes the namespace's `run`."""
+
+    def __init__(self, *args: Any, command: ModuleType | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+        self._command = command
+        self._options_added = command is None
+
+    def add_command_options(self) -> None:
+        if self._options_added:
+            return
+        self._options_added = True
+        self._command.add_arguments(self)
+        self.set_defaults(run=self._command.run)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.add_command_options()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.add_command_options()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.add_command_options()
+        return super().format_help()
+
+
+def add_command(subparsers: Any, name: str, command: ModuleType) -> CommandParser:
+    return subparsers.add_parser(name, command=command, help=command.HELP, epilog=command.EPILOG,
+                                 description=textwrap.fill(command.DESCRIPTION, DESCRIPTION_WIDTH))
+
+
+def optional_path(text: str) -> Path | None:
+    """A path option where '' means none (--timing-cache '', --calib-cache '')."""
+    return Path(text) if text else None
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def add_config_file(parser: argparse.ArgumentParser, help: str, *, required: bool = False,
+                    default: str | None = None) -> None:
+    """--config-file: a YAML path or the name of a shipped preset (`train --list-presets`)."""
+    if default is not None:
+        help += "; default %(default)s"
+    parser.add_argument("--config-file", metavar="FILE", required=required, default=default, help=help)
+
+
+def add_checkpoint_config(parser: argparse.ArgumentParser) -> None:
+    """--config-file of the commands that run any artifact: only a .pth checkpoint needs one."""
+    add_config_file(parser, "for a .pth: its config (default: config.yaml beside it)")
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides") -> None:
+    """KEY VALUE config overrides after the options (values parsed as YAML)."""
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help=help)
+
+
+REQUIRED_WEIGHTS = "config overrides; MODEL.WEIGHTS path/to/model_final.pth is required"
+
+
+# ------------------------------------------------------------------------------ running artifacts
+
+
+def add_artifacts(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--artifacts", nargs="+", required=True, type=Path, metavar="PATH", help=help)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """--device where an artifact runs (`export --device` is another option: the device a package is compiled for)."""
+    from ..core.ort import DEVICES
+    from ..pipeline.bench import BenchJob
+
+    parser.add_argument("--device", choices=DEVICES, default=BenchJob.device,
+                        help="where artifacts run; auto: a GPU when there is one (default %(default)s)")
+
+
+_RUNTIME_HELP = ("onnxruntime, or openvino (CPU; pip install 'siefpn-deploy[openvino]'); default: the file's own, "
+                 "openvino for `quantize --target openvino`, else onnxruntime")
+
+
+def add_runtime(parser: argparse.ArgumentParser, *, several: bool) -> None:
+    """--runtime: what runs a .onnx; `several` (parity, bench) takes a list, a row each."""
+    from ..core.openvino import RUNTIMES
+
+    if several:
+        parser.add_argument("--runtime", nargs="+", choices=RUNTIMES, metavar="R",
+                            help=f"what runs each .onnx, a row per runtime: {_RUNTIME_HELP}")
+    else:
+        parser.add_argument("--runtime", choices=RUNTIMES, help=f"what runs a .onnx: {_RUNTIME_HELP}")
+
+
+def runtimes(args: argparse.Namespace) -> tuple[str, ...] | None:
+    return tuple(args.runtime) if args.runtime else None
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads of the runtime that runs a .onnx (default: the runtime's own)")
+
+
+def add_report(parser: argparse.ArgumentParser, default: Path, what: str) -> None:
+    parser.add_argument("--report", type=Path, default=default, metavar="DIR",
+                        help=f"where {what} go (default %(default)s)")
+
+
+# ------------------------------------------------------------------------------ images in, detections out
+
+
+def add_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, type=Path, metavar="PATH", help="an image or a folder of images")
+
+
+def add_detections_json(parser: argparse.ArgumentParser) -> None:
+    """--save-json and --annotations: what `infer` and `client` write, in the same format."""
+    parser.add_argument("--save-json", type=Path, metavar="FILE",
+                        help="write the detections as JSON: COCO results with --annotations, else keyed by file_name")
+    parser.add_argument("--annotations", type=Path, metavar="JSON",
+                        help="COCO instances file listing the --source images: --save-json then writes COCO results "
+                        "(image_id, category_id, bbox, score, RLE segmentation) that COCO.loadRes takes")

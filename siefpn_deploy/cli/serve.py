@@ -1,0 +1,86 @@
+"""`siefpn-deploy serve`: serve any artifact with a local Triton Inference Server (serve.server)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_checkpoint_config, add_device, add_threads
+
+HELP = "serve any artifact with a local Triton Inference Server (dynamic batching, HTTP, gRPC)"
+DESCRIPTION = ("Serve a .onnx, .pt2, .plan or .pth with a real Triton Inference Server in this process: encoded "
+               "images in, detections out, until SIGINT or SIGTERM.")
+EPILOG = """\
+examples:
+  siefpn-deploy serve --artifact export/demo.onnx                  # HTTP :{http}, gRPC :{grpc}, metrics :{metrics}
+  siefpn-deploy serve --artifact engines/demo.fp16.plan --max-batch 16 --max-queue-delay-us 5000 --instances 2
+  curl localhost:{http}/v2/health/ready && curl localhost:{metrics}/metrics
+  siefpn-deploy client --url localhost:{http} --source datasets/synth/val --concurrency 8
+
+A real Triton Inference Server (tritonserver from the nvidia-pytriton wheel, no container) runs the model in
+this process through its Python backend, with dynamic batching, HTTP and gRPC, health and readiness endpoints,
+statistics and Prometheus metrics. Any artifact kind is served (.onnx, .pt2, .plan, or a .pth), and it takes
+encoded images: input `image` (BYTES [1], a JPEG/PNG/WebP file per row); outputs num_dets, boxes (original
+image pixels), scores, labels, category_ids, class_names, image_size, masks (Mask R-CNN: COCO RLE counts) and
+error (why an image was refused; it fails only its own row). SIGINT or SIGTERM stop it gracefully: requests in
+flight finish, then it exits 0. Setup: pip install -e ".[serve]" && pip install --no-deps nvidia-pytriton==0.7.0
+(its wheel pins numpy<2; its stub gets a numpy<2 environment of its own, built on first use: see
+siefpn_deploy/serve/python_env.py). To hand a fleet the ONNX or engine itself, see `siefpn-deploy triton-repo`.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..serve.options import ServeOptions as o
+
+    parser.epilog = EPILOG.format(http=o.http_port, grpc=o.grpc_port, metrics=o.metrics_port)
+    parser.add_argument("--artifact", required=True, type=Path, metavar="PATH",
+                        help=".onnx, .pt2, .plan or a .pth checkpoint")
+    add_checkpoint_config(parser)
+    add_device(parser)
+    add_threads(parser)
+    parser.add_argument("--host", default=o.host, help="address to listen on (default %(default)s)")
+    parser.add_argument("--http-port", type=int, default=o.http_port, metavar="P", help="default %(default)s")
+    parser.add_argument("--grpc-port", type=int, default=o.grpc_port, metavar="P", help="default %(default)s")
+    parser.add_argument("--metrics-port", type=int, default=o.metrics_port, metavar="P",
+                        help="Prometheus metrics at /metrics (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=o.max_batch, metavar="N",
+                        help="images the dynamic batcher merges into one batch (default %(default)s)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=o.max_queue_delay_us, metavar="D",
+                        help="the longest a request waits for others to batch with, in microseconds "
+                        "(default %(default)s)")
+    parser.add_argument("--instances", type=int, default=o.instances, metavar="N",
+                        help="model instances running batches at once (default %(default)s)")
+    parser.add_argument("--max-image-pixels", type=int, default=o.max_image_pixels, metavar="N",
+                        help="larger images are refused from their header, before decoding (default %(default)s)")
+    parser.add_argument("--exit-timeout", type=int, default=o.exit_timeout_s, metavar="S",
+                        help="on SIGINT/SIGTERM, how long in-flight requests may take (default %(default)s)")
+    parser.add_argument("--model-name", metavar="NAME", help="the Triton model name (default: from the file name)")
+    parser.add_argument("--python-env", type=Path, metavar="DIR", help="the Python-backend stub's environment "
+                        "(default: built once under ~/.cache/siefpn-deploy)")
+    parser.add_argument("--log-file", type=Path, metavar="FILE",
+                        help="tritonserver's log (default: a file in the temp folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ..runtime.detector import Detector
+    from ..serve.options import ServeOptions
+    from ..serve.server import DetectorServer, check_options
+
+    options = ServeOptions(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+        max_image_pixels=args.max_image_pixels, exit_timeout_s=args.exit_timeout, model_name=args.model_name,
+        python_env=args.python_env, log_file=args.log_file)
+    check_options(options)  # before loading the artifact, which can take a while
+    detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file, threads=args.threads)
+    stop = threading.Event()
+    # this process is the server: SIGINT and SIGTERM end the wait, then the server drains and stops
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    with DetectorServer(detector, options) as server:
+        server.wait(stop)
+    print("[serve] stopped")
+    return 0
