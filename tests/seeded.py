@@ -4,8 +4,9 @@ so nothing depends on what a short training happens to learn on this CPU or in w
 The weights are PyTorch's seeded initialisation. Left so, every location scores about the same (the class
 layers' inputs share a large common part), and equality tests would compare near-ties. So, as in data-dependent
 initialisation, each score layer is standardised over two fixed synthetic renders: class logits become about
-N(SHIFT, SPREAD^2) over positions, which leaves tens of detections per image with scores well apart, and the mask
-logits about N(0, MASK_SPREAD^2), so few mask pixels sit near the 0.5 threshold.
+N(SHIFT, SPREAD^2) over positions, which leaves tens of detections per image with scores well apart. The mask logits are
+made about N(MASK_SHIFT, MASK_SPREAD^2): masks that fill their boxes, so mask comparisons test where pasting puts
+a box's border rather than how random high-frequency noise resamples.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from siefpn_deploy.model.detectors import build_detector
 
 SPREAD, SHIFT = 2.0, -9.0  # class logits over positions: a score above 0.05 is about 3 sigma out
 BACKGROUND = 4.0  # the R-CNN box head's background logit, above the standardised classes: most RoIs are background
-MASK_SPREAD = 4.0
+MASK_SPREAD, MASK_SHIFT = 1.0, 4.0  # mask logits about N(4, 1): masks that fill their boxes
 UNUSED_CLASS = -30.0  # RetinaNet's label 0 (torchvision counts a background class it never scores)
 
 
@@ -49,7 +50,7 @@ def seeded_detector(cfg: Config, num_classes: int, seed: int = 0) -> nn.Module:
     else:
         layers = [(model.rpn.head.cls_logits, SPREAD, SHIFT), (model.roi_heads.box_predictor.cls_score, SPREAD, SHIFT)]
         if cfg.MODEL.has_masks:
-            layers.append((model.roi_heads.mask_predictor.mask_fcn_logits, MASK_SPREAD, 0.0))
+            layers.append((model.roi_heads.mask_predictor.mask_fcn_logits, MASK_SPREAD, MASK_SHIFT))
     renders = [to_tensor(synth.render(np.random.default_rng([9, i]), 160, 128)[0]) for i in range(2)]
     # each layer is standardised on what reaches it once the layers before it are (RPN, then the box head)
     for layer, spread, shift in layers:

@@ -27,7 +27,9 @@ from siefpn_deploy.runtime.backends import check_profile
 from siefpn_deploy.runtime.detector import engine_model_meta
 from siefpn_deploy.tensorrt.plan import engine_meta_path, read_engine_meta
 
-ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
+# Quantization, engine builds and parity do not branch on the box head: Mask R-CNN's graph is Faster R-CNN's with
+# the mask branch, so these two cover both (test_export.py exports and checks all three)
+QUANTIZED_ARCHS = ["retinanet", "mask_rcnn"]
 
 
 def val_images(data: Path, n: int) -> list[torch.Tensor]:
@@ -43,7 +45,7 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", QUANTIZED_ARCHS)
 def test_fp16_is_finite_and_keeps_attention_and_decoding_in_fp32(arch, quantized, tiny_synth):
     path = quantized.onnx(arch, "fp16")
     model = onnx.load(str(path))
@@ -62,7 +64,7 @@ def test_fp16_is_finite_and_keeps_attention_and_decoding_in_fp32(arch, quantized
     assert meta["precision"] == "fp16" and meta["quantization"]["excludes"] == list(DEFAULT_EXCLUDES.values())
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", QUANTIZED_ARCHS)
 def test_int8_has_qdq_differs_from_fp32_and_records_its_calibration(arch, quantized, tiny_synth):
     path = quantized.onnx(arch, "int8")
     model = onnx.load(str(path))
@@ -83,7 +85,7 @@ def test_int8_has_qdq_differs_from_fp32_and_records_its_calibration(arch, quanti
             assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", QUANTIZED_ARCHS)
 def test_cpu_int8_is_laid_out_for_onnx_runtime_s_integer_kernels(arch, quantized, tiny_synth, capsys):
     path = quantized.onnx(arch, "int8-cpu")
     model = onnx.load(str(path))
@@ -138,7 +140,7 @@ def test_budget_gates_pass_fp16_and_calibrated_int8_and_fail_a_broken_int8(detec
     assert code == 1 and not report["passed"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", QUANTIZED_ARCHS)
 def test_every_precision_builds_with_a_matching_sidecar(arch, quantized, tmp_path, capsys):
     pytest.importorskip("tensorrt_rtx_bindings", reason="no TensorRT builder installed (pip install '.[tensorrt-rtx]')")
     for precision in ("fp32", "fp16", "int8"):

@@ -29,7 +29,9 @@ from siefpn_deploy.model.checkpoint import load_trained_detector
 from siefpn_deploy.parity.check import verdict
 from siefpn_deploy.runtime import Detector
 
-ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
+# Quantization, engine builds and parity do not branch on the box head: Mask R-CNN's graph is Faster R-CNN's with
+# the mask branch, so these two cover both (test_export.py exports and checks all three)
+QUANTIZED_ARCHS = ["retinanet", "mask_rcnn"]
 README = Path(__file__).parent.parent / "README.md"
 
 
@@ -38,7 +40,7 @@ def val(data: Path, arch: str = "retinanet") -> CocoDetection:
     return CocoDetection(image_dir=images, annotation_file=annotations, with_masks=arch == "mask_rcnn")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", QUANTIZED_ARCHS)
 def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, seeded, exported, quantized, tmp_path, capsys):
     artifacts = [exported.onnx(arch, "onnx")] + [quantized.onnx(arch, p) for p in ("fp32", "fp16", "int8")]
     if arch == "retinanet":  # an engine this machine cannot run is listed, not dropped

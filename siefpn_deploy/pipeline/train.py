@@ -14,7 +14,7 @@ from ..core.fileio import read_json, write_json
 from ..core.sidecar import request_key, sha256_of
 from ..model.checkpoint import last_checkpoint
 
-INPUTS = "inputs.json"  # OUTPUT_DIR/inputs.json: the request a run answers, written before its first step
+INPUTS = "inputs.json"  # OUTPUT_DIR/inputs.json: the request a finished run answers
 FINAL = "model_final.pth"
 METRICS = "metrics.json"  # the final evaluation (evaluation.loop), written after FINAL
 
@@ -65,15 +65,17 @@ def train_detector(options: TrainOptions, *, log=print) -> TrainResult:
     if not Path(cfg.DATASETS.TRAIN_ANNOTATIONS).is_file():
         raise UserError(f"DATASETS.TRAIN_ANNOTATIONS {cfg.DATASETS.TRAIN_ANNOTATIONS} is not a file")
     request = train_request(cfg)
-    same = (run_dir / INPUTS).is_file() and read_json(run_dir / INPUTS) == request
     result = TrainResult(run_dir=run_dir, config=run_dir / "config.yaml", weights=run_dir / FINAL)
-    if options.reuse and same and (run_dir / FINAL).is_file() and (run_dir / METRICS).is_file():
+    finished = (run_dir / INPUTS).is_file() and read_json(run_dir / INPUTS) == request
+    if options.reuse and finished and (run_dir / FINAL).is_file() and (run_dir / METRICS).is_file():
         log(f"[train] {run_dir} already holds a finished run of this config and data")
         return TrainResult(**{**vars(result), "metrics": json.loads((run_dir / METRICS).read_text()), "reused": True})
-    # an interrupted run of the same request continues where it stopped; anything else starts over
-    resume = options.resume or (options.reuse and same and last_checkpoint(run_dir) is not None)
-    if not resume:
-        write_json(run_dir / INPUTS, request)
+    # an interrupted run (no final model yet) of the same config continues where it stopped; anything else,
+    # a finished run on other data included, starts over
+    saved = run_dir / "config.yaml"
+    interrupted = saved.is_file() and saved.read_text() == cfg.dump() and not (run_dir / FINAL).is_file()
+    resume = options.resume or (options.reuse and interrupted and last_checkpoint(run_dir) is not None)
+    (run_dir / INPUTS).unlink(missing_ok=True)  # written again once this run has finished
     log(f"[train] {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}), {cfg.SOLVER.MAX_ITER} "
         f"iterations -> {run_dir}" + (" (resuming)" if resume else ""))
     if options.num_gpus > 1:
@@ -83,4 +85,5 @@ def train_detector(options: TrainOptions, *, log=print) -> TrainResult:
         from ..train.trainer import train
 
         metrics = train(cfg, config_name=name, resume=resume)
+    write_json(run_dir / INPUTS, request)
     return TrainResult(**{**vars(result), "metrics": metrics})
