@@ -267,3 +267,28 @@ def checkout_stays_clean():
     yield
     added = sorted(str(p.relative_to(root)) for p in _work_files(root) - before)
     assert not added, f"tests wrote into the checkout: {added[:5]}"
+
+
+def pytest_unconfigure(config):
+    """End the test process without the interpreter's finalisation, once pytest has reported and knows its exit
+    status. On 2026-12-06 one full run on this suite's machine (`SIEFPN_CPU_BF16=1`) ran every test without a
+    failure and then died with SIGSEGV while the interpreter finalised the native runtimes the suite loads (ONNX
+    Runtime, OpenVINO, LibTorch, tritonclient); its summary was lost in the unflushed stdout buffer and the
+    command failed. The crash is not diagnosed (see benchmarks/results/test_suite.md); this keeps it from
+    deciding a run whose tests all reported."""
+    import os
+    import sys
+
+    session = config.stash.get(SESSION, None)
+    if session is None or os.environ.get("SIEFPN_TEST_FINALIZE") == "1":  # opt back in to see the crash
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(session.exitstatus))
+
+
+SESSION = pytest.StashKey["pytest.Session"]()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[SESSION] = session
