@@ -20,7 +20,8 @@ def test_demo_runs_end_to_end_and_prints_summary(tiny_synth_easy, tmp_path, caps
     flat = [x for kv in keep for x in kv]
     export, engines, reports = tmp_path / "export", tmp_path / "engines", tmp_path / "reports"
     args = ["demo", "--data", str(tiny_synth_easy), "--output", str(out), "--export-dir", str(export),
-            "--engine-dir", str(engines), "--calib-dir", str(tmp_path / "calib"), "--report", str(reports), *flat]
+            "--engine-dir", str(engines), "--calib-dir", str(tmp_path / "calib"), "--report", str(reports),
+            "--bench-batch", "1", "--bench-iters", "1", *flat]  # the benchmark's figures are not checked here
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| train + eval |" in text and "bbox AP" in text

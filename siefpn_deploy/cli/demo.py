@@ -43,14 +43,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_file(parser, f"the training preset; on a GPU the demo trains {GPU_ITER_FACTOR}x its SOLVER.MAX_ITER "
                     "unless an override gives SOLVER.MAX_ITER", default=o.config_file)
     parser.add_argument("--regenerate", action="store_true", help="regenerate the dataset even if present")
+    parser.add_argument("--bench-batch", type=int, nargs="+", default=list(o.bench_batches), metavar="N",
+                        help="the batch sizes the closing benchmark times (default %(default)s)")
+    parser.add_argument("--bench-iters", type=int, default=o.bench_iters, metavar="N",
+                        help="timed runs per artifact and batch in the closing benchmark; `bench` and benchmarks/ "
+                        "measure properly (default %(default)s)")
     add_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.errors import UserError
     from ..pipeline.demo import DemoOptions, run_demo
 
+    if args.bench_iters < 1 or min(args.bench_batch) < 1:
+        raise UserError("--bench-iters and --bench-batch must be at least 1")
     result = run_demo(DemoOptions(
         data=args.data, level=args.level, regenerate=args.regenerate, output=args.output, export_dir=args.export_dir,
         engine_dir=args.engine_dir, calib_dir=args.calib_dir, report_dir=args.report, config_file=args.config_file,
-        overrides=tuple(args.opts)))
+        overrides=tuple(args.opts), bench_batches=tuple(args.bench_batch), bench_iters=args.bench_iters))
     return 0 if result.parity_passed else 1
