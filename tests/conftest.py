@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import shutil
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import pytest
-from filelock import FileLock
 
 from siefpn_deploy.core.contract import ShapeRange
 from siefpn_deploy.core.sidecar import read_meta, write_meta
@@ -42,41 +39,19 @@ warnings.filterwarnings("ignore", message=".*product.*", category=DeprecationWar
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory, worker_id) -> Path:
-    """The folder for what the session makes once (datasets, seeded models, exports, the trained model). Under
-    pytest-xdist it is the run's base folder, which every worker shares, so each thing is made by the first
-    worker that needs it and reused by the others (see `once`)."""
-    base = tmp_path_factory.getbasetemp()
-    return base if worker_id == "master" else base.parent
-
-
-@contextlib.contextmanager
-def once(path: Path) -> Iterator[None]:
-    """Hold `path`'s lock while it is made or checked: one worker makes it, another waiting here then finds it
-    current (the stages reuse an artifact whose sidecar answers the same request)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
-        yield
-
-
-def shared_synth(root: Path, **options: object) -> Path:
-    with once(root):
-        if not split_paths(root, "val")[1].is_file():
-            generate_synthetic(root, num_train=16, num_val=6, seed=0, min_side=96, max_side=160, progress=False,
-                               **options)
+def tiny_synth(tmp_path_factory) -> Path:
+    """A small synthetic COCO dataset, generated once per test session (read-only: copy to modify)."""
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic(root, num_train=16, num_val=6, seed=0, min_side=96, max_side=160, progress=False)
     return root
 
 
 @pytest.fixture(scope="session")
-def tiny_synth(shared) -> Path:
-    """A small synthetic COCO dataset, generated once per test run (read-only: copy to modify)."""
-    return shared_synth(shared / "synth")
-
-
-@pytest.fixture(scope="session")
-def tiny_synth_easy(shared) -> Path:
+def tiny_synth_easy(tmp_path_factory) -> Path:
     """The same, drawn at the easy level: the only level the demo trains on."""
-    return shared_synth(shared / "synth_easy", level=EASY)
+    root = tmp_path_factory.mktemp("synth_easy")
+    generate_synthetic(root, num_train=16, num_val=6, seed=0, min_side=96, max_side=160, level=EASY, progress=False)
+    return root
 
 
 @pytest.fixture
@@ -130,9 +105,8 @@ class Seeded:
         from siefpn_deploy.core.config import load_config
 
         out = self.root / arch
-        with once(out):
-            if not (out / "model_final.pth").is_file():
-                write_seeded_run(load_config(PRESET, tiny_overrides(self.data, out, arch)), out)
+        if not (out / "model_final.pth").is_file():
+            write_seeded_run(load_config(PRESET, tiny_overrides(self.data, out, arch)), out)
         return out
 
     def config(self, arch: str) -> Path:
@@ -143,8 +117,8 @@ class Seeded:
 
 
 @pytest.fixture(scope="session")
-def seeded(tiny_synth, shared) -> Seeded:
-    return Seeded(tiny_synth, shared / "seeded")
+def seeded(tiny_synth, tmp_path_factory) -> Seeded:
+    return Seeded(tiny_synth, tmp_path_factory.mktemp("seeded"))
 
 
 # the exports' ranges: dynamic batch 1..4 and H, W in 64..256; 1800 box candidates, all that 300 proposals x
@@ -163,8 +137,7 @@ class Exported:
     def export(self, arch: str, path: Path, **options: object) -> Path:
         job = ExportJob(self.seeded.config(arch), weights=self.seeded.weights(arch),
                         options=dataclasses.replace(TINY_EXPORT, output=path, **options))
-        with once(path):
-            return export_detector(job, log=quiet).path
+        return export_detector(job, log=quiet).path
 
     def onnx(self, arch: str, nms: str) -> Path:
         return self.export(arch, self.root / f"{arch}_{nms}.onnx", nms=nms)
@@ -174,8 +147,8 @@ class Exported:
 
 
 @pytest.fixture(scope="session")
-def exported(seeded, shared) -> Exported:
-    return Exported(seeded, shared / "exported")
+def exported(seeded, tmp_path_factory) -> Exported:
+    return Exported(seeded, tmp_path_factory.mktemp("exported"))
 
 
 def quantize_options(source: Path, precision: str, output: Path, **options: object) -> QuantizeOptions:
@@ -198,16 +171,14 @@ class Quantized:
         source = self.exported.onnx(arch, "tensor")
         if precision == "fp32":
             return source
-        output = self.root / f"{arch}.{precision}.onnx"
-        options = quantize_options(source, precision, output, num_calib=8, calib_batch=4, calib_size=(128, 160),
-                                   calib_cache=self.root / "calib")
-        with once(output):
-            return quantize_detector(QuantizeJob(options), log=quiet).path
+        options = quantize_options(source, precision, self.root / f"{arch}.{precision}.onnx", num_calib=8,
+                                   calib_batch=4, calib_size=(128, 160), calib_cache=self.root / "calib")
+        return quantize_detector(QuantizeJob(options), log=quiet).path
 
 
 @pytest.fixture(scope="session")
-def quantized(exported, shared) -> Quantized:
-    return Quantized(exported, shared / "quantized")
+def quantized(exported, tmp_path_factory) -> Quantized:
+    return Quantized(exported, tmp_path_factory.mktemp("quantized"))
 
 
 FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has room to fail it
@@ -260,30 +231,23 @@ class Detecting:
                               SOLVER__CHECKPOINT_PERIOD=10000, SOLVER__AMP="fp32", LOG_PERIOD=50,
                               INPUT__FLIP_PROB=0.0, INPUT__MIN_SIZE_TRAIN="[128]",
                               DATASETS__TEST_IMAGES=train_images, DATASETS__TEST_ANNOTATIONS=train_json)
-        with once(self.root / "retinanet"):  # a finished run of the same config and data is returned, not redone
-            return train_detector(TrainOptions(PRESET, overrides=tuple(opts)), log=quiet)
+        return train_detector(TrainOptions(PRESET, overrides=tuple(opts)), log=quiet)
 
     def onnx(self, precision: str) -> Path:
-        source = self.root / "retinanet.onnx"
-        with once(source):
-            export_detector(ExportJob(self.config, weights=self.weights,
-                                      options=ExportOptions(output=source, batch=ShapeRange(1, 2))), log=quiet)
+        source = export_detector(ExportJob(self.config, weights=self.weights, options=ExportOptions(
+            output=self.root / "retinanet.onnx", batch=ShapeRange(1, 2))), log=quiet).path
         if precision == "fp32":
             return source
-        with once(self.root / "calibration"):
-            calibration = synthetic_dataset(DatasetOptions(root=self.root / "calibration", num_train=32, num_val=0,
-                                                           seed=1, min_side=96, max_side=160, progress=False),
-                                            log=quiet)
-        output = self.root / f"retinanet.{precision}.onnx"
-        options = quantize_options(source, precision, output, calib_data=calibration.train[0], num_calib=32,
-                                   calib_batch=4)
-        with once(output):
-            return quantize_detector(QuantizeJob(options), log=quiet).path
+        calibration = synthetic_dataset(DatasetOptions(root=self.root / "calibration", num_train=32, num_val=0,
+                                                       seed=1, min_side=96, max_side=160, progress=False), log=quiet)
+        options = quantize_options(source, precision, self.root / f"retinanet.{precision}.onnx",
+                                   calib_data=calibration.train[0], num_calib=32, calib_batch=4)
+        return quantize_detector(QuantizeJob(options), log=quiet).path
 
 
 @pytest.fixture(scope="session")
-def detecting(tiny_synth, shared) -> Detecting:
-    return Detecting(tiny_synth, shared / "detecting")
+def detecting(tiny_synth, tmp_path_factory) -> Detecting:
+    return Detecting(tiny_synth, tmp_path_factory.mktemp("detecting"))
 
 
 WORK_FOLDERS = ("export", "calib", "engines", "reports", "output", "datasets")
@@ -303,32 +267,6 @@ def checkout_stays_clean():
     yield
     added = sorted(str(p.relative_to(root)) for p in _work_files(root) - before)
     assert not added, f"tests wrote into the checkout: {added[:5]}"
-
-
-# The files that take longest, started first so that two workers finish together (pytest-xdist hands out whole
-# files in collection order); each one's share of a serial run is in benchmarks/results/test_suite.md
-LONGEST_FIRST = ("test_budget.py", "test_export.py", "test_aoti.py", "test_convert.py", "test_demo.py",
-                 "test_quantize_build.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
-
-
-def pytest_configure(config):
-    """An xdist worker takes its share of the cores for PyTorch's and OpenMP's threads (subprocesses inherit the
-    environment): with both workers at full width the two cores are oversubscribed, and spinning threads steal
-    the time of the single-threaded work (graph capture, ONNX optimisation) beside them."""
-    workers = getattr(config, "workerinput", {}).get("workercount")
-    if workers:
-        import os
-
-        import torch
-
-        threads = max(1, (os.cpu_count() or 1) // int(workers))
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
 
 
 def pytest_unconfigure(config):

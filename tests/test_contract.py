@@ -76,6 +76,32 @@ def test_meta_round_trip_and_refusals():
     check_schema({**meta, "schema_version": "4.9"}, source="y.json")  # minor versions are compatible
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("divisibility", 0, "divisibility must be in 1..1024, got 0"),
+    ("divisibility", 4096, "divisibility must be in 1..1024, got 4096"),
+    ("resize", {"min_size": 0, "max_size": 384}, "resize sides must satisfy 1 <= min_size <= max_size <= 16384"),
+    ("resize", {"min_size": 224, "max_size": 10**9}, "resize sides must satisfy"),
+    ("resize", {"min_size": 400, "max_size": 384}, "resize sides must satisfy"),
+    ("pixel_std", [64.0, 0.0, 64.0], "pixel_std finite and > 0"),
+    ("pixel_mean", [1.0, 2.0], "pixel_mean and pixel_std must hold 3 values each"),
+    ("pixel_mean", [1.0, float("nan"), 2.0], "pixel_mean must be finite"),
+    ("input_scale", 0, "input_scale must be finite and > 0, got 0"),
+    ("divisibility", "32px", "bad or missing invalid literal"),
+])
+def test_a_meta_json_out_of_range_is_one_line_naming_the_file(key, value, message):
+    """A damaged or hostile meta.json is refused when read, before any runtime divides by its divisibility or
+    allocates from its sizes (`divisibility: 0` used to end in ZeroDivisionError)."""
+    meta = GraphContract(architecture="retinanet", max_detections=100, preprocess=SPEC).as_meta()
+    meta["preprocess"][key] = value
+    with pytest.raises(UserError, match=r"^m\.meta\.json") as error:
+        GraphContract.from_meta(meta, source="m.meta.json")
+    assert message in str(error.value) and "\n" not in str(error.value)
+    for k in (0, 3841):
+        with pytest.raises(UserError, match=rf"^m\.meta\.json: max_detections \(K\) must be in 1..3840, got {k}$"):
+            GraphContract.from_meta({**GraphContract("retinanet", 100, SPEC).as_meta(), "max_detections": k},
+                                    source="m.meta.json")
+
+
 def test_image_rows_keep_real_detections_only():
     outputs = GraphContract(architecture="retinanet", max_detections=4, preprocess=SPEC).empty_outputs(1)
     outputs["num_dets"][0] = 4

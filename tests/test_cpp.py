@@ -252,10 +252,21 @@ def test_cpp_bad_input_is_one_line_and_exit_2(cpp, exported, tiny_synth, tmp_pat
     meta_path(tmp_path / "other.pt2").write_text(json.dumps(meta))
     assert "does not match other.meta.json (classes differ)" in refused("--artifact", tmp_path / "other.pt2",
                                                                        "--source", files[0])
+    # values out of range in a meta.json (a damaged or hostile one): refused before they are used
+    for key, bad, message in ((("preprocess", "divisibility"), 0, "preprocess.divisibility must be in 1..1024, got 0"),
+                              (("max_detections",), 5000, "max_detections (K) must be in 1..3840, got 5000"),
+                              (("shapes", "height", "max"), 10**9, "shapes.height must satisfy 1 <= min <= max")):
+        meta = json.loads(meta_path(package).read_text())
+        node = meta
+        for k in key[:-1]:
+            node = node[k]
+        node[key[-1]] = bad
+        meta_path(tmp_path / "other.pt2").write_text(json.dumps(meta))
+        assert message in refused("--artifact", tmp_path / "other.pt2", "--source", files[0])
     # annotations that do not list the images
     (tmp_path / "ann.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     assert "not listed in" in refused("--artifact", package, "--source", images, "--annotations", tmp_path / "ann.json")
-    assert not list(tmp_path.glob("*.json.tmp")) and not (tmp_path / "out.json").exists()
+    assert not list(tmp_path.glob(".out.json.*")) and not (tmp_path / "out.json").exists()  # no temp file left
 
 
 def test_a_runtime_failure_exits_1(cpp, exported, tiny_synth, tmp_path):
@@ -265,6 +276,22 @@ def test_a_runtime_failure_exits_1(cpp, exported, tiny_synth, tmp_path):
     done = cpp("--artifact", exported.package(ARCH), "--source", files[0], env=env)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().startswith("siefpn-infer: runtime failure: cannot load torchvision's _C library")
+
+
+def test_a_failed_write_leaves_the_target_and_no_temporary_file(cpp, exported, tiny_synth, tmp_path):
+    """The output is written to a unique temporary file beside it and renamed into place: when the rename fails
+    (here the target is a folder), the error is one line and nothing is left behind or changed."""
+    _, _, files = val_split(tiny_synth)
+    target = tmp_path / "dets.json"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    done = cpp("--artifact", exported.package(ARCH), "--source", files[0], "--json", target)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.strip().startswith(f"siefpn-infer: runtime failure: cannot write {target}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dets.json"] and (target / "keep").read_text() == "x"
+    ok(cpp("--artifact", exported.package(ARCH), "--source", files[0], "--json", tmp_path / "new" / "dets.json"))
+    assert json.loads((tmp_path / "new" / "dets.json").read_text()) is not None
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["dets.json"]
 
 
 def test_cpp_build_errors_are_one_line(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -312,6 +313,53 @@ def test_corrupt_image(tmp_path):
     with pytest.raises(UserError) as e:
         ds[0]
     assert_user_error(e, "broken.jpg")
+
+
+def test_only_the_allowed_decoders_run(tmp_path, monkeypatch):
+    """JPEG, PNG, WebP and BMP decode; anything else is refused by its content, whatever its name: an EPS file
+    never reaches Pillow's EPS plugin (which would run Ghostscript on it), and TIFF is not decoded either."""
+    from PIL import EpsImagePlugin
+
+    from siefpn_deploy.data.image import DECODERS, decode_image, load_image
+
+    for fmt in ("JPEG", "PNG", "WEBP", "BMP"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (7, 5), (10, 200, 30)).save(buffer, format=fmt)
+        assert decode_image(buffer.getvalue(), name=fmt).size == (7, 5)
+    assert DECODERS == ("JPEG", "PNG", "WEBP", "BMP")
+
+    def ghostscript(*args, **kwargs):
+        raise AssertionError("the EPS decoder ran")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+           b"newpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n")
+    tiff = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tiff, format="TIFF")
+    for name, data in (("upload.jpg", eps), ("a.eps", eps), ("scan.png", tiff.getvalue())):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError) as e:
+            load_image(tmp_path / name)
+        assert_user_error(e, name, "not a JPEG, PNG, WEBP, BMP image")
+        with pytest.raises(UserError) as e:
+            decode_image(data, name=name)
+        assert_user_error(e, name, "not a JPEG, PNG, WEBP, BMP image")
+
+
+@pytest.mark.parametrize("size", [(400, 1), (1, 400), (3000, 2)])
+def test_a_side_that_would_resize_to_nothing_is_one_line(size):
+    """A 400x1 strip resized to fit 128..160 px would be 160x0: refused in one line, not an interpolation
+    error from deep inside the model."""
+    from siefpn_deploy.core.contract import PreprocessSpec
+    from siefpn_deploy.data.preprocess import Preprocess
+
+    spec = PreprocessSpec(min_size=128, max_size=160, divisibility=32, pixel_mean=(1.0, 2.0, 3.0),
+                          pixel_std=(1.0, 1.0, 1.0))
+    w, h = size
+    with pytest.raises(UserError, match=rf"^an image of {w}x{h} pixels is too thin for this model: resized to fit "
+                                        r"128..160 px it would be \d+x\d+$"):
+        Preprocess(spec)([torch.zeros(3, h, w), torch.zeros(3, 128, 160)])
+    assert Preprocess(spec)([torch.zeros(3, 3, 400)]).resized_hw == [(1, 160)]  # 3 px tall keeps a row
 
 
 def test_size_mismatch_with_json(tmp_path):

@@ -209,8 +209,8 @@ def test_tensorrt_builds_the_tensor_nms_graph_with_a_dynamic_profile(arch, expor
 
     backend = tensorrt_backend()
     profile = Profile(min=(1, 3, 64, 64), opt=(2, 3, 128, 160), max=(4, 3, 256, 256))
-    parsed = parse_onnx(backend, exported.onnx(arch, "tensor"), log=lambda _: None)
-    engine = build_serialized(backend, parsed, profile=profile, log=lambda _: None)
+    with parse_onnx(backend, exported.onnx(arch, "tensor"), log=lambda _: None) as parsed:
+        engine = build_serialized(backend, parsed, profile=profile, log=lambda _: None)
     assert len(engine) > 1_000_000  # the weights alone are ~45 MB
 
 
@@ -224,9 +224,11 @@ def test_tensorrt_parses_the_onnx_nms_graph(arch, exported):
         with pytest.raises(UserError, match=r"cannot parse .*RoiAlign.*ROIAlign plugin was not found"):
             parse_onnx(backend, exported.onnx(arch, "onnx"))
         return
-    network = parse_onnx(backend, exported.onnx(arch, "onnx")).network
-    assert [network.get_output(i).name for i in range(network.num_outputs)][:4] == [
-        "num_dets", "boxes", "scores", "labels"]
+    with parse_onnx(backend, exported.onnx(arch, "onnx")) as parsed:
+        network = parsed.network
+        assert [network.get_output(i).name for i in range(network.num_outputs)][:4] == [
+            "num_dets", "boxes", "scores", "labels"]
+        del network
 
 
 def test_static_export_with_simplify_and_a_failed_verification_keeps_the_old_file(seeded, tmp_path, capsys,

@@ -74,13 +74,23 @@ def test_without_openvino_each_command_says_how_to_install_it(exported, tiny_syn
     assert main(["infer", "--artifact", onnx_path, "--source", str(image), "--runtime", "openvino"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"
-    # parity lists the OpenVINO row as not run, with the reason, and still evaluates ONNX Runtime
-    assert main(["parity", "--config-file", str(seeded.config("retinanet")), "--artifacts", onnx_path, "--runtime",
-                 "onnxruntime", "openvino", "--max-images", "2", "--report", str(tmp_path / "p"),
-                 "MODEL.WEIGHTS", str(seeded.weights("retinanet"))]) == 0
-    rows = json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"]
-    assert [(r["kind"], r["status"]) for r in rows[1:]] == [("onnxruntime", "pass"), ("openvino", "not run")]
-    assert "pip install 'siefpn-deploy[openvino]'" in rows[2]["reason"]
+    # parity lists the OpenVINO row as not run, with the reason, and still evaluates ONNX Runtime; an artifact
+    # asked for and not run fails the gate, unless --allow-not-run
+    parity = ["parity", "--config-file", str(seeded.config("retinanet")), "--artifacts", onnx_path, "--runtime",
+              "onnxruntime", "openvino", "--max-images", "2", "--report", str(tmp_path / "p"),
+              "MODEL.WEIGHTS", str(seeded.weights("retinanet"))]
+    for allowed in (False, True):
+        capsys.readouterr()
+        assert main(parity + (["--allow-not-run"] if allowed else [])) == (0 if allowed else 1)
+        report = json.loads((tmp_path / "p" / "parity.json").read_text())
+        rows = report["artifacts"]
+        assert [(r["kind"], r["status"]) for r in rows[1:]] == [("onnxruntime", "pass"), ("openvino", "not run")]
+        assert "pip install 'siefpn-deploy[openvino]'" in rows[2]["reason"]
+        assert report["passed"] == report["allow_not_run"] == allowed
+        assert "not run: OpenVINO is not installed" in (tmp_path / "p" / "parity.md").read_text()
+        failed = [line for line in capsys.readouterr().err.splitlines() if "FAIL" in line]  # after progress bars
+        assert failed == ([] if allowed else [(f"[parity] FAIL: 1 artifact(s) could not run here ({onnx_path}); "
+                                              "--allow-not-run accepts that")])
     # bench too: the ONNX Runtime row is timed, the OpenVINO one is listed as not run
     assert main(["bench", "--artifacts", onnx_path, "--runtime", "onnxruntime", "openvino", "--batch", "1",
                  "--imgsz", "128", "--warmup", "0", "--iters", "1", "--report", str(tmp_path / "b")]) == 0

@@ -51,7 +51,7 @@ def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, seeded, exp
         artifacts.append(engine)
     report = tmp_path / "report"
     code = main(["parity", "--config-file", str(seeded.config(arch)), "--artifacts", *map(str, artifacts),
-                 "--report", str(report), "MODEL.WEIGHTS", str(seeded.weights(arch))])
+                 "--report", str(report), "--allow-not-run", "MODEL.WEIGHTS", str(seeded.weights(arch))])
     out = capsys.readouterr().out
     assert code == 0, out
     data = json.loads((report / "parity.json").read_text())
@@ -358,6 +358,31 @@ def test_infer_writes_drawings_and_json(exported, tiny_synth, tmp_path, capsys):
     original = np.asarray(Image.open(source / Path(records[0]["file_name"]).name).convert("RGB"))
     assert not np.array_equal(np.asarray(Image.open(drawn[0]).convert("RGB")), original)  # something was drawn
     assert "detections in" in capsys.readouterr().out
+
+
+def test_infer_on_a_full_disk_is_one_line_and_keeps_the_old_results(exported, tiny_synth, tmp_path):
+    """A full disk, stood in for by a file-size limit (RLIMIT_FSIZE: writes past it fail as ENOSPC would): one
+    line, exit 2, the earlier dets.json intact and no temporary file left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "dets.json"
+    out.write_text("[]\n")
+    limit = 4096  # the detections of the val images take more
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "siefpn_deploy", "infer", "--artifact",
+                           str(exported.onnx("mask_rcnn", "onnx")), "--source", str(split_paths(tiny_synth, "val")[0]),
+                           "--save-json", str(out)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limited, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: cannot write {out}: File too large"
+    assert out.read_text() == "[]\n" and sorted(p.name for p in tmp_path.iterdir()) == ["dets.json"]
 
 
 def test_bench_writes_json_markdown_and_plot(exported, tmp_path, capsys):

@@ -112,3 +112,50 @@ def test_the_served_form_round_trips_detections_and_carries_refusals():
     assert (got.masks == masks).all()
     with pytest.raises(protocol.RequestError, match="image 1: no"):
         protocol.unpack(rows, 1, source="image 1")
+
+
+def encoded(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_a_served_row_never_depends_on_its_batch_mates_and_a_bad_row_fails_alone(exported, tiny_synth):
+    """What Triton hands the model in one call: requests of several rows, images of different sizes, bad rows
+    among them. Each good row's answer equals the Detector on that image alone; each bad row is an error row."""
+    from siefpn_deploy.data.image import decode_image, find_images
+    from siefpn_deploy.data.synth import split_paths
+    from siefpn_deploy.runtime import Detector
+    from siefpn_deploy.serve.server import DetectorModel
+
+    detector = Detector.from_path(exported.onnx(ARCH, "onnx"), threads=1)
+    files = find_images(split_paths(tiny_synth, "val")[0])
+    good = [path.read_bytes() for path in files]
+    rng = np.random.default_rng(0)
+    wide = encoded(rng.integers(0, 255, (96, 256, 3), dtype=np.uint8))  # another canvas than the val images'
+    thin = encoded(np.zeros((1, 400, 3), np.uint8))  # a side that would resize to 0
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    requests = [{protocol.IMAGE: np.array([[good[0]], [thin], [good[1]]], dtype=object)},
+                {protocol.IMAGE: np.array([[wide]], dtype=object)},
+                {protocol.IMAGE: np.array([[eps], [good[2]], [good[3]], [wide]], dtype=object)}]
+    model = DetectorModel(detector, max_image_pixels=10**6)
+    responses = model(requests)
+    assert [len(r[protocol.NUM_DETS]) for r in responses] == [3, 1, 4]
+    expected = {0: [good[0], None, good[1]], 1: [wide], 2: [None, good[2], good[3], wide]}
+    for r, blobs in expected.items():
+        for b, blob in enumerate(blobs):
+            if blob is None:
+                with pytest.raises(protocol.RequestError, match=r"too thin for this model|not a JPEG, PNG, WEBP, BMP"):
+                    protocol.unpack(responses[r], b)
+                continue
+            got, want = protocol.unpack(responses[r], b), detector.predict(decode_image(blob))
+            assert len(got) == len(want) and got.labels.tolist() == want.labels.tolist(), (r, b)
+            np.testing.assert_allclose(got.boxes, want.boxes, rtol=0, atol=1e-3)
+            np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-5)
+            assert (got.masks == want.masks).all()
+    assert sum(int(n) for r in responses for n in r[protocol.NUM_DETS]) > 0  # the equality is not vacuous
+    assert "in row 1" in protocol.text(responses[0][protocol.ERROR][1][0])

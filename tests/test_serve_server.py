@@ -64,8 +64,7 @@ def server(exported, python_env, tmp_path_factory):
     onnx = exported.onnx(ARCH, "onnx")
     work = tmp_path_factory.mktemp("serve")
     http, grpc, metrics = free_loopback_ports(3)
-    options = ServeOptions(host="127.0.0.1", http_port=http, grpc_port=grpc, metrics_port=metrics,
-                           max_image_pixels=MAX_PIXELS, exit_timeout_s=EXIT_TIMEOUT_S, python_env=python_env,
+    options = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, max_image_pixels=MAX_PIXELS, exit_timeout_s=EXIT_TIMEOUT_S, python_env=python_env,
                            log_file=work / "tritonserver.log")
     with serve_process(onnx, options, log=work / "serve.out", extra=["--threads", "1"]) as proc:
         yield Server(proc, options, work / "serve.out", onnx)
@@ -83,6 +82,25 @@ def assert_same(served, local, what: str) -> None:
     assert served.labels.tolist() == local.labels.tolist(), what
     assert served.category_ids == local.category_ids and served.class_names == local.class_names, what
     assert served.masks.shape == local.masks.shape and (served.masks == local.masks).all(), what
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on `port`, from /proc/net/tcp and tcp6 (hex, as Linux
+    writes them: 0100007F is 127.0.0.1, 00000000 is 0.0.0.0)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's /proc/net/tcp")
+def test_serve_listens_on_loopback_only_by_default(server):
+    for port in (server.options.http_port, server.options.grpc_port, server.options.metrics_port):
+        assert listening_addresses(port) == {"0100007F"}, port
 
 
 def test_served_detections_equal_the_in_process_detector_over_http_and_grpc(server, val_images):

@@ -137,9 +137,11 @@ def test_kill_then_resume_continues_with_same_iteration_and_lr(tiny_synth, tmp_p
     expected_lr = cfg.SOLVER.BASE_LR * lr_factor(cfg.SOLVER, iteration)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
 
-    # the log is written just before each checkpoint: a kill between the two leaves lines past the checkpoint
+    # the log is written just before each checkpoint: a kill between the two leaves lines past the checkpoint,
+    # and a kill while a line is written leaves it cut short
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"iteration": iteration + 1, "loss": 0.0, "lr": 0.0}) + "\n")
+        f.write('{"iteration": ' + str(iteration + 2) + ', "loss": 0.')
     opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=iteration + 3, **schedule)
     done = subprocess.run(cli("train", "--config-file", PRESET, "--resume", *opts), capture_output=True, text=True,
                           timeout=300, check=False)
@@ -149,6 +151,57 @@ def test_kill_then_resume_continues_with_same_iteration_and_lr(tiny_synth, tmp_p
     assert [r["iteration"] for r in log] == list(range(1, iteration + 4))  # no gap, no repeat
     assert log[iteration]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * lr_factor(cfg.SOLVER, iteration + 1))
     assert load_checkpoint(out / "model_final.pth")["iteration"] == iteration + 3
+
+
+def test_sigterm_saves_a_checkpoint_then_exits_and_the_run_resumes(tiny_synth, tmp_path):
+    """docker stop, Kubernetes and Slurm send SIGTERM: training saves where it is and exits in one line."""
+    out = tmp_path / "out"
+    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=100000, SOLVER__CHECKPOINT_PERIOD=100000)
+    proc = subprocess.Popen(cli("train", "--config-file", PRESET, *opts), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:  # the stage announces the loop; a few seconds later it is well into it
+            if " -> " in line:
+                break
+        time.sleep(5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 2, err
+    saved = last_checkpoint(out)
+    iteration = load_checkpoint(saved)["iteration"]
+    assert iteration > 0
+    assert err.strip().splitlines()[-1] == (f"error: terminated (SIGTERM) at iteration {iteration}; saved {saved}; "
+                                            "rerun with --resume to continue")
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, iteration + 1))
+    opts = tiny_overrides(tiny_synth, out, SOLVER__MAX_ITER=iteration + 2, SOLVER__CHECKPOINT_PERIOD=100000)
+    done = subprocess.run(cli("train", "--config-file", PRESET, "--resume", *opts), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == iteration + 2
+
+
+def test_resume_without_a_checkpoint_to_continue_is_one_line_and_touches_nothing(tiny_synth, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0, "lr": 0.1}\n')
+    resume = ["train", "--config-file", PRESET, "--resume", *tiny_overrides(tiny_synth, out)]
+    capsys.readouterr()
+    assert main(resume) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --resume: {out / 'last_checkpoint'} does not exist, so there is no finished checkpoint to "
+                   "continue from; run without --resume to start training in that folder")
+    (out / "last_checkpoint").write_text("model_0000004.pth\n")  # dangling: the checkpoint it names is gone
+    assert main(resume) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --resume: {out / 'last_checkpoint'} names 'model_0000004.pth', which is not a "
+                          "checkpoint in") and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["last_checkpoint", "metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == '{"iteration": 1, "loss": 1.0, "lr": 0.1}\n'  # the log is kept
 
 
 def test_two_process_ddp_on_cpu(tiny_synth, tmp_path):

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_config(parser)
     add_device(parser)
     add_threads(parser)
-    parser.add_argument("--host", default=o.host, help="address to listen on (default %(default)s)")
+    parser.add_argument("--host", default=o.host,
+                        help="address the HTTP, gRPC and metrics endpoints listen on (default %(default)s, this "
+                        "machine only); --host 0.0.0.0 in a container or to serve other machines")
     parser.add_argument("--http-port", type=int, default=o.http_port, metavar="P", help="default %(default)s")
     parser.add_argument("--grpc-port", type=int, default=o.grpc_port, metavar="P", help="default %(default)s")
     parser.add_argument("--metrics-port", type=int, default=o.metrics_port, metavar="P",

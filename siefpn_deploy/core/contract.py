@@ -39,6 +39,7 @@ model pads with.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,15 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
+MAX_TOPK = 3840  # TensorRT's TopK limit: bounds K (--max-det) and the R-CNN box candidates
+# Bounds on what a meta.json may say, so a damaged or hostile one is a one-line error and not a division by
+# zero or an allocation of gigabytes: a resize side of 16384 px is 4x the largest input any preset uses
+MAX_RESIZE_SIDE = 16384
+MAX_DIVISIBILITY = 1024
+MAX_BATCH = 4096  # the largest batch range a runtime accepts from a meta.json
+MAX_MASK_SIDE = 1024  # the masks output's M (28 in every preset)
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How an image becomes the `images` input (see the module docstring)."""
@@ -129,6 +139,18 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.color not in COLOR_ORDERS:
             raise UserError(f"channel order must be one of {', '.join(COLOR_ORDERS)}, got {self.color!r}")
+        if not 1 <= self.min_size <= self.max_size <= MAX_RESIZE_SIDE:
+            raise UserError(f"resize sides must satisfy 1 <= min_size <= max_size <= {MAX_RESIZE_SIDE}, got "
+                            f"min_size {self.min_size}, max_size {self.max_size}")
+        if not 1 <= self.divisibility <= MAX_DIVISIBILITY:
+            raise UserError(f"divisibility must be in 1..{MAX_DIVISIBILITY}, got {self.divisibility}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise UserError("pixel_mean and pixel_std must hold 3 values each")
+        if not all(math.isfinite(v) for v in self.pixel_mean) or not all(math.isfinite(v) and v > 0 for v in self.pixel_std):
+            raise UserError(f"pixel_mean must be finite and pixel_std finite and > 0, got {list(self.pixel_mean)} "
+                            f"and {list(self.pixel_std)}")
+        if not (math.isfinite(self.input_scale) and self.input_scale > 0):
+            raise UserError(f"input_scale must be finite and > 0, got {self.input_scale}")
 
     @property
     def pad_value(self) -> list[float]:
@@ -161,6 +183,8 @@ class GraphContract:
     mask_detections: int | None = None
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_detections <= MAX_TOPK:
+            raise UserError(f"max_detections (K) must be in 1..{MAX_TOPK}, got {self.max_detections}")
         if self.mask_detections is not None and not (self.has_masks and 1 <= self.mask_detections <= self.max_detections):
             raise UserError(f"mask_detections ({self.mask_detections}) needs a mask architecture and must lie in "
                             f"1..K ({self.max_detections}); got {self.architecture}")
@@ -213,6 +237,8 @@ class GraphContract:
                            mask_detections=None if mask_detections is None else int(mask_detections))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{source} does not describe a siefpn-deploy graph (bad or missing {e})") from None
+        except UserError as e:  # a value out of range: name the file
+            raise UserError(f"{source}: {e}") from None
         listed = tuple(o["name"] for o in meta.get("outputs", []))
         if listed != contract.output_names:
             raise UserError(f"{source} lists outputs {list(listed)}, but a {contract.architecture} graph has "

@@ -34,9 +34,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        # the bytes reach the disk before the name does, and the rename itself is made durable: after a crash
+        # or power loss the path holds the old file or the whole new one, never a named empty file
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, folder=True)
+    except OSError as e:  # a full disk, a quota, a file-size limit: one line, and the old file stays
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, *, folder: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    except OSError:
+        if folder:  # best effort for a folder: some file systems cannot open or sync one
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

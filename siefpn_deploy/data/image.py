@@ -17,7 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..core.contract import COLOR_ORDERS
 from ..core.errors import UserError, one_line
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The only decoders ever run, whatever a file claims to be: the formats detection data and cameras use, with
+# mature, fuzzed decoders. Pillow would otherwise try every plugin it has, EPS among them, which hands the
+# client's PostScript to Ghostscript wherever that is installed; TIFF's many codecs are left out too.
+DECODERS = ("JPEG", "PNG", "WEBP", "BMP")
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -44,7 +48,7 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = N
 
 def _decode(source: str | Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.Image:
     try:
-        with Image.open(source) as img:
+        with Image.open(source, formats=DECODERS) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise UserError(f"image {name} is {img.width}x{img.height}, more than the {max_pixels} pixels "
                                 "allowed")
@@ -54,8 +58,7 @@ def _decode(source: str | Path | io.BytesIO, name: str, max_pixels: int | None) 
                 img = img.convert("RGBA")  # converting such a palette straight to RGB makes PIL warn
             return img.convert("RGB")
     except UnidentifiedImageError:  # its message names a BytesIO object for bytes
-        raise UserError(f"cannot read image {name}: not an image file PIL can decode "
-                        f"({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})") from None
+        raise UserError(f"cannot read image {name}: not a {', '.join(DECODERS)} image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {name}: {one_line(e)}") from None
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.contract import PreprocessSpec
+from ..core.errors import UserError
 from .image import in_channel_order
 
 
@@ -57,13 +58,27 @@ class Preprocess:
         """The same preprocessing with the test resize set to (min_size, max_size or min_size)."""
         return Preprocess(replace(self.spec, min_size=min_size, max_size=max_size or min_size))
 
-    def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
-        """image [3,h,w] RGB 0..1 -> resized [3,h',w'] (torchvision's _resize_image_and_masks arithmetic)."""
-        h, w = image.shape[-2:]
+    def scale(self, h: int, w: int, canvas: tuple[int, int] | None = None) -> float:
+        """The resize factor of an h x w image (torchvision's _resize_image_and_masks arithmetic, in Python
+        floats); a one-line UserError when a side would resize to nothing (a 400x1 strip, say)."""
         spec = self.spec
-        factor = min(spec.min_size / min(h, w), spec.max_size / max(h, w))  # in Python floats, as torchvision
+        factor = min(spec.min_size / min(h, w), spec.max_size / max(h, w))
         if canvas is not None and (math.floor(h * factor) > canvas[0] or math.floor(w * factor) > canvas[1]):
             factor = min(canvas[0] / h, canvas[1] / w)
+        if math.floor(h * factor) < 1 or math.floor(w * factor) < 1:
+            raise UserError(f"an image of {w}x{h} pixels is too thin for this model: resized to fit "
+                            f"{spec.min_size}..{spec.max_size} px it would be {math.floor(w * factor)}x"
+                            f"{math.floor(h * factor)}")
+        return factor
+
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        """The canvas (H, W) an h x w image gets on its own: its resized size padded up to the divisibility."""
+        factor, div = self.scale(h, w), self.spec.divisibility
+        return -(-math.floor(h * factor) // div) * div, -(-math.floor(w * factor) // div) * div
+
+    def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
+        """image [3,h,w] RGB 0..1 -> resized [3,h',w'], h' = floor(h * scale) (interpolate's own rounding)."""
+        factor = self.scale(*image.shape[-2:], canvas)
         return F.interpolate(image[None], size=None, scale_factor=factor, mode="bilinear",
                              recompute_scale_factor=True, align_corners=False)[0]
 

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.contract import ShapeRange
+from ..core.contract import MAX_TOPK, ShapeRange
 from ..core.errors import UserError
 from ..core.sidecar import PACKAGE_SUFFIX
 
 if TYPE_CHECKING:
     from ..core.config import Config
 
-MAX_TOPK = 3840  # TensorRT's TopK limit: bounds --max-det and --box-candidates
 FORMATS = ("onnx", "aoti")  # NAME.onnx, or an AOTInductor package NAME.pt2
 NMS_LOWERINGS = {"onnx": ("onnx", "tensor"), "aoti": ("loop",)}  # per format: export.nms.STRATEGIES, by name
 ROI_ALIGN_LOWERINGS = ("onnx", "gather")  # export.roi_align; by default the one that goes with --nms

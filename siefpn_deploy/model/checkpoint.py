@@ -38,6 +38,21 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def resume_checkpoint(output_dir: str | Path) -> Path:
+    """The checkpoint --resume continues from. A missing or dangling marker is an error, never a silent restart
+    from iteration 0 (which would also start the run's loss log over)."""
+    marker = Path(output_dir) / LAST
+    if not marker.is_file():
+        raise UserError(f"--resume: {marker} does not exist, so there is no finished checkpoint to continue from; "
+                        "run without --resume to start training in that folder")
+    name = marker.read_text().strip()
+    path = Path(output_dir) / name
+    if not name or "/" in name or not path.is_file():
+        raise UserError(f"--resume: {marker} names {name!r}, which is not a checkpoint in {output_dir}; write the "
+                        "name of one that is there (model_*.pth) into it, or run without --resume to start over")
+    return path
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     state = load_torch_file(path, "checkpoint")
     if not isinstance(state, dict):

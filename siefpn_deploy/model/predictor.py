@@ -124,9 +124,22 @@ class Predictor:
         _, _, ch, cw = canvas.images.shape
         if not static and (ch > h["max"] or cw > w["max"] or ch < h["min"] or cw < w["min"]):
             # outside the runnable range: a fixed canvas at the nearest edge of the range
-            target = (min(max(ch, h["min"]), h["max"]), min(max(cw, w["min"]), w["max"]))
-            canvas = self.preprocess(images, canvas=target)
+            canvas = self.preprocess(images, canvas=self._in_range(ch, cw))
         return canvas
+
+    def _in_range(self, ch: int, cw: int) -> tuple[int, int]:
+        h, w = self.range
+        return min(max(ch, h["min"]), h["max"]), min(max(cw, w["min"]), w["max"])
+
+    def canvas_of(self, height: int, width: int) -> tuple[int, int]:
+        """The canvas (H, W) `prepare` gives an image of height x width on its own. Images with the same canvas
+        can share a batch without changing each other's detections (the padding around an image is part of
+        what the network sees); a one-line UserError for an image no canvas can take."""
+        h, w = self.range
+        if h["min"] == h["max"] and w["min"] == w["max"]:
+            self.preprocess.scale(height, width, (h["max"], w["max"]))  # refuses a degenerate image
+            return h["max"], w["max"]
+        return self._in_range(*self.preprocess.padded_size(height, width))
 
     def run_canvas(self, canvas: Canvas) -> dict[str, np.ndarray]:
         """The backend on one preprocessed batch, padded (with copies of its last image) up to the smallest

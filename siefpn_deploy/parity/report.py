@@ -16,8 +16,16 @@ def markdown(report: dict[str, Any]) -> str:
             f"{report['images']} images of `{report['dataset']}`; reference `{report['reference']}` (PyTorch eager). "
             f"AP in points (0..100); Δ is the artifact minus PyTorch; the budget is the largest drop allowed.\n\n"
             + table(report)
-            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**. Machine: {machine_line(env)}; device "
+            + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**{not_run_note(report)}. Machine: "
+            f"{machine_line(env)}; device "
             f"{env['device']}; onnxruntime {env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+
+
+def not_run_note(report: dict[str, Any]) -> str:
+    count = sum(a["status"] == "not run" for a in report["artifacts"])
+    if not count:
+        return ""
+    return f" ({count} not run: {'allowed by --allow-not-run' if report.get('allow_not_run') else 'that fails the gate'})"
 
 
 def table(report: dict[str, Any]) -> str:

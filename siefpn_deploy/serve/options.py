@@ -15,7 +15,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 @dataclass(frozen=True)
 class ServeOptions:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told otherwise; 0.0.0.0 in a container
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002

@@ -41,27 +41,38 @@ class DetectorModel:
         self.max_image_pixels = max_image_pixels
 
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        decoded: list[list[tuple[Any, str]]] = []  # per request, per row: (PIL image or None, error)
-        for request in requests:
-            blobs = np.asarray(request[protocol.IMAGE], dtype=object).reshape(-1)
-            decoded.append([self._decode(blob, row) for row, blob in enumerate(blobs)])
-        images = [im for rows in decoded for im, _ in rows if im is not None]
-        # one call for the whole batch: Detector.predict fills canvases of up to the artifact's batch
-        found = iter(self.detector.predict(images, batch_size=len(images)) if images else [])
-        responses = []
+        # every row is decoded and checked before anything runs: a bad row is an error row, never a failed batch
+        rows = [self._decode(blob, row) for request in requests
+                for row, blob in enumerate(np.asarray(request[protocol.IMAGE], dtype=object).reshape(-1))]
+        counts = [np.asarray(request[protocol.IMAGE], dtype=object).size for request in requests]
+        # rows run together only when they get the same canvas alone: a row's detections never depend on the
+        # requests Triton batched it with (on one padded canvas, the padding would change the features near
+        # each image's border). Different sizes cost batching: each canvas size is a run of its own.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, canvas, _) in enumerate(rows):
+            if canvas is not None:
+                groups.setdefault(canvas, []).append(i)
+        found: dict[int, Any] = {}
+        for members in groups.values():
+            images = [rows[i][0] for i in members]
+            found.update(zip(members, self.detector.predict(images, batch_size=len(images))))
         contract = self.detector.contract
-        for rows in decoded:
-            responses.append(protocol.stack(contract, [
-                protocol.pack(contract, next(found), (im.height, im.width)) if im is not None
-                else protocol.pack(contract, None, (0, 0), error) for im, error in rows]))
-        return responses
+        packed = [protocol.pack(contract, found[i], (im.height, im.width)) if i in found
+                  else protocol.pack(contract, None, (0, 0), error) for i, (im, _, error) in enumerate(rows)]
+        ends = np.cumsum(counts)
+        return [protocol.stack(contract, packed[end - n : end]) for n, end in zip(counts, ends)]
 
-    def _decode(self, blob: Any, row: int) -> tuple[Any, str]:
+    def _decode(self, blob: Any, row: int) -> tuple[Any, tuple[int, int] | None, str]:
+        """(image, its canvas, "") or (None, None, the one-line reason)."""
         try:
             data = bytes(blob) if not isinstance(blob, bytes) else blob
-            return decode_image(data, name=f"in row {row}", max_pixels=self.max_image_pixels), ""
+            image = decode_image(data, name=f"in row {row}", max_pixels=self.max_image_pixels)
         except (UserError, TypeError) as e:
-            return None, str(e)
+            return None, None, str(e)
+        try:
+            return image, self.detector.canvas_of(image.height, image.width), ""
+        except UserError as e:
+            return None, None, f"image in row {row}: {e}"
 
 
 def check_port_free(host: str, port: int, option: str) -> None:

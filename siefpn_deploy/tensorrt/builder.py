@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 from ..core.contract import IMAGE_SIZES, INPUT, INPUT_NAMES
 from ..core.errors import UserError
@@ -127,13 +127,28 @@ def _logger(backend: Backend, log: Callable[[str], None]) -> Any:
 
 @dataclass
 class Parsed:
-    """A strongly typed network parsed from ONNX, with the objects that must outlive it."""
+    """A strongly typed network parsed from ONNX, with the objects that must outlive it. A context manager:
+    `close` (on leaving the `with`) destroys them in the order TensorRT requires, there and then."""
 
     path: Path
     builder: Any
     network: Any
     parser: Any
     logger: Any  # TensorRT keeps a raw pointer to it
+
+    def close(self) -> None:
+        """Parser, then network, then builder, then the logger they log to. Left to Python's collector, they
+        would go in any order, at any later time, in any thread (pybind11's trampolines make cycles)."""
+        self.parser = None
+        self.network = None
+        self.builder = None
+        self.logger = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def parse_onnx(backend: Backend, path: str | Path, log: Callable[[str], None] = print) -> Parsed:
@@ -144,17 +159,22 @@ def parse_onnx(backend: Backend, path: str | Path, log: Callable[[str], None] = 
     builder = trt.Builder(logger)
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if flag is None else 1 << int(flag))
-    parser = trt.OnnxParser(network, logger)
-    if not Path(path).is_file():
-        raise UserError(f"ONNX model not found: {path}")
-    if not parser.parse_from_file(str(path)):
-        errors = []
-        for i in range(parser.num_errors):
-            e = parser.get_error(i)
-            errors.append(f"node {e.node_name() or e.node()!s} ({e.node_operator() or '?'}): {e.desc()}")
-        raise UserError(f"{backend.flavour} {backend.version} cannot parse {path}: {len(errors)} error(s): "
-                        + " | ".join(errors or ["unknown parser error"]))
-    return Parsed(Path(path), builder, network, parser, logger)
+    parsed = Parsed(Path(path), builder, network, trt.OnnxParser(network, logger), logger)
+    del builder, network
+    try:
+        if not Path(path).is_file():
+            raise UserError(f"ONNX model not found: {path}")
+        if not parsed.parser.parse_from_file(str(path)):
+            errors = []
+            for i in range(parsed.parser.num_errors):
+                e = parsed.parser.get_error(i)
+                errors.append(f"node {e.node_name() or e.node()!s} ({e.node_operator() or '?'}): {e.desc()}")
+            raise UserError(f"{backend.flavour} {backend.version} cannot parse {path}: {len(errors)} error(s): "
+                            + " | ".join(errors or ["unknown parser error"]))
+    except BaseException:
+        parsed.close()
+        raise
+    return parsed
 
 
 def build_serialized(
@@ -164,9 +184,21 @@ def build_serialized(
 ) -> bytes:
     """Build a parsed network; the serialized engine's bytes. The timing cache is read when present and
     written back after the build."""
+    config = parsed.builder.create_builder_config()
+    try:
+        return _build(backend, parsed, config, profile=profile, workspace_gib=workspace_gib, timing_cache=timing_cache,
+                      optimization_level=optimization_level, version_compatible=version_compatible, log=log)
+    finally:
+        # the config holds the progress monitor: it goes first, before the caller closes the network and builder
+        config.progress_monitor = None
+        del config
+
+
+def _build(backend: Backend, parsed: Parsed, config: Any, *, profile: Profile, workspace_gib: float | None,
+           timing_cache: str | Path | None, optimization_level: int | None, version_compatible: bool,
+           log: Callable[[str], None]) -> bytes:
     trt = backend.trt
     path, builder, network = parsed.path, parsed.builder, parsed.network
-    config = builder.create_builder_config()
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     optimization = builder.create_optimization_profile()
     names = [tensor.name for tensor in inputs]

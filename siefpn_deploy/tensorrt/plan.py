@@ -118,10 +118,11 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
     log(f"[build] {options.onnx} ({meta.get('precision', 'fp32')}) with {backend.flavour} {backend.version}, "
         f"strongly typed; profile min {list(profile.min)} opt {list(profile.opt)} max {list(profile.max)}")
     t0 = time.perf_counter()
-    parsed = parse_onnx(backend, options.onnx, log)
-    data = build_serialized(backend, parsed, profile=profile, workspace_gib=options.workspace_gib,
-                            timing_cache=options.timing_cache, optimization_level=options.optimization_level,
-                            version_compatible=options.version_compatible, log=log)
+    with parse_onnx(backend, options.onnx, log) as parsed:
+        data = build_serialized(backend, parsed, profile=profile, workspace_gib=options.workspace_gib,
+                                timing_cache=options.timing_cache, optimization_level=options.optimization_level,
+                                version_compatible=options.version_compatible, log=log)
+        io = _io(parsed.network)
     seconds = time.perf_counter() - t0
     atomic_write(engine, lambda tmp: tmp.write_bytes(data))
     sidecar = {
@@ -130,7 +131,7 @@ def build_engine(options: BuildOptions, *, log=print) -> tuple[Path, dict[str, A
         "onnx": options.onnx.name, "onnx_sha256": meta["sha256"], "precision": meta.get("precision", "fp32"),
         "tensorrt": {"flavour": backend.flavour, "version": backend.version, "strongly_typed": True,
                      "version_compatible": options.version_compatible},
-        "io": _io(parsed.network), "profile": profile.as_dict(),
+        "io": io, "profile": profile.as_dict(),
         "build": {"seconds": round(seconds, 1), "request": build_request(options), "workspace_gib": options.workspace_gib,
                   "optimization_level": options.optimization_level,
                   "timing_cache": str(options.timing_cache) if options.timing_cache and backend.has_timing_cache

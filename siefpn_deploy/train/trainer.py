@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +26,10 @@ from ..data.image import in_channel_order
 from ..evaluation.loop import evaluate_predictor
 from ..model import build_detector
 from ..model.checkpoint import (
-    last_checkpoint,
     load_checkpoint,
     load_model_weights,
     load_trained_detector,
+    resume_checkpoint,
     save_checkpoint,
     unwrap,
 )
@@ -120,6 +123,29 @@ def build_test_dataset(cfg: Config) -> CocoDetection:
     )
 
 
+class Terminated(Exception):
+    """SIGTERM arrived during training (raised by `terminate_as_interrupt`'s handler)."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt(*, enabled: bool = True) -> Iterator[None]:
+    """While training, SIGTERM raises Terminated in the main thread, so the loop saves a checkpoint and exits;
+    the previous handler is back afterwards. Off the main thread (where Python cannot set handlers) and under
+    DDP (whose ranks must stop together) it does nothing."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Trainer:
     """One training run. Library-safe: the caller's global RNG state is the same after as before (the
     model is initialised, and torchvision's RPN/RoI samplers draw, inside `torch.random.fork_rng`)."""
@@ -153,7 +179,7 @@ class Trainer:
 
     def load(self, resume: bool) -> None:
         """--resume continues from OUTPUT_DIR/last_checkpoint; otherwise MODEL.WEIGHTS initialises."""
-        path = last_checkpoint(self.output_dir) if resume else None
+        path = resume_checkpoint(self.output_dir) if resume else None
         if path is not None:
             state = load_checkpoint(path)
             load_model_weights(self.model, state, path, self.config_name)
@@ -206,8 +232,18 @@ class Trainer:
         if not self.is_main or not log.is_file():
             return
         lines = log.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", 0) <= self.start_iter]
-        if len(kept) != len(lines):
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                if number == len(lines):  # the last line, cut by a kill while it was written: dropped
+                    break
+                raise UserError(f"--resume: {log} line {number} is not JSON; the log is damaged before its end, "
+                                "so it cannot be continued (move it away to start a new log)") from None
+            if record is not None and record.get("iteration", 0) <= self.start_iter:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
             atomic_write(log, lambda tmp: tmp.write_text("".join(kept)))
 
     def loader(self) -> torch.utils.data.DataLoader:
@@ -265,25 +301,32 @@ class Trainer:
         iteration, images_seen, t0 = self.start_iter, 0, time.perf_counter()
         data = iter(self.loader())
         try:
-            while iteration < s.MAX_ITER:
-                images, targets = next(data)
-                loss, terms = self.step(model, images, targets)
-                iteration += 1
-                images_seen += len(images) * self.world_size
-                bar.update(1)
-                if self.is_main and (iteration % self.cfg.LOG_PERIOD == 0 or iteration == s.MAX_ITER):
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
-                    self.pending_log.append({"iteration": iteration, "loss": loss, "lr": lr, **terms})
-                if iteration % s.CHECKPOINT_PERIOD == 0 and iteration < s.MAX_ITER:
-                    self.save(iteration)
-                if self.cfg.TEST.EVAL_PERIOD and iteration % self.cfg.TEST.EVAL_PERIOD == 0 and iteration < s.MAX_ITER:
-                    self.evaluate(write=False)
-                    model.train()
-        except KeyboardInterrupt:
+            # SIGTERM (docker stop, Kubernetes, Slurm) ends the run as Ctrl-C does: a checkpoint, then exit
+            with terminate_as_interrupt(enabled=self.world_size == 1):
+                while iteration < s.MAX_ITER:
+                    images, targets = next(data)
+                    loss, terms = self.step(model, images, targets)
+                    iteration += 1
+                    images_seen += len(images) * self.world_size
+                    bar.update(1)
+                    if self.is_main and (iteration % self.cfg.LOG_PERIOD == 0 or iteration == s.MAX_ITER):
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
+                        self.pending_log.append({"iteration": iteration, "loss": loss, "lr": lr, **terms})
+                    if iteration % s.CHECKPOINT_PERIOD == 0 and iteration < s.MAX_ITER:
+                        self.save(iteration)
+                    if (self.cfg.TEST.EVAL_PERIOD and iteration % self.cfg.TEST.EVAL_PERIOD == 0
+                            and iteration < s.MAX_ITER):
+                        self.evaluate(write=False)
+                        model.train()
+        except (KeyboardInterrupt, Terminated) as stop:
             if self.world_size == 1 and iteration > self.start_iter:
                 path = self.save(iteration)
-                raise UserError(f"interrupted at iteration {iteration}; saved {path}; rerun with --resume to continue") from None
+                how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+                raise UserError(f"{how} at iteration {iteration}; saved {path}; rerun with --resume to continue") from None
+            if isinstance(stop, Terminated):
+                raise UserError(f"terminated (SIGTERM) at iteration {iteration}, before a step of this run finished: "
+                                "nothing new to save") from None
             raise
         finally:
             bar.close()

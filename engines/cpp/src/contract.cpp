@@ -1,5 +1,6 @@
 #include "contract.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -25,9 +26,23 @@ T value(const json& node, const char* key, const std::string& source) {
   }
 }
 
-ShapeRange range(const json& shapes, const char* name, const std::string& source) {
+ShapeRange range(const json& shapes, const char* name, const std::string& source, int most) {
   const json& r = at(shapes, name, source);
-  return {value<int>(r, "min", source), value<int>(r, "max", source)};
+  const ShapeRange got{value<int>(r, "min", source), value<int>(r, "max", source)};
+  if (got.min < 1 || got.min > got.max || got.max > most) {
+    throw BadInput(source + ": shapes." + name + " must satisfy 1 <= min <= max <= " + std::to_string(most) + ", got " +
+                   std::to_string(got.min) + ".." + std::to_string(got.max));
+  }
+  return got;
+}
+
+// A damaged or hostile meta.json is a BadInput, never a division by zero or an allocation of gigabytes: the same
+// bounds as the Python contract (core/contract.py, read by CMakeLists.txt).
+void check_in(long long got, long long lo, long long hi, const std::string& what, const std::string& source) {
+  if (got < lo || got > hi) {
+    throw BadInput(source + ": " + what + " must be in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
+                   std::to_string(got));
+  }
 }
 
 }  // namespace
@@ -59,7 +74,13 @@ Contract Contract::from_meta(const json& meta, const std::string& source) {
     c.output_names.push_back(value<std::string>(outputs[i], "name", source));
   }
   if (c.input_names.size() != 2) throw BadInput(source + " must list 2 inputs (images, image_sizes)");
-  if (c.has_masks()) c.mask_size = outputs[kMasks]["shape"][2].get<int>();
+  check_in(c.max_detections, 1, SIEFPN_MAX_TOPK, "max_detections (K)", source);
+  if (c.has_masks()) {
+    const json& side = outputs[kMasks]["shape"][2];
+    if (!side.is_number_integer()) throw BadInput(source + ": the masks output's mask side must be an integer");
+    c.mask_size = side.get<int>();
+    check_in(c.mask_size, 1, SIEFPN_MAX_MASK_SIDE, "the mask side", source);
+  }
 
   const json& labels = at(meta, "labels", source);
   c.first_label = value<int>(labels, "first", source);
@@ -73,6 +94,15 @@ Contract Contract::from_meta(const json& meta, const std::string& source) {
   c.preprocess.divisibility = value<int>(pre, "divisibility", source);
   c.preprocess.pixel_mean = value<std::array<double, 3>>(pre, "pixel_mean", source);
   c.preprocess.input_scale = value<double>(pre, "input_scale", source);
+  check_in(c.preprocess.divisibility, 1, SIEFPN_MAX_DIVISIBILITY, "preprocess.divisibility", source);
+  check_in(c.preprocess.max_size, 1, SIEFPN_MAX_RESIZE_SIDE, "preprocess.resize.max_size", source);
+  check_in(c.preprocess.min_size, 1, c.preprocess.max_size, "preprocess.resize.min_size (up to max_size)", source);
+  if (!(std::isfinite(c.preprocess.input_scale) && c.preprocess.input_scale > 0)) {
+    throw BadInput(source + ": preprocess.input_scale must be finite and > 0");
+  }
+  for (double v : c.preprocess.pixel_mean) {
+    if (!std::isfinite(v)) throw BadInput(source + ": preprocess.pixel_mean must be finite");
+  }
   const std::string color = value<std::string>(pre, "color", source);
   if (color != "RGB" && color != "BGR") throw BadInput(source + ": preprocess color must be RGB or BGR, got " + color);
   c.preprocess.bgr = color == "BGR";
@@ -81,9 +111,11 @@ Contract Contract::from_meta(const json& meta, const std::string& source) {
   }
 
   const json& shapes = at(meta, "shapes", source);
-  c.batch = range(shapes, "batch", source);
-  c.height = range(shapes, "height", source);
-  c.width = range(shapes, "width", source);
+  c.batch = range(shapes, "batch", source, SIEFPN_MAX_BATCH);
+  // the canvas sides: the resize's longest side, padded up to the divisibility
+  const int side = SIEFPN_MAX_RESIZE_SIDE + SIEFPN_MAX_DIVISIBILITY;
+  c.height = range(shapes, "height", source, side);
+  c.width = range(shapes, "width", source, side);
 
   const json& classes = at(meta, "classes", source);
   c.class_names = value<std::vector<std::string>>(classes, "names", source);

@@ -2,8 +2,13 @@
 // through the dispatcher. The Python runtime decodes with PIL (data/image.py: EXIF orientation applied, then
 // RGB); both libraries give the same pixels for these formats (tests/test_cpp.py checks it).
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -105,16 +110,45 @@ void write_png(const std::string& path, const Image& image) {
   write_file(path, std::string_view(reinterpret_cast<const char*>(png.data_ptr<std::uint8_t>()), png.numel()));
 }
 
+namespace {
+
+// A failed write: remove the temporary file and say why in one line (errno's text: "No space left on device").
+[[noreturn]] void write_failed(const std::string& what, const std::filesystem::path& tmp, int fd, int error) {
+  if (fd >= 0) ::close(fd);
+  ::unlink(tmp.c_str());
+  throw RuntimeFailure(what + ": " + std::strerror(error));
+}
+
+}  // namespace
+
+// Atomic: a reader sees the old file or the whole new one, never a part. The bytes go to a temporary file of a
+// unique name beside the target (mkstemp: two writers never share one), every write and the close are checked
+// (a full disk may only show at close), then fsync, rename over the target, and fsync of the folder so the
+// rename itself survives a crash. On any failure the temporary file is removed and the target is untouched.
 void write_file(const std::string& path, std::string_view bytes) {
   const std::filesystem::path target(path);
-  if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path());
-  const std::filesystem::path tmp = target.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) throw RuntimeFailure("cannot write " + tmp.string());
+  const std::filesystem::path folder = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+  std::error_code made;
+  std::filesystem::create_directories(folder, made);
+  if (made) throw RuntimeFailure("cannot write " + path + ": cannot create " + folder.string() + ": " + made.message());
+  std::string pattern = (folder / ("." + target.filename().string() + ".XXXXXX")).string();
+  const int fd = ::mkstemp(pattern.data());
+  const std::filesystem::path tmp(pattern);
+  if (fd < 0) throw RuntimeFailure("cannot write " + path + ": " + std::strerror(errno));
+  for (std::size_t done = 0; done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) write_failed("cannot write " + path, tmp, fd, n < 0 ? errno : EIO);
+    done += static_cast<std::size_t>(n);
   }
-  std::filesystem::rename(tmp, target);
+  if (::fchmod(fd, 0644) != 0 || ::fsync(fd) != 0) write_failed("cannot write " + path, tmp, fd, errno);
+  if (::close(fd) != 0) write_failed("cannot write " + path, tmp, -1, errno);
+  if (::rename(tmp.c_str(), target.c_str()) != 0) write_failed("cannot write " + path, tmp, -1, errno);
+  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir >= 0) {  // best effort: some file systems refuse fsync on a folder
+    ::fsync(dir);
+    ::close(dir);
+  }
 }
 
 }  // namespace siefpn
