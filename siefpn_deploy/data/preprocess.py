@@ -73,8 +73,13 @@ class Preprocess:
 
     def padded_size(self, h: int, w: int) -> tuple[int, int]:
         """The canvas (H, W) an h x w image gets on its own: its resized size padded up to the divisibility."""
-        factor, div = self.scale(h, w), self.spec.divisibility
-        return -(-math.floor(h * factor) // div) * div, -(-math.floor(w * factor) // div) * div
+        factor = self.scale(h, w)
+        return self.pad(math.floor(h * factor), math.floor(w * factor))
+
+    def pad(self, h: int, w: int) -> tuple[int, int]:
+        """(h, w) rounded up to multiples of the divisibility."""
+        div = self.spec.divisibility
+        return -(-h // div) * div, -(-w // div) * div
 
     def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
         """image [3,h,w] RGB 0..1 -> resized [3,h',w'], h' = floor(h * scale) (interpolate's own rounding)."""
@@ -87,8 +92,7 @@ class Preprocess:
         batch's largest image padded to the divisibility."""
         resized = [in_channel_order(self.resize(im, canvas), self.spec.color) for im in images]
         if canvas is None:
-            div = self.spec.divisibility
-            canvas = (-(-max(r.shape[1] for r in resized) // div) * div, -(-max(r.shape[2] for r in resized) // div) * div)
+            canvas = self.pad(max(r.shape[1] for r in resized), max(r.shape[2] for r in resized))
         fill = [v / 255.0 for v in self.spec.pixel_mean]  # the pixel mean, in 0..1
         batch = torch.tensor(fill, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, *canvas)
         for b, r in enumerate(resized):

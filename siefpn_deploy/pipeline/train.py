@@ -12,7 +12,7 @@ from ..core.config import Config, load_config, resolve_config_file
 from ..core.errors import UserError
 from ..core.fileio import read_json, write_json
 from ..core.sidecar import request_key, sha256_of
-from ..model.checkpoint import last_checkpoint, resume_checkpoint
+from ..model.checkpoint import last_checkpoint
 
 INPUTS = "inputs.json"  # OUTPUT_DIR/inputs.json: the request a finished run answers
 FINAL = "model_final.pth"
@@ -74,8 +74,6 @@ def train_detector(options: TrainOptions, *, log=print) -> TrainResult:
     # a finished run on other data included, starts over
     saved = run_dir / "config.yaml"
     interrupted = saved.is_file() and saved.read_text() == cfg.dump() and not (run_dir / FINAL).is_file()
-    if options.resume:
-        resume_checkpoint(run_dir)  # a missing or dangling last_checkpoint fails here, before any work
     resume = options.resume or (options.reuse and interrupted and last_checkpoint(run_dir) is not None)
     (run_dir / INPUTS).unlink(missing_ok=True)  # written again once this run has finished
     log(f"[train] {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}), {cfg.SOLVER.MAX_ITER} "

@@ -42,9 +42,9 @@ class DetectorModel:
 
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         # every row is decoded and checked before anything runs: a bad row is an error row, never a failed batch
-        rows = [self._decode(blob, row) for request in requests
-                for row, blob in enumerate(np.asarray(request[protocol.IMAGE], dtype=object).reshape(-1))]
-        counts = [np.asarray(request[protocol.IMAGE], dtype=object).size for request in requests]
+        blobs = [np.asarray(request[protocol.IMAGE], dtype=object).reshape(-1) for request in requests]
+        rows = [self._decode(blob, row) for request in blobs for row, blob in enumerate(request)]
+        counts = [len(request) for request in blobs]
         # rows run together only when they get the same canvas alone: a row's detections never depend on the
         # requests Triton batched it with (on one padded canvas, the padding would change the features near
         # each image's border). Different sizes cost batching: each canvas size is a run of its own.
