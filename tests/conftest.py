@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from prebuild import PLAN, Ahead, Worker
 
 from siefpn_deploy.core.contract import ShapeRange
 from siefpn_deploy.core.sidecar import read_meta, write_meta
@@ -133,6 +134,7 @@ class Exported:
 
     def __init__(self, seeded: Seeded, root: Path) -> None:
         self.seeded, self.root = seeded, root
+        self.ahead = Ahead()  # the background builder (prebuild.py), once the session starts one
 
     def export(self, arch: str, path: Path, **options: object) -> Path:
         job = ExportJob(self.seeded.config(arch), weights=self.seeded.weights(arch),
@@ -140,9 +142,11 @@ class Exported:
         return export_detector(job, log=quiet).path
 
     def onnx(self, arch: str, nms: str) -> Path:
+        self.ahead.wait(("onnx", arch, nms))
         return self.export(arch, self.root / f"{arch}_{nms}.onnx", nms=nms)
 
     def package(self, arch: str) -> Path:
+        self.ahead.wait(("package", arch))
         return self.export(arch, self.root / f"{arch}_aoti.pt2", format="aoti")
 
 
@@ -166,11 +170,13 @@ class Quantized:
 
     def __init__(self, exported: Exported, root: Path) -> None:
         self.exported, self.root = exported, root
+        self.ahead = Ahead()
 
     def onnx(self, arch: str, precision: str) -> Path:
         source = self.exported.onnx(arch, "tensor")
         if precision == "fp32":
             return source
+        self.ahead.wait(("quantized", arch, precision))
         options = quantize_options(source, precision, self.root / f"{arch}.{precision}.onnx", num_calib=8,
                                    calib_batch=4, calib_size=(128, 160), calib_cache=self.root / "calib")
         return quantize_detector(QuantizeJob(options), log=quiet).path
@@ -214,6 +220,7 @@ class Detecting:
 
     def __init__(self, data: Path, root: Path) -> None:
         self.data, self.root = data, root
+        self.ahead = Ahead()
 
     @property
     def config(self) -> Path:
@@ -225,6 +232,7 @@ class Detecting:
 
     @functools.cached_property
     def run(self) -> TrainResult:
+        self.ahead.wait(("detecting", "fp32"))  # the worker trains it for its first export
         train_images, train_json = split_paths(self.data, "train")
         opts = tiny_overrides(self.data, self.root / "retinanet", SOLVER__MAX_ITER=self.ITERATIONS,
                               SOLVER__OPTIMIZER="AdamW", SOLVER__BASE_LR=0.002, SOLVER__LR_SCHEDULER="cosine",
@@ -234,6 +242,7 @@ class Detecting:
         return train_detector(TrainOptions(PRESET, overrides=tuple(opts)), log=quiet)
 
     def onnx(self, precision: str) -> Path:
+        self.ahead.wait(("detecting", precision))
         source = export_detector(ExportJob(self.config, weights=self.weights, options=ExportOptions(
             output=self.root / "retinanet.onnx", batch=ShapeRange(1, 2))), log=quiet).path
         if precision == "fp32":
@@ -248,6 +257,52 @@ class Detecting:
 @pytest.fixture(scope="session")
 def detecting(tiny_synth, tmp_path_factory) -> Detecting:
     return Detecting(tiny_synth, tmp_path_factory.mktemp("detecting"))
+
+
+SHARED = ("exported", "quantized", "detecting")  # the fixtures whose models the background worker builds
+
+
+def _rank(item: pytest.Item) -> int:
+    """0: needs no shared model; 1: the seeded exports and their versions; 2: the trained `detecting` model."""
+    names = set(getattr(item, "fixturenames", ()))
+    return 2 if "detecting" in names else int(bool(names & set(SHARED)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "package: the test uses the session's AOTInductor package (exported.package)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that need no shared model first, then those that need the seeded exports, then those of the trained
+    model: the order in which the background worker (prebuild.py) finishes them. Within each, file order."""
+    items.sort(key=_rank)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def build_ahead(request, tmp_path_factory):
+    """Starts the background worker (prebuild.py) on the shared models this session's tests use, unless
+    SIEFPN_TEST_PREBUILD=0; stops it when the session ends."""
+    import os
+
+    items = request.session.items
+    ranks = {_rank(item) for item in items}
+    if os.environ.get("SIEFPN_TEST_PREBUILD", "1") == "0" or not ranks - {0}:
+        yield
+        return
+    exported, quantized = request.getfixturevalue("exported"), request.getfixturevalue("quantized")
+    detecting = request.getfixturevalue("detecting")
+    seeded = exported.seeded
+    for arch in ("retinanet", "faster_rcnn", "mask_rcnn"):
+        seeded.run_dir(arch)  # written here, once: the worker and the tests only read them
+    package = any(item.get_closest_marker("package") for item in items)
+    plan = [item for item in PLAN if (item[0] != "detecting" or 2 in ranks) and (item[0] != "package" or package)]
+    spec = {"synth": str(seeded.data), "seeded": str(seeded.root), "exported": str(exported.root),
+            "quantized": str(quantized.root), "detecting": str(detecting.root), "items": plan}
+    folder = tmp_path_factory.mktemp("prebuild")
+    worker = Worker({**spec, "folder": str(folder)}, folder)
+    exported.ahead = quantized.ahead = detecting.ahead = worker
+    yield
+    worker.stop()
 
 
 WORK_FOLDERS = ("export", "calib", "engines", "reports", "output", "datasets")

@@ -11,6 +11,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from siefpn_deploy.cli import main
@@ -19,6 +20,7 @@ from siefpn_deploy.evaluation.agreement import Agreement
 from siefpn_deploy.runtime import Detector
 
 ARCH = "mask_rcnn"
+pytestmark = pytest.mark.package
 
 
 def val_images(data, n):

@@ -38,6 +38,7 @@ from siefpn_deploy.runtime.bench import run_bench
 from siefpn_deploy.runtime.cpp import CppBuild, default_build_dir, run_infer_cli
 
 ARCH = "mask_rcnn"
+pytestmark = pytest.mark.package
 
 
 @pytest.fixture(scope="module")
