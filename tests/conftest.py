@@ -27,6 +27,7 @@ from siefpn_deploy.pipeline import (
     synthetic_dataset,
     train_detector,
 )
+from siefpn_deploy.pipeline.demo import DemoOptions, run_demo
 from siefpn_deploy.quantize.options import INT8_SUFFIX
 
 PRESET = "configs/synth_retinanet_R18.yaml"  # the tiny models' base: tiny_overrides shrinks it
@@ -259,7 +260,40 @@ def detecting(tiny_synth, tmp_path_factory) -> Detecting:
     return Detecting(tiny_synth, tmp_path_factory.mktemp("detecting"))
 
 
-SHARED = ("exported", "quantized", "detecting")  # the fixtures whose models the background worker builds
+class Demo:
+    """The demo's first run on the tiny easy set (40 FP32 iterations whatever the CPU: they must leave
+    detections above the score threshold), with the options the demo test's command line gives: `demo.run()`,
+    `demo.argv`. The test reruns it through the CLI."""
+
+    def __init__(self, data: Path, root: Path) -> None:
+        out = root / "demo"
+        opts = tiny_overrides(data, out, SOLVER__MAX_ITER=40, SOLVER__BASE_LR=0.003, SOLVER__CHECKPOINT_PERIOD=100,
+                              SOLVER__AMP="fp32")
+        # the demo sets DATASETS.* and OUTPUT_DIR itself from --data/--output
+        keep = [x for kv in zip(opts[::2], opts[1::2]) if not kv[0].startswith(("DATASETS.", "OUTPUT_DIR")) for x in kv]
+        self.options = DemoOptions(data=data, output=out, export_dir=root / "export", engine_dir=root / "engines",
+                                   calib_dir=root / "calib", report_dir=root / "reports", overrides=tuple(keep),
+                                   bench_batches=(1,), bench_iters=1)  # the benchmark's figures are not checked
+        self.ahead = Ahead()
+
+    @property
+    def argv(self) -> list[str]:
+        o = self.options
+        return ["demo", "--data", str(o.data), "--output", str(o.output), "--export-dir", str(o.export_dir),
+                "--engine-dir", str(o.engine_dir), "--calib-dir", str(o.calib_dir), "--report", str(o.report_dir),
+                "--bench-batch", "1", "--bench-iters", "1", *o.overrides]
+
+    def run(self):
+        self.ahead.wait(("demo",))
+        return run_demo(self.options, log=quiet)
+
+
+@pytest.fixture(scope="session")
+def demo(tiny_synth_easy, tmp_path_factory) -> Demo:
+    return Demo(tiny_synth_easy, tmp_path_factory.mktemp("demo"))
+
+
+SHARED = ("exported", "quantized", "detecting", "demo")  # the fixtures the background worker builds for
 
 
 def _rank(item: pytest.Item) -> int:
@@ -285,22 +319,27 @@ def build_ahead(request, tmp_path_factory):
     import os
 
     items = request.session.items
-    ranks = {_rank(item) for item in items}
-    if os.environ.get("SIEFPN_TEST_PREBUILD", "1") == "0" or not ranks - {0}:
+    if os.environ.get("SIEFPN_TEST_PREBUILD", "1") == "0" or not any(_rank(item) for item in items):
         yield
         return
-    exported, quantized = request.getfixturevalue("exported"), request.getfixturevalue("quantized")
-    detecting = request.getfixturevalue("detecting")
+    used = {name for item in items for name in getattr(item, "fixturenames", ()) if name in SHARED}
+    package = any(item.get_closest_marker("package") for item in items)
+    exported = request.getfixturevalue("exported")
     seeded = exported.seeded
     for arch in ("retinanet", "faster_rcnn", "mask_rcnn"):
         seeded.run_dir(arch)  # written here, once: the worker and the tests only read them
-    package = any(item.get_closest_marker("package") for item in items)
-    plan = [item for item in PLAN if (item[0] != "detecting" or 2 in ranks) and (item[0] != "package" or package)]
+    wanted = {"onnx": bool(used & {"exported", "quantized"}), "quantized": "quantized" in used,
+              "package": package, "detecting": "detecting" in used, "demo": "demo" in used}
+    plan = [item for item in PLAN if wanted[item[0]]]
+    fixtures = {name: request.getfixturevalue(name) for name in ("quantized", "detecting", "demo")}
     spec = {"synth": str(seeded.data), "seeded": str(seeded.root), "exported": str(exported.root),
-            "quantized": str(quantized.root), "detecting": str(detecting.root), "items": plan}
+            "quantized": str(fixtures["quantized"].root), "detecting": str(fixtures["detecting"].root),
+            "demo": str(fixtures["demo"].options.output.parent), "synth_easy": str(fixtures["demo"].options.data),
+            "items": plan}
     folder = tmp_path_factory.mktemp("prebuild")
     worker = Worker({**spec, "folder": str(folder)}, folder)
-    exported.ahead = quantized.ahead = detecting.ahead = worker
+    for fixture in (exported, *fixtures.values()):
+        fixture.ahead = worker
     yield
     worker.stop()
 

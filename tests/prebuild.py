@@ -23,7 +23,7 @@ from pathlib import Path
 # the order in which the tests reach them (conftest.py's ordering): the exports and the compiled package,
 # then the seeded models' FP16 and INT8 versions, then the trained `detecting` model and its versions
 PLAN = (
-    ("onnx", "retinanet", "onnx"), ("onnx", "mask_rcnn", "onnx"), ("package", "mask_rcnn"),
+    ("onnx", "retinanet", "onnx"), ("onnx", "mask_rcnn", "onnx"), ("package", "mask_rcnn"), ("demo",),
     ("onnx", "retinanet", "tensor"), ("onnx", "mask_rcnn", "tensor"), ("onnx", "faster_rcnn", "onnx"),
     *(("quantized", arch, p) for arch in ("retinanet", "mask_rcnn") for p in ("fp16", "int8", "int8-cpu")),
     ("detecting", "fp32"), ("detecting", "fp16"), ("detecting", "int8"), ("detecting", "int8-cpu"),
@@ -75,13 +75,14 @@ class Worker(Ahead):
 
 def build(spec: dict) -> None:
     import torch
-    from conftest import Detecting, Exported, Quantized, Seeded
+    from conftest import Demo, Detecting, Exported, Quantized, Seeded
 
     torch.set_num_threads(1)
     seeded = Seeded(Path(spec["synth"]), Path(spec["seeded"]))
     exported = Exported(seeded, Path(spec["exported"]))
     quantized = Quantized(exported, Path(spec["quantized"]))
     detecting = Detecting(Path(spec["synth"]), Path(spec["detecting"]))
+    demo = Demo(Path(spec["synth_easy"]), Path(spec["demo"]))
     folder = Path(spec["folder"])
     for item in map(tuple, spec["items"]):
         t0 = time.perf_counter()
@@ -93,6 +94,8 @@ def build(spec: dict) -> None:
                 exported.package(*args)
             elif kind == "quantized":
                 quantized.onnx(*args)
+            elif kind == "demo":
+                demo.run()
             else:
                 detecting.onnx(*args)
         except Exception:  # noqa: BLE001 - the waiting test builds it itself and shows the error there

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import json
 
-from conftest import tiny_overrides
-
 from siefpn_deploy.cli import main
 
 
-def test_demo_runs_end_to_end_and_prints_summary(tiny_synth_easy, tmp_path, capsys):
-    out = tmp_path / "demo"
-    # FP32 whatever the CPU: the 40 iterations must leave detections above the score threshold, so their
-    # arithmetic is pinned rather than left to SOLVER.AMP auto
-    opts = tiny_overrides(tiny_synth_easy, out, SOLVER__MAX_ITER=40, SOLVER__BASE_LR=0.003, SOLVER__CHECKPOINT_PERIOD=100,
-                          SOLVER__AMP="fp32")
-    # the demo sets DATASETS.* and OUTPUT_DIR itself from --data/--output
-    keep = [k for k in zip(opts[::2], opts[1::2]) if not k[0].startswith(("DATASETS.", "OUTPUT_DIR"))]
-    flat = [x for kv in keep for x in kv]
-    export, engines, reports = tmp_path / "export", tmp_path / "engines", tmp_path / "reports"
-    args = ["demo", "--data", str(tiny_synth_easy), "--output", str(out), "--export-dir", str(export),
-            "--engine-dir", str(engines), "--calib-dir", str(tmp_path / "calib"), "--report", str(reports),
-            "--bench-batch", "1", "--bench-iters", "1", *flat]  # the benchmark's figures are not checked here
-    assert main(args) == 0
+def test_demo_runs_end_to_end_and_prints_summary(demo, capsys):
+    """The demo's first run (the `demo` fixture: run_demo with the options of this command line, built ahead by
+    the background worker when there is one), then the command itself, which finds everything current."""
+    first = demo.run()
+    assert first.parity_passed and first.metrics["bbox"]["AP"] > 0
+    o = demo.options
+    out, export, engines, reports = o.output, o.export_dir, o.engine_dir, o.report_dir
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "model_final.pth", export / "demo.onnx", export / "demo.int8.onnx")}
+    assert main(demo.argv) == 0
     text = capsys.readouterr().out
     assert "| train + eval |" in text and "bbox AP" in text
     assert (out / "metrics.json").is_file() and (out / "model_final.pth").is_file()
@@ -43,11 +36,8 @@ def test_demo_runs_end_to_end_and_prints_summary(tiny_synth_easy, tmp_path, caps
     assert "| parity |" in text and "PASS" in text and (reports / "bench.md").is_file()
     if any(a["kind"] == "tensorrt" for a in parity["artifacts"]):
         assert sorted(p.name for p in engines.glob("*.plan")) == ["demo.fp16.plan", "demo.int8.plan", "demo.plan"]
-    # a rerun with the same config and data returns the finished run instead of training again, and keeps the
-    # export and the quantized models (their sidecars record the request they answer)
-    stamp = {p: p.stat().st_mtime_ns for p in (out / "model_final.pth", export / "demo.onnx", export / "demo.int8.onnx")}
-    assert main(args) == 0
-    text = capsys.readouterr().out
+    # the command, with the same config and data, returns the finished run instead of training again, and keeps
+    # the export and the quantized models (their sidecars record the request they answer)
     assert "already holds a finished run of this config and data" in text
     assert "is already this export of these weights" in text and "is already the int8 model of" in text
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
