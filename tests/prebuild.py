@@ -25,6 +25,7 @@ from pathlib import Path
 PLAN = (
     ("onnx", "retinanet", "onnx"), ("onnx", "mask_rcnn", "onnx"), ("package", "mask_rcnn"), ("demo",),
     ("onnx", "retinanet", "tensor"), ("onnx", "mask_rcnn", "tensor"), ("onnx", "faster_rcnn", "onnx"),
+    ("onnx", "mask_rcnn", "onnx", "3"),
     *(("quantized", arch, p) for arch in ("retinanet", "mask_rcnn") for p in ("fp16", "int8", "int8-cpu")),
     ("detecting", "fp32"), ("detecting", "fp16"), ("detecting", "int8"), ("detecting", "int8-cpu"),
     ("detecting", "int8-ov"),
@@ -89,7 +90,7 @@ def build(spec: dict) -> None:
         try:
             kind, *args = item
             if kind == "onnx":
-                exported.onnx(*args)
+                exported.onnx(*args[:2], *map(int, args[2:]))
             elif kind == "package":
                 exported.package(*args)
             elif kind == "quantized":

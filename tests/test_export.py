@@ -113,16 +113,13 @@ def op_types(path: Path) -> set[str]:
     return ops
 
 
-def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(seeded, exported, tiny_synth, tmp_path):
+def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(exported, tiny_synth):
     """export --max-det-masks 3: the same detections as the full graph, the first 3 rows' masks equal its
     masks, later rows are zeros (pasted: empty), and meta.json says so; the export's own check against eager
     PyTorch passes because the eager backend follows the same contract."""
     from siefpn_deploy.runtime import Detector
 
-    path, full = tmp_path / "m3.onnx", exported.onnx("mask_rcnn", "onnx")
-    assert main(["export", "--config-file", str(seeded.config("mask_rcnn")), "--output", str(path),
-                 "--dynamic-batch", "2", "--dynamic-size", "64", "256", "--box-candidates", "1800",
-                 "--max-det-masks", "3", "MODEL.WEIGHTS", str(seeded.weights("mask_rcnn"))]) == 0
+    path, full = exported.onnx("mask_rcnn", "onnx", max_det_masks=3), exported.onnx("mask_rcnn", "onnx")
     meta = read_meta(path)
     assert meta["mask_detections"] == 3 and read_meta(full)["mask_detections"] == meta["max_detections"] == 100
     assert GraphContract.from_meta(meta, source="m3").mask_rows == 3

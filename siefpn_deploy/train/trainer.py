@@ -146,6 +146,25 @@ def terminate_as_interrupt(*, enabled: bool = True) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def sigchld_restored() -> Iterator[None]:
+    """The SIGCHLD disposition as it was before training. A DataLoader with worker processes installs a
+    SIGCHLD handler (to report a dead worker) and never removes it, so after training every child process the
+    caller starts (a subprocess, a server) runs Python code in the main thread when it ends. The test suite's
+    process died with SIGSEGV (si_code SI_KERNEL, every thread idle, the main one reading a child's pipe) with
+    that handler left in place on the project's AMX machine (benchmarks/results/test_suite.md). Off the main
+    thread it does nothing (Python cannot set handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGCHLD)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGCHLD) is not previous:
+            signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+
+
 class Trainer:
     """One training run. Library-safe: the caller's global RNG state is the same after as before (the
     model is initialised, and torchvision's RPN/RoI samplers draw, inside `torch.random.fork_rng`)."""
@@ -286,7 +305,8 @@ class Trainer:
             torch.set_rng_state(self.rng_state)
             if cuda:  # torchvision's samplers draw on the GPU there; that stream is seeded, not resumed
                 torch.cuda.manual_seed(self.cfg.SEED + self.rank)
-            return self._train()
+            with sigchld_restored():  # after _train returns: its loader's workers have ended with it
+                return self._train()
 
     def _train(self) -> dict:
         s = self.cfg.SOLVER
