@@ -2,9 +2,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import shutil
 import warnings
 from pathlib import Path
+
+# Before torch loads OpenMP (below): the background worker (prebuild.py) keeps one of two cores busy for most
+# of the session, and OpenMP's default spin-wait then makes every parallel region of this process burn its
+# time slice waiting for a descheduled thread. Next to one busy core, a training test took 43 s spinning and
+# 13 s waiting passively (5 s and 9 s on an idle machine); the training subprocesses inherit the setting.
+if os.environ.get("SIEFPN_TEST_PREBUILD", "1") != "0":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import onnx
 import pytest
@@ -318,8 +326,6 @@ def pytest_collection_modifyitems(session, config, items):
 def build_ahead(request, tmp_path_factory):
     """Starts the background worker (prebuild.py) on the shared models this session's tests use, unless
     SIEFPN_TEST_PREBUILD=0; stops it when the session ends."""
-    import os
-
     items = request.session.items
     if os.environ.get("SIEFPN_TEST_PREBUILD", "1") == "0" or not any(_rank(item) for item in items):
         yield
@@ -371,7 +377,6 @@ def pytest_unconfigure(config):
     the native runtimes the suite loads (ONNX Runtime, OpenVINO, LibTorch, tritonclient), and the summary was then
     lost in the unflushed stdout buffer. The crash is not diagnosed (benchmarks/results/test_suite.md); this
     keeps it from deciding a run whose tests all reported. SIEFPN_TEST_FINALIZE=1 finalises as usual."""
-    import os
     import sys
 
     session = config.stash.get(SESSION, None)
