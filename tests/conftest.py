@@ -291,7 +291,7 @@ class Demo:
         o = self.options
         return ["demo", "--data", str(o.data), "--output", str(o.output), "--export-dir", str(o.export_dir),
                 "--engine-dir", str(o.engine_dir), "--calib-dir", str(o.calib_dir), "--report", str(o.report_dir),
-                "--bench-batch", "1", "--bench-iters", "1", *o.overrides]
+                "--bench-batch", *map(str, o.bench_batches), "--bench-iters", str(o.bench_iters), *o.overrides]
 
     def run(self):
         self.ahead.wait(("demo",))
@@ -345,7 +345,7 @@ def build_ahead(request, tmp_path_factory):
             "demo": str(fixtures["demo"].options.output.parent), "synth_easy": str(fixtures["demo"].options.data),
             "items": plan}
     folder = tmp_path_factory.mktemp("prebuild")
-    worker = Worker({**spec, "folder": str(folder)}, folder)
+    worker = Worker(spec, folder)
     for fixture in (exported, *fixtures.values()):
         fixture.ahead = worker
     yield

@@ -44,15 +44,14 @@ class Ahead:
     def wait(self, item: tuple[str, ...]) -> None:
         pass
 
-    def stop(self) -> None:
-        pass
-
 
 class Worker(Ahead):
+    """The background process on spec["items"] (a subsequence of PLAN), reporting into `folder`."""
+
     def __init__(self, spec: dict, folder: Path) -> None:
-        self.folder = folder
+        self.folder, self.items = folder, {tuple(item) for item in spec["items"]}
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "spec.json").write_text(json.dumps(spec))
+        (folder / "spec.json").write_text(json.dumps({**spec, "folder": str(folder)}))
         # one thread: the tests in the main process keep the other core, and its torch threads are not starved
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.log = (folder / "worker.log").open("w")
@@ -60,7 +59,7 @@ class Worker(Ahead):
                                         stdout=self.log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
 
     def wait(self, item: tuple[str, ...]) -> None:
-        if item not in PLAN:
+        if item not in self.items:  # not the worker's: the fixture builds it now
             return
         deadline = time.monotonic() + WAIT_LIMIT_S
         marks = (self.folder / f"{key(item)}.done", self.folder / f"{key(item)}.failed")
