@@ -362,6 +362,28 @@ def test_a_side_that_would_resize_to_nothing_is_one_line(size):
     assert Preprocess(spec)([torch.zeros(3, 3, 400)]).resized_hw == [(1, 160)]  # 3 px tall keeps a row
 
 
+def test_uint8_images_stay_uint8_until_resized_and_give_the_same_canvas_as_float(tmp_path):
+    """Images stay uint8 (a quarter of float32's memory at full size) until `Preprocess` resizes each one:
+    the canvas equals, bit for bit, the one made from images converted to float first."""
+    from siefpn_deploy.core.contract import PreprocessSpec
+    from siefpn_deploy.data.image import to_pixels, to_tensor
+    from siefpn_deploy.data.preprocess import Preprocess
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((300, 500), (97, 61))]
+    path = tmp_path / "a.png"
+    Image.fromarray(arrays[0]).save(path)
+    pixels = [to_pixels(arrays[0], "BGR"), to_pixels(arrays[1]), to_pixels(path), to_pixels(torch.from_numpy(arrays[1]).permute(2, 0, 1))]
+    assert all(p.dtype == torch.uint8 for p in pixels)
+    floats = [to_tensor(arrays[0], "BGR"), to_tensor(arrays[1]), to_tensor(path), arrays[1].transpose(2, 0, 1) / 255.0]
+    assert floats[0].dtype == torch.float32
+    spec = PreprocessSpec(min_size=128, max_size=160, divisibility=32, pixel_mean=(1.0, 2.0, 3.0),
+                          pixel_std=(1.0, 1.0, 1.0), input_scale=255.0)
+    a = Preprocess(spec)(pixels)
+    b = Preprocess(spec)([f if isinstance(f, torch.Tensor) else torch.from_numpy(f).float() for f in floats])
+    assert torch.equal(a.images, b.images) and a.resized_hw == b.resized_hw and a.original_hw == b.original_hw
+
+
 def test_size_mismatch_with_json(tmp_path):
     images = [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8, "_skip": True}]
     ann_file = make_dataset(tmp_path, images=images)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,17 +142,19 @@ def test_a_served_row_never_depends_on_its_batch_mates_and_a_bad_row_fails_alone
     wide = encoded(rng.integers(0, 255, (96, 256, 3), dtype=np.uint8))  # another canvas than the val images'
     thin = encoded(np.zeros((1, 400, 3), np.uint8))  # a side that would resize to 0
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    heavy = good[0] + bytes(max(map(len, [*good, wide])))  # a valid image with junk after it, over the byte cap
     requests = [{protocol.IMAGE: np.array([[good[0]], [thin], [good[1]]], dtype=object)},
                 {protocol.IMAGE: np.array([[wide]], dtype=object)},
-                {protocol.IMAGE: np.array([[eps], [good[2]], [good[3]], [wide]], dtype=object)}]
-    model = DetectorModel(detector, max_image_pixels=10**6)
+                {protocol.IMAGE: np.array([[eps], [good[2]], [good[3]], [wide], [heavy]], dtype=object)}]
+    model = DetectorModel(detector, max_image_pixels=10**6, max_image_bytes=len(heavy) - 1)
     responses = model(requests)
-    assert [len(r[protocol.NUM_DETS]) for r in responses] == [3, 1, 4]
-    expected = {0: [good[0], None, good[1]], 1: [wide], 2: [None, good[2], good[3], wide]}
+    assert [len(r[protocol.NUM_DETS]) for r in responses] == [3, 1, 5]
+    expected = {0: [good[0], None, good[1]], 1: [wide], 2: [None, good[2], good[3], wide, None]}
     for r, blobs in expected.items():
         for b, blob in enumerate(blobs):
             if blob is None:
-                with pytest.raises(protocol.RequestError, match=r"too thin for this model|not a JPEG, PNG, WEBP, BMP"):
+                with pytest.raises(protocol.RequestError,
+                                   match=r"too thin for this model|not a JPEG, PNG, WEBP, BMP|bytes, more than the"):
                     protocol.unpack(responses[r], b)
                 continue
             got, want = protocol.unpack(responses[r], b), detector.predict(decode_image(blob))
@@ -159,3 +164,80 @@ def test_a_served_row_never_depends_on_its_batch_mates_and_a_bad_row_fails_alone
             assert (got.masks == want.masks).all()
     assert sum(int(r[protocol.NUM_DETS].sum()) for r in responses) > 0  # the equality is not vacuous
     assert "in row 1" in protocol.text(responses[0][protocol.ERROR][1][0])
+
+
+def test_each_instance_runs_its_own_backend(exported):
+    """--instances N: N loads, N backends (OpenVINO's infer request and TensorRT's context are not shareable)."""
+    from siefpn_deploy.runtime import Detector
+    from siefpn_deploy.serve.options import ServeOptions
+    from siefpn_deploy.serve.server import DetectorServer
+
+    onnx = exported.onnx(ARCH, "onnx")
+    server = DetectorServer(lambda: Detector.from_path(onnx, runtime="openvino", threads=1), ServeOptions(instances=3))
+    assert len({id(d.backend.request) for d in server.detectors}) == 3
+    assert server.detector is server.detectors[0] and server.name == "mask_rcnn_onnx_onnx"
+
+
+def test_the_api_key_closes_inference_and_reading_unless_asked(tmp_path):
+    from siefpn_deploy.serve.options import API_KEY_ENV, API_KEY_HEADER, GRPC_API_KEY_HEADER, ServeOptions, read_api_key
+    from siefpn_deploy.serve.server import check_options, restricted_endpoints
+
+    if importlib.util.find_spec("pytriton") is not None:  # the headers PyTriton's own clients send
+        from pytriton.client.auth import create_auth_headers
+
+        assert create_auth_headers("k", "http") == {API_KEY_HEADER: "k"}
+        assert create_auth_headers("k", "grpc") == {GRPC_API_KEY_HEADER: "k"}
+    admin = ["shared-memory", "model-repository", "statistics", "trace", "logging"]  # PyTriton's own list
+    assert "inference" not in restricted_endpoints(ServeOptions(), admin)
+    assert "statistics" not in restricted_endpoints(ServeOptions(), admin)
+    keyed = restricted_endpoints(ServeOptions(api_key="k"), admin)
+    assert {"inference", "metadata", "model-config", "statistics", "model-repository"} <= set(keyed)
+    assert "health" not in keyed  # load balancers probe without a key
+    opened = restricted_endpoints(ServeOptions(api_key="k", open_stats=True), admin)
+    assert "inference" in opened and not {"metadata", "model-config", "statistics"} & set(opened)
+    with pytest.raises(UserError, match="--open-stats"):
+        check_options(ServeOptions(open_stats=True))
+
+    key = tmp_path / "key"
+    key.write_text("s3cret-key\n")
+    assert read_api_key(key, {}) == "s3cret-key"
+    assert read_api_key(None, {API_KEY_ENV: "from-env"}) == "from-env" and read_api_key(None, {}) is None
+    for bad in ("", "\n", "two words\n"):
+        key.write_text(bad)
+        with pytest.raises(UserError, match="--api-key-file"):
+            read_api_key(key, {})
+    with pytest.raises(UserError, match="--api-key-file .*missing"):
+        read_api_key(tmp_path / "missing", {})
+
+
+def test_the_processes_a_server_started_are_ended_even_when_they_ignore_sigterm(tmp_path):
+    """A child that ignores SIGTERM and a grandchild orphaned when its parent exits: both found while they run,
+    both gone after `end_processes` (what DetectorServer does with tritonserver's stubs)."""
+    import os
+    import subprocess
+    import sys
+
+    from siefpn_deploy.serve.processes import end_processes, process_tree, still_running
+
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("reads Linux's /proc")
+    ready = tmp_path / "ready"
+    script = (f"import os, signal, subprocess, sys, time\n"
+              f"signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              f"subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              f"signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+              f"open({str(ready)!r}, 'w').close()\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        while not (ready.exists() and process_tree(child.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the child and its subtree only: this process has other children (the tests' background worker)
+        tree = {child.pid: process_tree(os.getpid())[child.pid], **process_tree(child.pid)}
+        assert len(tree) == 2, tree
+        ended = end_processes(tree, grace_s=0.5)
+        child.wait(timeout=10)
+        assert sorted(ended) == sorted(tree) and still_running(tree) == []
+    finally:
+        if child.poll() is None:
+            child.kill()

@@ -16,7 +16,9 @@ import subprocess
 import sysconfig
 import threading
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +31,9 @@ from siefpn_deploy.data.image import find_images, load_image
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.runtime.detector import Detector
 from siefpn_deploy.serve import protocol
-from siefpn_deploy.serve.client import DetectorClient, RequestError, run_load
+from siefpn_deploy.serve.client import DetectorClient, RequestError, ThreadClients, run_load
 from siefpn_deploy.serve.launch import free_loopback_ports, serve_process, tritonserver_process
-from siefpn_deploy.serve.options import ServeOptions
+from siefpn_deploy.serve.options import API_KEY_HEADER, ServeOptions
 from siefpn_deploy.serve.python_env import activate_script, ensure_python_env, shared_libpython
 
 pytestmark = pytest.mark.skipif(
@@ -42,6 +44,9 @@ pytestmark = pytest.mark.skipif(
 ARCH = "mask_rcnn"  # every output, masks too
 MAX_PIXELS = 200 * 200  # the tiny synthetic images are at most 160x160
 EXIT_TIMEOUT_S = 5
+MAX_BYTES = 200_000  # the tiny images are a few KiB
+KEY = "test-key-0123456789"
+INSTANCES = 2  # instances run batches at once, each with its own backend
 
 
 class Server:
@@ -51,6 +56,9 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def client(self, url: str | None = None, **kwargs) -> DetectorClient:
+        return DetectorClient(url or self.http, api_key=KEY, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +72,10 @@ def server(exported, python_env, tmp_path_factory):
     onnx = exported.onnx(ARCH, "onnx")
     work = tmp_path_factory.mktemp("serve")
     http, grpc, metrics = free_loopback_ports(3)
-    options = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, max_image_pixels=MAX_PIXELS, exit_timeout_s=EXIT_TIMEOUT_S, python_env=python_env,
-                           log_file=work / "tritonserver.log")
+    # with a key, and statistics and metrics left open (the load test reads them)
+    options = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, max_image_pixels=MAX_PIXELS,
+                           max_image_bytes=MAX_BYTES, instances=INSTANCES, api_key=KEY, open_stats=True,
+                           exit_timeout_s=EXIT_TIMEOUT_S, python_env=python_env, log_file=work / "tritonserver.log")
     with serve_process(onnx, options, log=work / "serve.out", extra=["--threads", "1"]) as proc:
         yield Server(proc, options, work / "serve.out", onnx)
 
@@ -82,6 +92,20 @@ def assert_same(served, local, what: str) -> None:
     assert served.labels.tolist() == local.labels.tolist(), what
     assert served.category_ids == local.category_ids and served.class_names == local.class_names, what
     assert served.masks.shape == local.masks.shape and (served.masks == local.masks).all(), what
+
+
+def session_members(sid: int) -> list[str]:
+    """The live processes of session `sid` (serve_process starts `serve` in a session of its own): pid and name."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
+            found.append(f"{stat.parent.name} {name}")
+    return found
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -116,7 +140,7 @@ def test_served_detections_equal_the_in_process_detector_over_http_and_grpc(serv
     expected = [local.predict(load_image(p)) for p in val_images]
     assert sum(len(d) for d in expected) > 0  # the tiny model detects: equality is not vacuous
     for url, grpc in ((server.http, False), (server.grpc, True)):
-        with DetectorClient(url, grpc=grpc) as client:
+        with server.client(url, grpc=grpc) as client:
             assert client.model == "mask_rcnn_onnx_onnx"
             for path, want in zip(val_images, expected):  # one at a time: each batch is the one image
                 (got,) = client.detect([path.read_bytes()], sources=[path.name])
@@ -126,8 +150,10 @@ def test_served_detections_equal_the_in_process_detector_over_http_and_grpc(serv
 def test_the_client_command_writes_coco_results_like_infer(server, tiny_synth, tmp_path, capsys):
     images, annotations = (str(p) for p in split_paths(tiny_synth, "val"))
     served, local = tmp_path / "served.json", tmp_path / "local.json"
+    key = tmp_path / "key"
+    key.write_text(KEY + "\n")
     assert main(["client", "--url", server.grpc, "--grpc", "--source", images, "--annotations", annotations,
-                 "--save-json", str(served)]) == 0
+                 "--save-json", str(served), "--api-key-file", str(key)]) == 0
     assert "p50" in capsys.readouterr().out
     assert main(["infer", "--artifact", str(server.onnx), "--source", images, "--annotations", annotations,
                  "--save-json", str(local), "--device", "cpu"]) == 0
@@ -140,9 +166,9 @@ def test_the_client_command_writes_coco_results_like_infer(server, tiny_synth, t
 
 def test_load_200_requests_at_concurrency_8_without_errors_and_with_merged_batches(server, val_images, capsys):
     payloads = [p.read_bytes() for p in val_images]
-    with DetectorClient(server.http) as client:
+    with server.client() as client:
         before = client.batch_stats()
-        result = run_load(server.http, payloads, requests=200, concurrency=8, timeout_s=60)
+        result = run_load(server.http, payloads, requests=200, concurrency=8, timeout_s=60, api_key=KEY)
         after = client.batch_stats()
     assert result.errors == [] and len(result.seconds) == 200
     executed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
@@ -159,6 +185,68 @@ def test_load_200_requests_at_concurrency_8_without_errors_and_with_merged_batch
               f" {result.throughput:.1f} img/s; batches executed {dict(sorted(executed.items()))}")
 
 
+def test_at_concurrency_8_every_response_equals_the_detector_on_that_image_alone(server, val_images):
+    """Images of several canvas sizes, 8 requests in flight and 2 instances: whatever Triton batches together,
+    each answer equals the in-process Detector on the image alone."""
+    rng = np.random.default_rng(1)
+    payloads = [p.read_bytes() for p in val_images]
+    for h, w in ((96, 192), (160, 96), (128, 128)):  # canvases the val images do not have
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        payloads.append(buf.getvalue())
+    local = Detector.from_path(server.onnx, device="cpu", threads=1)
+    expected = [local.predict(Image.open(io.BytesIO(b)).convert("RGB")) for b in payloads]
+    assert len({(d.masks.shape[1:]) for d in expected}) >= 4  # several sizes, so several canvases
+    order = [i % len(payloads) for i in range(64)]
+    clients = ThreadClients(server.http, api_key=KEY)  # a connection per thread: tritonclient's is not thread-safe
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(lambda i: clients.get().detect([payloads[i]])[0], order))
+    finally:
+        clients.close()
+    for n, (i, dets) in enumerate(zip(order, got)):
+        assert_same(dets, expected[i], f"request {n} (image {i})")
+    assert sum(len(d) for d in expected) > 0
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["http", "grpc"])
+def test_inference_needs_the_key_and_health_does_not(server, val_images, grpc):
+    url = server.grpc if grpc else server.http
+    payload = val_images[0].read_bytes()
+    for key in (None, "wrong-key"):
+        with DetectorClient(url, grpc=grpc, api_key=key) as client:  # metadata and statistics: --open-stats
+            with pytest.raises(RequestError) as e:
+                client.detect([payload])
+            assert len(str(e.value).splitlines()) == 1
+    with server.client(url, grpc=grpc) as client:
+        assert len(client.detect([payload])) == 1
+    assert urllib.request.urlopen(f"http://{server.http}/v2/health/ready", timeout=10).status == 200
+
+
+def test_malformed_json_is_refused_in_one_line_and_the_server_keeps_answering(server, val_images):
+    """Triton's own HTTP front end parses the JSON, before any of this project's code. This tritonserver answers
+    JSON it cannot parse or read as a request with 500 (upstream triton-inference-server/server#8762: a parse
+    error reported as an internal error; the fix, PR #8773, is not released), with a one-line reason. 400 is
+    accepted too, so the test keeps passing once Triton is fixed. An empty body is a request of no inputs, which
+    PyTriton hands the model as one empty image: that row's error says so."""
+    name = "mask_rcnn_onnx_onnx"
+    for body in (b'{"inputs": 7}', b'{"inputs": [{"name": "image"}]}', b"{not json", b"\xff\xfe", b"", b"[" * 100_000):
+        request = urllib.request.Request(f"http://{server.http}/v2/models/{name}/infer", data=body, method="POST",
+                                         headers={"Content-Type": "application/json", API_KEY_HEADER: KEY})
+        try:
+            answer = urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as e:
+            answer = e
+        data = answer.read()
+        if body == b"":
+            assert answer.code == 200 and data.endswith(b"cannot read image in row 0: not a JPEG, PNG, WEBP, BMP image")
+            continue
+        reason = json.loads(data).get("error")
+        assert answer.code in (400, 500) and reason and len(reason.splitlines()) == 1, (body, answer.code, reason)
+    with server.client() as client:
+        assert len(client.detect([val_images[0].read_bytes()])) == 1
+
+
 def png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (120, 30, 200)).save(buf, format="PNG")
@@ -167,13 +255,14 @@ def png(width: int, height: int) -> bytes:
 
 def test_bad_requests_get_errors_and_the_next_request_is_answered(server, val_images):
     good = val_images[0].read_bytes()
-    with DetectorClient(server.http) as client:
+    with server.client() as client:
         (want,) = client.detect([good])
         bad = {
             "wrong dtype": lambda: client.infer_raw({protocol.IMAGE: np.zeros((1, 1), np.float32)}),
             "wrong rank": lambda: client.infer_raw({protocol.IMAGE: np.array([[[good]]], dtype=object)}),
             "wrong shape": lambda: client.infer_raw({protocol.IMAGE: np.array([[good, good]], dtype=object)}),
             "too large": lambda: client.detect([png(400, 300)]),
+            "too many bytes": lambda: client.detect([good + bytes(MAX_BYTES)]),
             "not a JPEG, PNG, WEBP, BMP image": lambda: client.detect([b"GIF89a, or so it says"]),
             "empty batch": lambda: client.infer_raw({protocol.IMAGE: np.zeros((0, 1), dtype=object)}),
         }
@@ -186,6 +275,7 @@ def test_bad_requests_get_errors_and_the_next_request_is_answered(server, val_im
             (again,) = client.detect([good])  # the server still answers, and answers right
             assert_same(again, want, f"after {what}")
         assert "BYTES" in reasons["wrong dtype"] and "shape" in reasons["wrong rank"]
+        assert f"more than the {MAX_BYTES} allowed" in reasons["too many bytes"]
         assert "400x300" in reasons["too large"] and "not a JPEG, PNG, WEBP, BMP image" in reasons["not a JPEG, PNG, WEBP, BMP image"]
         # one bad image in a request of several: only its row is refused
         rows = client.infer_raw({protocol.IMAGE: np.array([[good], [b"junk"], [good]], dtype=object)})
@@ -210,7 +300,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0_in_time(server, val_
 
     def request() -> None:
         try:
-            with DetectorClient(server.http, timeout_s=60) as client:
+            with server.client(timeout_s=60) as client:
                 for _ in range(4):
                     client.detect([payload])
                     outcomes.append("ok")
@@ -231,6 +321,8 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0_in_time(server, val_
         assert not t.is_alive()
     assert rc == 0, server.output()[-2000:]
     assert took < EXIT_TIMEOUT_S + 30
+    # nothing the server started is left: tritonserver, its stubs, PyTriton's helpers (its session is its pid)
+    assert session_members(server.proc.pid) == [], server.output()[-2000:]
     assert "[serve] stopped" in server.output()
     assert outcomes.count("ok") >= 1 and all(o == "ok" or o.startswith("refused") for o in outcomes), outcomes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .options import add_detections_json, add_source
 
@@ -37,11 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, metavar="N",
                         default=inspect.signature(run_client).parameters["concurrency"].default,
                         help="requests in flight (default %(default)s)")
+    parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                        help="the server's key (`serve --api-key-file`): this file's first line, or $SIEFPN_API_KEY")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from ..serve.client import run_client
+    from ..serve.options import read_api_key
 
     run_client(args.url, args.source, grpc=args.grpc, model=args.model, annotations=args.annotations,
-               save_json=args.save_json, concurrency=args.concurrency)
+               save_json=args.save_json, concurrency=args.concurrency,
+               api_key=read_api_key(args.api_key_file, dict(os.environ)))
     return 0

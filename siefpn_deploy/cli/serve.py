@@ -16,20 +16,25 @@ examples:
   siefpn-deploy serve --artifact engines/demo.fp16.plan --max-batch 16 --max-queue-delay-us 5000 --instances 2
   curl localhost:{http}/v2/health/ready && curl localhost:{metrics}/metrics
   siefpn-deploy client --url localhost:{http} --source datasets/synth/val --concurrency 8
+  siefpn-deploy serve --artifact export/demo.onnx --host 0.0.0.0 --api-key-file /run/secrets/key   # a container
 
 A real Triton Inference Server (tritonserver from the nvidia-pytriton wheel, no container) runs the model in
 this process through its Python backend, with dynamic batching, HTTP and gRPC, health and readiness endpoints,
 statistics and Prometheus metrics. Any artifact kind is served (.onnx, .pt2, .plan, or a .pth), and it takes
 encoded images: input `image` (BYTES [1], a JPEG/PNG/WebP file per row); outputs num_dets, boxes (original
 image pixels), scores, labels, category_ids, class_names, image_size, masks (Mask R-CNN: COCO RLE counts) and
-error (why an image was refused; it fails only its own row). SIGINT or SIGTERM stop it gracefully: requests in
-flight finish, then it exits 0. Setup: pip install -e ".[serve]" && pip install --no-deps nvidia-pytriton==0.7.0
+error (why an image was refused; it fails only its own row). Rows run together only when they share a
+canvas size, so a response never depends on the requests batched with it. SIGINT or SIGTERM stop it
+gracefully: requests in flight finish, every process it started ends, then it exits 0. It listens on
+127.0.0.1 unless --host says otherwise; --api-key-file closes inference to clients without the key.
+Memory: see docs/serving.md for the worst case per batch and instance. Setup: pip install -e ".[serve]" && pip install --no-deps nvidia-pytriton==0.7.0
 (its wheel pins numpy<2; its stub gets a numpy<2 environment of its own, built on first use: see
 siefpn_deploy/serve/python_env.py). To hand a fleet the ONNX or engine itself, see `siefpn-deploy triton-repo`.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..serve.options import API_KEY_ENV, API_KEY_HEADER
     from ..serve.options import ServeOptions as o
 
     parser.epilog = EPILOG.format(http=o.http_port, grpc=o.grpc_port, metrics=o.metrics_port)
@@ -51,9 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the longest a request waits for others to batch with, in microseconds "
                         "(default %(default)s)")
     parser.add_argument("--instances", type=int, default=o.instances, metavar="N",
-                        help="model instances running batches at once (default %(default)s)")
+                        help="model instances running batches at once, each with its own copy of the model "
+                        "(default %(default)s)")
     parser.add_argument("--max-image-pixels", type=int, default=o.max_image_pixels, metavar="N",
                         help="larger images are refused from their header, before decoding (default %(default)s)")
+    parser.add_argument("--max-image-bytes", type=int, default=o.max_image_bytes, metavar="N",
+                        help="larger encoded images are refused before decoding (default %(default)s)")
+    parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                        help=f"require the key on this file's first line (or in ${API_KEY_ENV}) for inference, "
+                        f"metadata and statistics: clients send it in the {API_KEY_HEADER} header "
+                        "(`client --api-key-file`); without one, anyone who reaches the ports may infer")
+    parser.add_argument("--open-stats", action="store_true",
+                        help="with a key: leave statistics, metadata, model config and the metrics port open")
     parser.add_argument("--exit-timeout", type=int, default=o.exit_timeout_s, metavar="S",
                         help="on SIGINT/SIGTERM, how long in-flight requests may take (default %(default)s)")
     parser.add_argument("--model-name", metavar="NAME", help="the Triton model name (default: from the file name)")
@@ -64,25 +78,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import signal
     import threading
 
     from ..runtime.detector import Detector
-    from ..serve.options import ServeOptions
+    from ..serve.options import ServeOptions, read_api_key
     from ..serve.server import DetectorServer, check_options
 
     options = ServeOptions(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-        max_image_pixels=args.max_image_pixels, exit_timeout_s=args.exit_timeout, model_name=args.model_name,
+        max_image_pixels=args.max_image_pixels, max_image_bytes=args.max_image_bytes,
+        api_key=read_api_key(args.api_key_file, dict(os.environ)), open_stats=args.open_stats,
+        exit_timeout_s=args.exit_timeout, model_name=args.model_name,
         python_env=args.python_env, log_file=args.log_file)
     check_options(options)  # before loading the artifact, which can take a while
-    detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file, threads=args.threads)
+
+    def load() -> Detector:  # once per instance
+        return Detector.from_path(args.artifact, device=args.device, config=args.config_file, threads=args.threads)
+
     stop = threading.Event()
     # this process is the server: SIGINT and SIGTERM end the wait, then the server drains and stops
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
-    with DetectorServer(detector, options) as server:
+    with DetectorServer(load, options) as server:
         server.wait(stop)
     print("[serve] stopped")
     return 0

@@ -63,9 +63,10 @@ def _decode(source: str | Path | io.BytesIO, name: str, max_pixels: int | None) 
         raise UserError(f"cannot read image {name}: {one_line(e)}") from None
 
 
-def to_tensor(image: Any, color: str = "RGB") -> torch.Tensor:
+def to_pixels(image: Any, color: str = "RGB") -> torch.Tensor:
     """A path, a PIL image, an HWC numpy array (uint8 0..255 or float 0..1; `color` says RGB or BGR) or a
-    CHW tensor (uint8 or float 0..1) -> RGB float32 [3,H,W] in 0..1."""
+    CHW tensor (uint8 or float 0..1) -> RGB [3,H,W]: uint8 stays uint8 (a quarter of float32's memory at full
+    size; `Preprocess` makes each image float only as it resizes it), anything else float32 0..1."""
     if color not in COLOR_ORDERS:
         raise UserError(f"color must be RGB or BGR, got {color!r}")
     if isinstance(image, (str, Path)):
@@ -76,15 +77,25 @@ def to_tensor(image: Any, color: str = "RGB") -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] not in (1, 3):
             raise UserError(f"a numpy image must be HWC with 1 or 3 channels, got shape {list(image.shape)}")
-        array = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+        array = image if image.dtype == np.uint8 else image.astype(np.float32)
         array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
         array = array[..., ::-1] if color == "BGR" else array
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # [3,H,W]
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise UserError(f"a tensor image must be CHW with 3 channels, got shape {list(image.shape)}")
-        return image.float().cpu() / (255.0 if image.dtype == torch.uint8 else 1.0)
+        return image.cpu() if image.dtype == torch.uint8 else image.float().cpu()
     raise UserError(f"cannot read an image from a {type(image).__name__}; pass a path, an HWC array or a CHW tensor")
+
+
+def as_float(pixels: torch.Tensor) -> torch.Tensor:
+    """`to_pixels`' [3,H,W] -> float32 0..1 (uint8 / 255, the one rounding every path shares)."""
+    return pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+
+
+def to_tensor(image: Any, color: str = "RGB") -> torch.Tensor:
+    """Any image `to_pixels` takes -> RGB float32 [3,H,W] in 0..1."""
+    return as_float(to_pixels(image, color))
 
 
 def in_channel_order(image: torch.Tensor, color: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..core.contract import PreprocessSpec
 from ..core.errors import UserError
-from .image import in_channel_order
+from .image import as_float, in_channel_order
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,15 @@ class Preprocess:
         return -(-h // div) * div, -(-w // div) * div
 
     def resize(self, image: Tensor, canvas: tuple[int, int] | None = None) -> Tensor:
-        """image [3,h,w] RGB 0..1 -> resized [3,h',w'], h' = floor(h * scale) (interpolate's own rounding)."""
+        """image [3,h,w] RGB (uint8, or float 0..1) -> resized float [3,h',w'], h' = floor(h * scale) (interpolate's
+        own rounding). A uint8 image becomes float here, one image at a time: a batch of large images is never
+        all float at full size at once (the server's memory bound)."""
         factor = self.scale(*image.shape[-2:], canvas)
-        return F.interpolate(image[None], size=None, scale_factor=factor, mode="bilinear",
+        return F.interpolate(as_float(image)[None], size=None, scale_factor=factor, mode="bilinear",
                              recompute_scale_factor=True, align_corners=False)[0]
 
     def __call__(self, images: list[Tensor], canvas: tuple[int, int] | None = None) -> Canvas:
-        """RGB images [3,h,w] in 0..1 -> one Canvas in the model's channel order. `canvas` fixes (H, W); else the
+        """RGB images [3,h,w] (`to_pixels`: uint8, or float 0..1) -> one Canvas in the model's channel order. `canvas` fixes (H, W); else the
         batch's largest image padded to the divisibility."""
         resized = [in_channel_order(self.resize(im, canvas), self.spec.color) for im in images]
         if canvas is None:

@@ -34,11 +34,11 @@ from ..core.contract import (
     class_index,
     image_rows,
 )
-from ..data.image import to_tensor
+from ..data.image import to_pixels
 from ..data.preprocess import Canvas, Preprocess
 from .heads import nonempty
 from .inference import EagerBackend
-from .masks import paste_masks
+from .masks import paste_masks as paste
 from .meta import default_size_range, model_meta
 
 
@@ -59,6 +59,9 @@ class Detections:
     category_ids: list[int]  # COCO category id of each label
     class_names: list[str]
     masks: np.ndarray | None = None  # [N,H,W] bool (Mask R-CNN)
+    # [N,M,M] the mask head's probabilities, when pasting was left to the caller (`predict(paste_masks=False)`):
+    # N masks at image size are N x H x W bytes at once, which a server pastes and encodes one at a time
+    mask_probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -152,7 +155,8 @@ class Predictor:
         out = self.backend.run(images, sizes)
         return {k: v[:real] for k, v in out.items()}
 
-    def postprocess(self, outputs: dict[str, np.ndarray], canvas: Canvas) -> list[Detections]:
+    def postprocess(self, outputs: dict[str, np.ndarray], canvas: Canvas, *, paste_masks: bool = True
+                    ) -> list[Detections]:
         results = []
         for b in range(len(outputs[NUM_DETS])):
             rows = image_rows(outputs, b)
@@ -163,26 +167,28 @@ class Predictor:
             boxes = boxes[torch.from_numpy(keep)]
             labels = rows[LABELS]
             index = class_index(labels, len(self.class_names))
-            masks = None
-            if MASKS in rows:
-                masks = paste_masks(torch.from_numpy(rows[MASKS]), boxes, canvas.original_hw[b]).numpy()
+            masks = probs = None
+            if MASKS in rows and paste_masks:
+                masks = paste(torch.from_numpy(rows[MASKS]), boxes, canvas.original_hw[b]).numpy()
+            elif MASKS in rows:
+                probs = rows[MASKS]
             results.append(Detections(
                 boxes=boxes.numpy(), scores=rows[SCORES].astype(np.float32), labels=labels,
                 category_ids=[self.category_ids[i] for i in index], class_names=[self.class_names[i] for i in index],
-                masks=masks,
+                masks=masks, mask_probs=probs,
             ))
         return results
 
-    def predict(self, images: Any, *, color: str = "RGB", batch_size: int | None = None
+    def predict(self, images: Any, *, color: str = "RGB", batch_size: int | None = None, paste_masks: bool = True
                 ) -> Detections | list[Detections]:
         """Detections for one image or a batch (a list, NHWC array or NCHW tensor); `color` says whether
         numpy arrays are RGB or BGR (OpenCV). `batch_size` images share a canvas (default: the largest
-        batch the artifact takes)."""
+        batch the artifact takes). paste_masks=False leaves Mask R-CNN's masks as `mask_probs`."""
         items, single = as_list(images)
-        tensors = [to_tensor(im, color) for im in items]
+        tensors = [to_pixels(im, color) for im in items]
         step = min(batch_size or self.max_batch, self.max_batch)
         results: list[Detections] = []
         for start in range(0, len(tensors), step):
             canvas = self.prepare(tensors[start : start + step])
-            results += self.postprocess(self.run_canvas(canvas), canvas)
+            results += self.postprocess(self.run_canvas(canvas), canvas, paste_masks=paste_masks)
         return results[0] if single else results

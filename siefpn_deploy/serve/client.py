@@ -28,6 +28,7 @@ from ..evaluation.coco import coco_results
 from ..model.predictor import Detections
 from ..runtime.infer import image_files, image_ids_by_name
 from . import protocol
+from .options import API_KEY_HEADER, GRPC_API_KEY_HEADER
 from .protocol import RequestError
 
 
@@ -50,8 +51,10 @@ def _reason(e: Exception) -> str:
 
 class DetectorClient:
     def __init__(self, url: str = "localhost:8000", *, grpc: bool = False, model: str | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, api_key: str | None = None) -> None:
         self.url, self.grpc = url, grpc
+        # `serve --api-key-file`
+        self.headers = {GRPC_API_KEY_HEADER if grpc else API_KEY_HEADER: api_key} if api_key else None
         self._module = _triton_module(grpc)
         from tritonclient.utils import InferenceServerException
 
@@ -71,6 +74,7 @@ class DetectorClient:
         self.timeout_s = timeout_s
 
     def _call(self, fn, *args, **kwargs) -> Any:
+        kwargs["headers"] = self.headers
         try:
             return fn(*args, **kwargs) if not self.grpc or fn.__name__ == "infer" else fn(*args, as_json=True, **kwargs)
         except self._error as e:
@@ -165,10 +169,10 @@ class LoadResult:
 
 
 def run_load(url: str, payloads: Sequence[bytes], *, requests: int, concurrency: int, grpc: bool = False,
-             model: str | None = None, timeout_s: float = 120.0) -> LoadResult:
+             model: str | None = None, timeout_s: float = 120.0, api_key: str | None = None) -> LoadResult:
     """`requests` requests of one image each (payloads in turn), `concurrency` at a time, each thread with its
     own connection; it ends when all have answered (each within `timeout_s`). Errors are counted, not raised."""
-    clients = ThreadClients(url, grpc=grpc, model=model, timeout_s=timeout_s)
+    clients = ThreadClients(url, grpc=grpc, model=model, timeout_s=timeout_s, api_key=api_key)
 
     def one(i: int) -> tuple[float, str]:
         client = clients.get()
@@ -197,16 +201,16 @@ def run_load(url: str, payloads: Sequence[bytes], *, requests: int, concurrency:
 
 def run_client(url: str, source: Path, *, grpc: bool = False, model: str | None = None,
                annotations: Path | None = None, save_json: Path | None = None, concurrency: int = 1,
-               log=print) -> list[dict]:
+               api_key: str | None = None, log=print) -> list[dict]:
     """`siefpn-deploy client`: every image under `source` through the server, `concurrency` requests at a time
     -> COCO results (as `siefpn-deploy infer --save-json` writes them), and latency percentiles."""
     if concurrency < 1:
         raise UserError(f"--concurrency must be >= 1, got {concurrency}")
     files = image_files(source)
     image_ids = image_ids_by_name(annotations, files, source) if annotations is not None else None
-    with DetectorClient(url, grpc=grpc, model=model) as first:  # a one-line error now if the server is not there
-        model = first.model
-    clients = ThreadClients(url, grpc=grpc, model=model)
+    with DetectorClient(url, grpc=grpc, model=model, api_key=api_key) as first:  # a one-line error now if the
+        model = first.model  # server is not there
+    clients = ThreadClients(url, grpc=grpc, model=model, api_key=api_key)
 
     def one(path: Path) -> tuple[Path, Detections, float]:
         client = clients.get()

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import UserError
-from .options import ServeOptions
+from .options import API_KEY_ENV, ServeOptions
 
 READY = "is ready"  # what DetectorServer prints once tritonserver answers
 
@@ -47,7 +47,8 @@ def serve_argv(artifact: str | Path, options: ServeOptions, extra: Sequence[str]
             "--http-port", str(o.http_port), "--grpc-port", str(o.grpc_port), "--metrics-port", str(o.metrics_port),
             "--max-batch", str(o.max_batch), "--max-queue-delay-us", str(o.max_queue_delay_us),
             "--instances", str(o.instances), "--max-image-pixels", str(o.max_image_pixels),
-            "--exit-timeout", str(o.exit_timeout_s)]
+            "--max-image-bytes", str(o.max_image_bytes), "--exit-timeout", str(o.exit_timeout_s)]
+    argv += ["--open-stats"] if o.open_stats else []  # the key itself travels in the environment (serve_process)
     for flag, value in (("--model-name", o.model_name), ("--python-env", o.python_env), ("--log-file", o.log_file)):
         if value is not None:
             argv += [flag, str(value)]
@@ -61,8 +62,9 @@ def serve_process(artifact: str | Path, options: ServeOptions, *, log: Path, ext
     process group never reach it), wait until it is ready, yield it; kill it on exit if it still runs."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
+        env = {**os.environ, API_KEY_ENV: options.api_key} if options.api_key else None
         proc = subprocess.Popen(serve_argv(artifact, options, extra), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + ready_timeout_s
         while READY not in log.read_text():

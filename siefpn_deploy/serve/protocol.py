@@ -3,7 +3,7 @@
 The names of the detection outputs, K and the label numbering are the graph contract's (core/contract.py);
 what this module adds is the served form, which a client can use without knowing the preprocessing:
 
-    input   image         BYTES  [1]     an encoded image file (JPEG, PNG, WebP, BMP, TIFF)
+    input   image         BYTES  [1]     an encoded image file (JPEG, PNG, WebP or BMP: data/image.py DECODERS)
     output  num_dets      INT32  [1]     detections in this image, <= K
             boxes         FP32   [K,4]   xyxy in the original image's pixels; rows >= num_dets are zero
             scores        FP32   [K]
@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..core.contract import BOXES, LABELS, MASKS, NUM_DETS, PAD_LABEL, SCORES, GraphContract
 from ..core.errors import UserError
 from ..evaluation.coco import rle_decode, rle_encode
+from ..model.masks import paste_masks
 from ..model.predictor import Detections
 
 IMAGE = "image"
@@ -81,9 +83,20 @@ def pack(contract: GraphContract, dets: Detections | None, image_size: tuple[int
         row[BOXES][:n], row[SCORES][:n], row[LABELS][:n] = dets.boxes[:n], dets.scores[:n], dets.labels[:n]
         row[CATEGORY_IDS][:n] = dets.category_ids[:n]
         row[CLASS_NAMES][:n] = [name.encode() for name in dets.class_names[:n]]
-        if contract.has_masks and dets.masks is not None:
-            row[MASKS][:n] = [rle["counts"].encode("ascii") for rle in rle_encode(dets.masks[:n])]
+        if contract.has_masks:
+            row[MASKS][:n] = [rle["counts"].encode("ascii") for rle in mask_rles(dets, n, image_size)]
     return row
+
+
+def mask_rles(dets: Detections, n: int, image_size: tuple[int, int]) -> list[dict]:
+    """The first n masks as COCO RLEs. Unpasted ones (`mask_probs`) are pasted and encoded one at a time, so a
+    response never holds more than one mask at image size (K of them at 40 M pixels would be 4 GB)."""
+    if dets.masks is not None:
+        return rle_encode(dets.masks[:n])
+    if dets.mask_probs is None:
+        return []
+    boxes, probs = torch.from_numpy(dets.boxes), torch.from_numpy(dets.mask_probs)
+    return [rle for i in range(n) for rle in rle_encode(paste_masks(probs[i : i + 1], boxes[i : i + 1], image_size).numpy())]
 
 
 def stack(contract: GraphContract, rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

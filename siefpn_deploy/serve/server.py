@@ -15,9 +15,11 @@ Stopping (`DetectorServer.__exit__`) stops tritonserver first, which refuses new
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -28,17 +30,22 @@ from ..data.image import decode_image
 from ..runtime.detector import Detector
 from . import protocol
 from .launch import READY
-from .options import ServeOptions
+from .options import API_KEY_HEADER, ServeOptions
+from .processes import end_processes, process_tree
 from .python_env import ensure_python_env
 from .repository import model_name
+
+# how long a process the server started may take to exit on SIGTERM, once tritonserver has stopped
+STUB_GRACE_S = 5.0
 
 
 class DetectorModel:
     """The callable Triton runs on each batch: requests (each `image` [n,1] bytes) -> one response per request."""
 
-    def __init__(self, detector: Detector, *, max_image_pixels: int) -> None:
+    def __init__(self, detector: Detector, *, max_image_pixels: int, max_image_bytes: int) -> None:
         self.detector = detector
         self.max_image_pixels = max_image_pixels
+        self.max_image_bytes = max_image_bytes
 
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         # every row is decoded and checked before anything runs: a bad row is an error row, never a failed batch
@@ -55,7 +62,8 @@ class DetectorModel:
         found: dict[int, Any] = {}
         for members in groups.values():
             images = [rows[i][0] for i in members]
-            found.update(zip(members, self.detector.predict(images, batch_size=len(images))))
+            # masks stay unpasted until `protocol.pack` encodes them, one at a time
+            found.update(zip(members, self.detector.predict(images, batch_size=len(images), paste_masks=False)))
         contract = self.detector.contract
         packed = [protocol.pack(contract, found[i], (im.height, im.width)) if i in found
                   else protocol.pack(contract, None, (0, 0), error) for i, (im, _, error) in enumerate(rows)]
@@ -66,6 +74,8 @@ class DetectorModel:
         """(image, its canvas, "") or (None, None, the one-line reason)."""
         try:
             data = bytes(blob) if not isinstance(blob, bytes) else blob
+            if len(data) > self.max_image_bytes:
+                return None, None, f"image in row {row} is {len(data)} bytes, more than the {self.max_image_bytes} allowed"
             image = decode_image(data, name=f"in row {row}", max_pixels=self.max_image_pixels)
         except (UserError, TypeError) as e:
             return None, None, str(e)
@@ -89,8 +99,12 @@ def check_port_free(host: str, port: int, option: str) -> None:
 
 def check_options(options: ServeOptions) -> None:
     """Sane numbers, and three different ports that are free (cheap: the CLI checks before it loads the artifact)."""
-    if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0 or options.max_image_pixels < 1:
-        raise UserError("--max-batch, --instances and --max-image-pixels must be >= 1, --max-queue-delay-us >= 0")
+    o = options
+    if min(o.max_batch, o.instances, o.max_image_pixels, o.max_image_bytes) < 1 or o.max_queue_delay_us < 0:
+        raise UserError("--max-batch, --instances, --max-image-pixels and --max-image-bytes must be >= 1, "
+                        "--max-queue-delay-us >= 0")
+    if o.open_stats and not o.api_key:
+        raise UserError("--open-stats opens statistics that only an --api-key-file closes; without a key they are open")
     ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
     if len(set(ports.values())) != len(ports):
         raise UserError(f"--http-port, --grpc-port and --metrics-port must differ, got {list(ports.values())}")
@@ -116,19 +130,25 @@ def tensor(field: protocol.Field) -> Any:
 
 
 class DetectorServer:
-    """tritonserver serving `detector`, for the life of a `with` block:
+    """tritonserver serving the detector `load` returns, for the life of a `with` block:
 
-        with DetectorServer(Detector.from_path("export/demo.onnx"), ServeOptions(http_port=8000)) as server:
+        with DetectorServer(lambda: Detector.from_path("export/demo.onnx"), ServeOptions(http_port=8000)) as server:
             server.wait(stop_event)      # until stop_event is set (the CLI sets it on SIGINT/SIGTERM)
+
+    `load` is called once per instance (`--instances N`): each instance runs its own backend, since OpenVINO's
+    infer request and TensorRT's execution context and stream must not run two batches at once. N instances
+    hold N copies of the model.
     """
 
-    def __init__(self, detector: Detector, options: ServeOptions, *, log=print) -> None:
-        self.detector = detector
+    def __init__(self, load: Callable[[], Detector], options: ServeOptions, *, log=print) -> None:
         self.options = options
-        self.name = options.model_name or model_name(detector.path)
+        self.detectors = [load() for _ in range(options.instances)]
+        self.detector = self.detectors[0]
+        self.name = options.model_name or model_name(self.detector.path)
         self.log = log
         self.log_file = options.log_file or Path(tempfile.gettempdir()) / f"siefpn-serve-{self.name}.log"
         self._triton: Any = None
+        self._before: dict[int, int] = {}
 
     def __enter__(self) -> Self:
         o = self.options
@@ -142,19 +162,20 @@ class DetectorServer:
 
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
-                              metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s, log_file=self.log_file)
-        # PyTriton guards these APIs with a token only it holds; statistics are read-only (Triton itself leaves
-        # them open) and show clients the batches executed, so they stay open; loading models stays closed
-        security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
-        triton = Triton(config=config, security_config=security)
-        model = DetectorModel(self.detector, max_image_pixels=o.max_image_pixels)
-        triton.bind(model_name=self.name, infer_func=[model] * o.instances,
+                              metrics_port=o.metrics_port, allow_metrics=not o.api_key or o.open_stats,
+                              exit_timeout_secs=o.exit_timeout_s, log_file=self.log_file)
+        triton = Triton(config=config, security_config=TritonSecurityConfig(
+            access_token=o.api_key, restricted_endpoints=restricted_endpoints(o, DEFAULT_PROTECTED_ENDPOINTS)))
+        models = [DetectorModel(d, max_image_pixels=o.max_image_pixels, max_image_bytes=o.max_image_bytes)
+                  for d in self.detectors]
+        triton.bind(model_name=self.name, infer_func=models,
                     inputs=[tensor(f) for f in protocol.inputs()],
                     outputs=[tensor(f) for f in protocol.outputs(self.detector.contract)],
                     config=ModelConfig(max_batch_size=o.max_batch,
                                        batcher=DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us)))
         use_python_env(triton, env)
         self._triton = triton
+        self._before = process_tree(os.getpid())  # what is not the server's: a library caller's own children
         try:
             triton.run()
         except (PyTritonError, InferenceServerException, RuntimeError, OSError) as e:  # a port taken meanwhile, a
@@ -164,9 +185,12 @@ class DetectorServer:
             raise UserError(f"tritonserver did not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
                             f" its log: {self.log_file}") from None
         host = "localhost" if o.host in ("0.0.0.0", "127.0.0.1") else o.host
+        metrics = (f"metrics http://{host}:{o.metrics_port}/metrics" if config.allow_metrics
+                   else "no metrics: --open-stats serves them beside an API key")
+        key = f"; inference needs the API key (header {API_KEY_HEADER})" if o.api_key else ""
         self.log(f"[serve] {self.name} ({self.detector.kind}, {self.detector.path.name}) {READY}: "
-                 f"http://{host}:{o.http_port} (gRPC {host}:{o.grpc_port}, metrics http://{host}:{o.metrics_port}/metrics);"
-                 f" max batch {o.max_batch}, queue delay {o.max_queue_delay_us} us, {o.instances} instance(s); "
+                 f"http://{host}:{o.http_port} (gRPC {host}:{o.grpc_port}, {metrics});"
+                 f" max batch {o.max_batch}, queue delay {o.max_queue_delay_us} us, {o.instances} instance(s){key}; "
                  f"Triton's log: {self.log_file}")
         return self
 
@@ -180,10 +204,31 @@ class DetectorServer:
                 raise UserError(f"tritonserver stopped unexpectedly; its log: {self.log_file}")
 
     def __exit__(self, *exc: object) -> None:
-        if self._triton is not None:
-            self.log(f"[serve] stopping: in-flight requests finish first (up to {self.options.exit_timeout_s} s)")
+        if self._triton is None:
+            return
+        self.log(f"[serve] stopping: in-flight requests finish first (up to {self.options.exit_timeout_s} s)")
+        # grandchildren and deeper: tritonserver's stubs. Our children end with this process: PyTriton waits for
+        # tritonserver, and multiprocessing's resource tracker (which ignores SIGTERM) unlinks the shared memory
+        # left behind once this process exits; killing it first would leak those segments.
+        ours = {pid: start for pid, start in process_tree(os.getpid(), min_depth=2).items() if pid not in self._before}
+        try:
             self._triton.stop()
+        finally:
             self._triton = None
+            ended = end_processes(ours, grace_s=STUB_GRACE_S)
+            if ended:
+                self.log(f"[serve] ended {len(ended)} process(es) left after tritonserver stopped: {ended}")
+
+
+def restricted_endpoints(options: ServeOptions, admin: list[str]) -> list[str]:
+    """The Triton APIs that need the key (PyTriton's token, or the user's --api-key-file): `admin` (loading
+    models, logging, tracing: PyTriton's own) always; with a user key, inference too, and metadata, model
+    config and statistics unless --open-stats. Without a key, statistics stay open: they are read-only and
+    show clients the batches executed (Triton itself leaves them open)."""
+    if not options.api_key:
+        return [e for e in admin if e != "statistics"]
+    reading = [] if options.open_stats else ["metadata", "model-config", "statistics"]
+    return sorted({*admin, "inference", *reading} - ({"statistics"} if options.open_stats else set()))
 
 
 def use_python_env(triton: Any, env: Path) -> None:
