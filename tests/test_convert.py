@@ -129,6 +129,17 @@ def test_a_malicious_pkl_is_refused_without_running(tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_a_pkl_entry_of_dtype_object_is_one_line_naming_the_file_and_key(tmp_path, capsys):
+    """The restricted unpickler lets an object array through (its items are plain str/None); torch cannot hold
+    one, and that must be one line, not torch's TypeError."""
+    source = tmp_path / "model_final.pkl"
+    with source.open("wb") as f:
+        pickle.dump({"model": {"backbone.fpn_output5.weight": np.zeros(3, np.float32),
+                               "backbone.names": np.array(["res2", None, 3], dtype=object)}, "__author__": "x"}, f)
+    err = refused(capsys, source, "retinanet_R50_1x", tmp_path / "out.pth")
+    assert str(source) in err and "'backbone.names'" in err and "dtype object" in err
+
+
 def test_bad_checkpoints_get_one_line_errors_and_leave_nothing(d2, tmp_path, capsys):
     out = tmp_path / "out" / "model.pth"
     truncated = tmp_path / "truncated.pth"

@@ -251,6 +251,8 @@ def test_static_export_with_simplify_and_external_data_and_a_failed_verification
     assert meta["preprocess"]["input_scale"] == 1.0 and meta["outputs"][1]["shape"] == ["batch", 50, 4]
     # verified in ONNX Runtime, which read the external weights
     assert meta["export"]["external_data"] is True and meta["verification"]["matched"] > 0
+    # meta.json describes both files: a reader refuses a graph beside another export's weights (test_landing.py)
+    assert meta["data_sha256"] == hashlib.sha256(out.with_name("retina.onnx.data").read_bytes()).hexdigest()
     before = {name: (out.parent / name).read_bytes() for name in files}
 
     # a check that fails: the error says so in one line, and the files from the first export stay

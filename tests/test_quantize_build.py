@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +296,57 @@ def test_calibration_cache_is_reused_and_keyed(exported, tmp_path, capsys):
     quantize_model(QuantizeOptions(**{**vars(options), "calib_cache": None, "output": tmp_path / "b.onnx"}))
     assert "cached 4 preprocessed" in capsys.readouterr().out and read_meta(tmp_path / "b.onnx")["quantization"][
         "calibration"]["cache"] is None
+
+
+# load_or_build of 4 images (4 x 3 x 128 x 160 float32, 960 KiB) into argv[2], in a process of its own: the
+# process may die (SIGBUS) or hit a file-size limit (argv[3], bytes) without touching the test's
+FULL_DISK_SCRIPT = """
+import os, resource, sys
+from pathlib import Path
+from siefpn_deploy.core.contract import PreprocessSpec
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.data.image import find_images
+from siefpn_deploy.data.preprocess import Preprocess
+from siefpn_deploy.quantize.calibration import load_or_build
+
+images, cache, limit = find_images(Path(sys.argv[1]))[:4], Path(sys.argv[2]), int(sys.argv[3])
+preprocess = Preprocess(PreprocessSpec(min_size=96, max_size=160, divisibility=32, pixel_mean=(0.0, 0.0, 0.0),
+                                       pixel_std=(1.0, 1.0, 1.0), color="BGR"))
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    load_or_build(images, preprocess=preprocess, canvas=(128, 160), onnx_sha256="0" * 64, cache_dir=cache, log=print)
+except UserError as e:
+    print(f"error: {e}")  # stdout: stderr has the progress bar
+print("left:", sorted(os.listdir(cache)))
+"""
+
+
+def tmpfs_command(folder: Path, command: list[str]) -> list[str]:
+    """`command` with a 256 KiB tmpfs mounted on `folder`, in a mount namespace of its own (unshare -rm); skips
+    where this machine allows no such namespace."""
+    probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(folder)]
+    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+        pytest.skip("no tmpfs in a mount namespace here (unshare -rm)")
+    return ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=256k tmpfs "$0" && exec "$@"', str(folder), *command]
+
+
+@pytest.mark.parametrize("full", ["tmpfs", "file-size limit"])
+def test_a_full_disk_while_caching_calibration_images_is_one_line_and_leaves_no_file(full, tiny_synth, tmp_path):
+    """A real full file system (a 256 KiB tmpfs), or a file-size limit: one line naming the file and the cause, and
+    no temporary file left. Through a writable memory map, the full tmpfs killed the process with SIGBUS, with no
+    message and the sparse temporary file left behind."""
+    cache = tmp_path / "calib"
+    cache.mkdir()
+    command = [sys.executable, "-c", FULL_DISK_SCRIPT, split_paths(tiny_synth, "train")[0], str(cache),
+               str(256 << 10 if full == "file-size limit" else 0)]
+    done = subprocess.run(tmpfs_command(cache, command) if full == "tmpfs" else command, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"  # SIGBUS: -7
+    cause = "No space left on device" if full == "tmpfs" else "File too large"
+    error, left = done.stdout.splitlines()
+    assert error.startswith(f"error: cannot write {cache}/calib-") and error.endswith(f".npy: {cause}"), error
+    assert left == "left: []"  # no temporary file, no half cache
 
 
 def test_the_calibration_cache_keeps_each_images_size_and_feeds_both_inputs(tiny_synth, tmp_path):

@@ -68,8 +68,17 @@ def read_state(path: str | Path) -> dict[str, Tensor]:
     for name, value in model.items():
         if not isinstance(name, str) or not (isinstance(value, Tensor) or hasattr(value, "dtype")):
             raise UserError(f"{what} {path}: entry {name!r} is a {type(value).__name__}, not a tensor or array")
-        state[name.removeprefix("module.")] = torch.as_tensor(value).clone()
+        state[name.removeprefix("module.")] = _as_tensor(value, f"{what} {path}: entry {name!r}")
     return state
+
+
+def _as_tensor(value: Any, entry: str) -> Tensor:
+    """A copy of one entry as a tensor; an array that no tensor can hold (dtype object, strings, dates) is a
+    one-line error naming the entry, not torch's TypeError."""
+    try:
+        return torch.as_tensor(value).clone()
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"{entry} is an array of dtype {value.dtype}, not numbers") from None
 
 
 def describe(state: dict[str, Tensor], path: str | Path) -> Detectron2Model:

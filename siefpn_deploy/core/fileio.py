@@ -1,4 +1,5 @@
-"""Atomic writes: every artifact is written to a temporary file in the same folder, then renamed."""
+"""Atomic writes: every artifact is written to a temporary file in the same folder, then renamed. The temporary
+file's name says which process owns it (staging.py), so one that a killed run left is removed by the next."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .staging import staging_prefix
 
 
 def user_cache_dir() -> Path:
@@ -24,7 +26,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)

@@ -1,10 +1,22 @@
 """`NAME.meta.json`: everything a runtime needs to use `NAME.onnx` (or the AOTInductor package `NAME.pt2`)
 without the training code.
 
-Written atomically beside the ONNX; `read_meta` refuses a missing, malformed or mismatched sidecar
-(the sha256 must be the ONNX's) or one of another contract major version (`contract.SCHEMA_VERSION`), and
-`check_input_shape` refuses shapes outside the exported ranges. The TensorRT engine's NAME.engine.json
-is read through the same `read_sidecar`.
+`read_meta` refuses a missing, malformed or mismatched sidecar or one of another contract major version
+(`contract.SCHEMA_VERSION`), and `check_input_shape` refuses shapes outside the exported ranges. The TensorRT
+engine's NAME.engine.json is read through the same `read_sidecar`.
+
+What a reader can rely on: meta.json records the sha256 of the file it describes (and, under "data_sha256", of
+NAME.onnx.data when the graph keeps its weights there), and `read_meta` hashes the files and refuses, in one
+line that says to re-export, a model without its meta.json, a meta.json without its model, and any pair whose
+hashes differ. So a model and its meta.json are good only together, and `land` needs no lock and no particular
+state of the old pair: it hashes the staged files, renames them into place (the data file first, then the
+graph), and writes meta.json last, atomically. Whatever moment a crash picks, the folder holds the old pair
+(nothing moved yet), the new pair (all done), or a mix (new model, old meta.json; new data, old graph; a
+model with no meta.json yet) that every reader, and the stages' reuse check (pipeline/reuse.py), refuses
+and a rerun replaces. Removing the old meta.json before the move would add a state, not remove one: the hash
+check already refuses the new model beside the old meta.json. A rename of a folder holding both would be one
+atomic step, but would change the layout every runtime, the C++ one included, reads. (The C++ runtime reads a
+package's contract from inside the package, and compares a meta.json beside it by content.)
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +42,8 @@ REQUIRED = ("inputs", "outputs", "shapes", "preprocess", "postprocess", "classes
 
 
 ARTIFACT_SUFFIXES = (".onnx", PACKAGE_SUFFIX)  # the exported graphs: ONNX, and the AOTInductor package
+DATA_SUFFIX = ".data"  # NAME.onnx.data: the weights of a graph over protobuf's 2 GB, named inside NAME.onnx
+FILE_KEYS = ("format", "onnx", "package", "sha256", "data_sha256")  # what describes the files, not the model
 
 
 def meta_path(artifact: str | Path) -> Path:
@@ -60,9 +75,40 @@ def artifact_key(artifact: str | Path) -> str:
     return "package" if Path(artifact).name.endswith(PACKAGE_SUFFIX) else "onnx"
 
 
+def data_path(artifact: str | Path) -> Path:
+    """NAME.onnx -> NAME.onnx.data, the external data file it may refer to."""
+    return Path(artifact).with_name(Path(artifact).name + DATA_SUFFIX)
+
+
+def _record(artifact: Path, meta: dict[str, Any], files: Path) -> dict[str, Any]:
+    """meta.json for `artifact`: its name and the sha256 of `files` (the artifact itself, or its staged copy, and
+    the staged copy's external data file if it has one), then `meta` less any other file's description."""
+    record = {"format": META_FORMAT, artifact_key(artifact): artifact.name, "sha256": sha256_of(files),
+              **{k: v for k, v in meta.items() if k not in FILE_KEYS}}
+    if data_path(files).is_file():
+        record["data_sha256"] = sha256_of(data_path(files))
+    return record
+
+
 def write_meta(onnx_path: str | Path, meta: dict[str, Any]) -> Path:
-    meta = {"format": META_FORMAT, artifact_key(onnx_path): Path(onnx_path).name, "sha256": sha256_of(onnx_path), **meta}
-    return write_json(meta_path(onnx_path), meta)
+    """NAME.meta.json for the artifact already at `onnx_path` (a new artifact comes into place through `land`)."""
+    return write_json(meta_path(onnx_path), _record(Path(onnx_path), meta, Path(onnx_path)))
+
+
+def land(staged: Path, output: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Move `staged` (with `staged`.data, if any) onto `output` in the same folder, then write output's meta.json
+    (the order and why: the module's docstring); returns the meta.json written."""
+    record = _record(output, meta, staged)  # hashed before the move: meta.json describes what was staged
+    try:
+        if data_path(staged).is_file():
+            os.replace(data_path(staged), data_path(output))
+        os.replace(staged, output)
+    except OSError as e:
+        raise UserError(f"cannot move {output.name} into {output.parent}: {e.strerror or e}") from None
+    write_json(meta_path(output), record)
+    if "data_sha256" not in record:  # a data file left by an earlier, larger export: the new graph names none
+        data_path(output).unlink(missing_ok=True)
+    return record
 
 
 def check_meta_free(artifact: str | Path) -> None:
@@ -102,8 +148,16 @@ def read_sidecar(artifact: str | Path, sidecar: Path, *, kind: str, fmt: str, sh
 
 
 def read_meta(onnx_path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
-    return read_sidecar(onnx_path, meta_path(onnx_path), kind="ONNX model", fmt=META_FORMAT, sha_key="sha256",
-                        remedy="re-export it with `siefpn-deploy export`", required=REQUIRED, check_hash=check_hash)
+    remedy = "re-export it with `siefpn-deploy export`"
+    meta = read_sidecar(onnx_path, meta_path(onnx_path), kind="ONNX model", fmt=META_FORMAT, sha_key="sha256",
+                        remedy=remedy, required=REQUIRED, check_hash=check_hash)
+    if "data_sha256" in meta:  # the graph's weights are in NAME.onnx.data: the pair is good only with them
+        data = data_path(onnx_path)
+        if not data.is_file():
+            raise UserError(f"{onnx_path}'s weights file {data.name} is missing: {remedy}")
+        if check_hash and sha256_of(data) != meta["data_sha256"]:
+            raise UserError(f"{data} does not match {meta_path(onnx_path).name} (sha256 differs): {remedy}")
+    return meta
 
 
 def outside_range(meta: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, int, int, int]]:

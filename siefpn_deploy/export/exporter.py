@@ -8,8 +8,6 @@ The example input and symbolic dims are in shapes.py.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,7 +20,8 @@ from torch import nn
 from ..core.config import Config
 from ..core.contract import INPUT_NAMES
 from ..core.errors import UserError
-from ..core.sidecar import check_meta_free, meta_path, request_key, write_meta
+from ..core.sidecar import check_meta_free, land, meta_path, request_key
+from ..core.staging import staging_dir
 from ..model.checkpoint import load_trained_detector
 from ..model.meta import contract_for, model_meta
 from .deploy import PostprocessSettings, build_deploy_model
@@ -93,11 +92,23 @@ def export_request(cfg: Config, options: ExportOptions) -> str:
     return request_key({**dataclasses.asdict(options), "output": None}, cfg.dump())
 
 
-def published(output: Path, meta: dict[str, Any], verification: Verification | None, *, log=print) -> ExportResult:
-    """NAME.meta.json written beside the artifact that was just moved into place."""
-    write_meta(output, meta)
+def published(staged: Path, output: Path, meta: dict[str, Any], verification: Verification | None, *,
+              log=print) -> ExportResult:
+    """The staged artifact moved into place, then its NAME.meta.json (`core.sidecar.land`: the order, and why)."""
+    written = land(staged, output, meta)
     log(f"[export] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {meta_path(output).name}")
-    return ExportResult(path=output, meta=meta, verification=verification)
+    return ExportResult(path=output, meta=written, verification=verification)
+
+
+def save_onnx(model: Any, path: Path, *, external_data: bool) -> None:
+    """NAME.onnx (+ NAME.onnx.data beside it); a full disk or a quota is a one-line error."""
+    import onnx
+
+    try:
+        onnx.save_model(model, path, save_as_external_data=external_data,
+                        location=path.name + ".data" if external_data else None)
+    except OSError as e:
+        raise UserError(f"cannot write {path.name} into {path.parent}: {e.strerror or e}") from None
 
 
 def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print) -> Prepared:
@@ -147,7 +158,8 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
                 log=print) -> ExportResult:
     """Trace, save to a private staging folder, verify there (unless verify_images is None), then move
     NAME.onnx (+ NAME.onnx.data when over 2 GB) and NAME.meta.json into place. A failed export or
-    verification leaves an existing NAME.onnx untouched."""
+    verification leaves an existing NAME.onnx untouched; a killed one leaves a staging folder that the next
+    export stage into the same folder removes (pipeline/export.py)."""
     import onnx
 
     options = options.resolved(cfg, config_name)
@@ -165,20 +177,14 @@ def export_onnx(cfg: Config, options: ExportOptions, *, config_name: str, verify
     log(f"[export] traced in {export_seconds:.1f} s ({len(model.graph.node)} nodes, opset {opset})")
 
     # The staging folder holds the final file names: external data refers to its file by name.
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staging_dir(output) as stage:
         staged = stage / output.name
-        onnx.save_model(model, staged, save_as_external_data=large, location=output.name + ".data" if large else None)
+        save_onnx(model, staged, external_data=large)
         verification = None
         if verify_images is not None:
             verification = verify_onnx(staged, meta, job.detector, verify_images, log=log)
             meta["verification"] = verification.as_dict()
-        if large:
-            os.replace(stage / (output.name + ".data"), output.with_name(output.name + ".data"))
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return published(output, meta, verification, log=log)
+        return published(staged, output, meta, verification, log=log)
 
 
 def export_package(cfg: Config, options: ExportOptions, *, config_name: str, verify_images: list[torch.Tensor] | None,
@@ -192,8 +198,7 @@ def export_package(cfg: Config, options: ExportOptions, *, config_name: str, ver
     output, meta = Path(options.output), job.meta
     meta["opset"] = None  # not an ONNX graph
     meta["versions"]["torch_inductor"] = torch.__version__
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staging_dir(output) as stage:
         staged = stage / output.name
         meta["export"] = {**compile_package(job.deploy, options, staged, meta, log=log),
                           "request": export_request(cfg, options)}
@@ -202,7 +207,4 @@ def export_package(cfg: Config, options: ExportOptions, *, config_name: str, ver
             verification = verify_package(staged, meta, job.detector, verify_images, device=options.device,
                                           autocast_dtype=AUTOCAST_DTYPES[options.precision], log=log)
             meta["verification"] = verification.as_dict()
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return published(output, meta, verification, log=log)
+        return published(staged, output, meta, verification, log=log)

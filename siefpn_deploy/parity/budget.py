@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 
 from ..core.contract import GraphContract
 from ..core.errors import UserError
-from ..core.fileio import atomic_path
 from ..core.reporting import machine, machine_line, markdown_table, write_report
-from ..core.sidecar import read_meta, write_meta
+from ..core.sidecar import land, read_meta
+from ..core.staging import staging_dir
 from ..data import CocoDetection
 from ..data.coco import holdout_split
 from ..data.preprocess import Preprocess
@@ -81,8 +80,8 @@ def quantize_within_budget(options: QuantizeOptions, budget: BudgetOptions, *, l
     report: dict[str, Any] = {"model": str(options.onnx), "output": str(output), "target": options.target,
                               "budget": budget.budget, "max_excluded": budget.max_excluded, "ranking": RANKING,
                               "layers": [], "steps": [], "machine": machine()}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".budget.", dir=output.parent) as scratch:
+    # the steps' models are made in a staging folder beside the output, and the one that holds is moved into place
+    with staging_dir(output) as scratch:
         fit, held = holdout_split(annotations, budget.sensitivity_images, out_dir=scratch)
         base = dataclasses.replace(options, calib_data=fit, calib_image_dir=image_dir)
         dataset = CocoDetection(image_dir=image_dir, annotation_file=held)
@@ -97,7 +96,7 @@ def quantize_within_budget(options: QuantizeOptions, budget: BudgetOptions, *, l
         plan: list[int] = []
         while True:
             t0 = time.perf_counter()
-            step_options = dataclasses.replace(base, output=Path(scratch) / f"step{len(report['steps'])}" / output.name,
+            step_options = dataclasses.replace(base, output=scratch / f"step{len(report['steps'])}" / output.name,
                                                exclude=list(options.exclude) + exact(excluded))
             step_options.output.parent.mkdir()
             candidate, candidate_meta = quantize_model(step_options, log=log)
@@ -134,14 +133,11 @@ def quantize_within_budget(options: QuantizeOptions, budget: BudgetOptions, *, l
                             f"{budget.budget:g}, --max-excluded {budget.max_excluded}); nothing written. See "
                             f"{written[1]}; raise --max-excluded or --budget, or use --precision fp16")
         final_meta = read_meta(candidate)
-        final_meta = {k: v for k, v in final_meta.items() if k not in ("format", "onnx", "sha256")}
         final_meta["quantization"]["calibration"]["held_out"] = report["held_out"]
         final_meta["quantization"]["sensitivity"] = {
             "budget": budget.budget, "fp32_ap": report["fp32_ap"], "ranking": RANKING, "layers": report["layers"], "excluded": excluded,
             "steps": report["steps"], "report": str(written[0])}
-        with atomic_path(output) as tmp:
-            shutil.copyfile(candidate, tmp)
-        write_meta(output, final_meta)
+        final_meta = land(candidate, output, final_meta)
     log(f"[quantize] wrote {output}: within {budget.budget:g} AP points with {len(excluded)} layers kept out of INT8")
     return output, final_meta
 

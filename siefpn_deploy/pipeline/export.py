@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.config import load_config, resolve_config_file
 from ..core.errors import UserError
 from ..core.sidecar import sha256_of
+from ..core.staging import remove_stale
 from ..export.options import ExportOptions
 from .artifacts import Artifact
 from .reuse import current_meta
@@ -37,6 +38,8 @@ def export_detector(job: ExportJob, *, log=print) -> Artifact:
     config_name = str(resolve_config_file(job.config_file))
     options = job.options.resolved(cfg, config_name)
     options.validate()
+    # first, whatever a killed export left beside the output: also when the export on disk is reused
+    remove_stale(Path(options.output).parent, log=log, stage="export")
     if job.reuse and Path(cfg.MODEL.WEIGHTS).is_file():  # a missing file is the exporter's one-line error
         expected = {("source", "weights_sha256"): sha256_of(cfg.MODEL.WEIGHTS),
                     ("export", "request"): export_request(cfg, options)}

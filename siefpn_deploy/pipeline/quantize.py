@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.sidecar import read_meta
+from ..core.staging import remove_stale
 from ..quantize.options import BudgetOptions, QuantizeOptions
 from .artifacts import Artifact
 from .reuse import current_meta
@@ -22,6 +23,8 @@ def quantize_detector(job: QuantizeJob, *, log=print) -> Artifact:
 
     options = job.options
     target = options.output_path()
+    # first, whatever a killed quantize left beside the output: also when the model on disk is reused
+    remove_stale(target.parent, log=log, stage="quantize")
     if job.budget is None and job.reuse:
         source_sha = read_meta(options.onnx)["sha256"]
         meta = current_meta(target, {("quantization", "source_sha256"): source_sha,

@@ -2,13 +2,17 @@
 cached in calib/ and streamed to the calibrator in batches with a progress bar.
 
 The cache key is the ONNX sha256, the image list and the preprocessing, so a rerun with the same
-three reuses the tensors and anything else recomputes them.
+three reuses the tensors and anything else recomputes them. The tensors are written with ordinary writes, never
+through a writable memory map: a memory-mapped page that finds the disk full kills the process with SIGBUS,
+with no message and the temporary file left behind, where a write() fails with ENOSPC, which `atomic_path`
+turns into one line, removing the temporary file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from ..core.contract import graph_inputs
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, read_json, write_json
 from ..core.progress import progress_bar
+from ..core.staging import remove_stale
 from ..data.coco import load_coco
 from ..data.image import find_images, to_tensor
 from ..data.preprocess import Preprocess
@@ -90,19 +95,32 @@ def load_or_build(images: list[Path], *, preprocess: Preprocess, canvas: tuple[i
     if npy.is_file() and sizes_npy.is_file() and sidecar.is_file() and read_json(sidecar, "calibration cache index") == key:
         log(f"[calib] reusing {len(images)} cached calibration images: {npy}")
         return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), np.load(sizes_npy), reused=True)
+    remove_stale(cache_dir, log=log, stage="calib")  # what a killed run left half-written
     sizes = np.zeros((len(images), 2), np.int32)
-    with atomic_path(npy) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), 3, *canvas))
+
+    def rows() -> Iterable[np.ndarray]:
         for i, path in enumerate(progress_bar(images, desc="preprocess calibration images", unit="img")):
             one = preprocess([to_tensor(path)], canvas=canvas)
-            out[i], sizes[i] = one.images[0].numpy(), one.image_sizes[0]
-        out.flush()
-        del out
+            sizes[i] = one.image_sizes[0]
+            yield one.images[0].numpy()
+
+    with atomic_path(npy) as tmp:
+        write_npy(tmp, (len(images), 3, *canvas), rows())
     with atomic_path(sizes_npy) as tmp, tmp.open("wb") as f:
         np.save(f, sizes)
     write_json(sidecar, key)
     log(f"[calib] cached {len(images)} preprocessed calibration images ({npy.stat().st_size / 2**20:.0f} MiB): {npy}")
     return CalibrationSet(npy, images, np.load(npy, mmap_mode="r"), sizes, reused=False)
+
+
+def write_npy(path: Path, shape: tuple[int, ...], rows: Iterable[np.ndarray]) -> None:
+    """A float32 .npy of `shape` from its rows [shape[1:]], in order, with ordinary writes (why: the module's
+    docstring)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for row in rows:
+            f.write(np.ascontiguousarray(row, dtype=np.float32).reshape(shape[1:]).data)
 
 
 def check_batch(count: int, batch: int) -> None:

@@ -15,7 +15,6 @@ import importlib.metadata
 import importlib.util
 import io
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,8 @@ import numpy as np
 
 from ..core.contract import GraphContract
 from ..core.errors import CannotRunHere, UserError
-from ..core.fileio import atomic_path
-from ..core.sidecar import meta_path, read_meta, request_key, write_meta
+from ..core.sidecar import data_path, land, meta_path, read_meta, request_key
+from ..core.staging import staging_dir
 from ..data.preprocess import Preprocess
 from .calibration import BatchReader, CalibrationSet, check_batch, choose, list_images, load_or_build
 from .nncf_ov import quantize_for_openvino_in_subprocess
@@ -125,29 +124,30 @@ def _int8(source: Path, target: Path, reader: BatchReader, method: str, excludes
             high_precision_dtype="fp32", output_path=str(target), log_level="WARNING")
 
 
-def _convert(options: QuantizeOptions, calib: CalibrationSet, excludes: list[str], output: Path, log) -> tuple[list[str], int]:
-    """AutoCast or PTQ of options.onnx into `output`, atomically: (nodes the FP16 range check kept in FP32,
-    Q/DQ node count)."""
-    # ModelOpt writes intermediate models beside its input: give it a private copy in a scratch folder
-    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix=".quantize.", dir=output.parent) as scratch:
-        private = Path(scratch) / options.onnx.name
-        for path in (options.onnx, options.onnx.with_name(options.onnx.name + ".data")):
-            if path.is_file():
-                shutil.copyfile(path, Path(scratch) / path.name)
-        range_kept: list[str] = []
-        if options.precision == "fp16":
-            range_kept = _fp16(private, tmp, calib, excludes, log=log)
-        else:
-            if options.target in CHILD_QUANTIZERS:
-                CHILD_QUANTIZERS[options.target](private, tmp, calib, method=options.method, batch=options.calib_batch,
-                                                 excludes=excludes)
-            else:
-                reader = BatchReader(calib.tensors, calib.image_sizes, batch=options.calib_batch,
-                                     desc=f"calibrate ({options.method})")
-                _int8(private, tmp, reader, options.method, excludes)
-        qdq = sum(n.op_type in QDQ_OPS for n in load_onnx(tmp).graph.node)
-        if options.precision == "int8" and qdq == 0:
-            raise UserError(f"the quantizer inserted no Q/DQ nodes into {options.onnx}; check --exclude")
+def _convert(options: QuantizeOptions, calib: CalibrationSet, excludes: list[str], staged: Path, log
+             ) -> tuple[list[str], int]:
+    """AutoCast or PTQ of options.onnx into `staged`, a file in the run's staging folder: (nodes the FP16 range
+    check kept in FP32, Q/DQ node count)."""
+    # ModelOpt writes intermediate models beside its input: give it a private copy in a folder of its own
+    scratch = staged.parent / "source"
+    scratch.mkdir()
+    private = scratch / options.onnx.name
+    for path in (options.onnx, data_path(options.onnx)):
+        if path.is_file():
+            shutil.copyfile(path, scratch / path.name)
+    range_kept: list[str] = []
+    if options.precision == "fp16":
+        range_kept = _fp16(private, staged, calib, excludes, log=log)
+    elif options.target in CHILD_QUANTIZERS:
+        CHILD_QUANTIZERS[options.target](private, staged, calib, method=options.method, batch=options.calib_batch,
+                                         excludes=excludes)
+    else:
+        reader = BatchReader(calib.tensors, calib.image_sizes, batch=options.calib_batch,
+                             desc=f"calibrate ({options.method})")
+        _int8(private, staged, reader, options.method, excludes)
+    qdq = sum(n.op_type in QDQ_OPS for n in load_onnx(staged).graph.node)
+    if options.precision == "int8" and qdq == 0:
+        raise UserError(f"the quantizer inserted no Q/DQ nodes into {options.onnx}; check --exclude")
     return range_kept, qdq
 
 
@@ -191,28 +191,39 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     canvas = calibration_canvas(options, meta)
     contract = GraphContract.from_meta(meta, source=str(options.onnx))
     excludes = options.excludes()
-    with contextlib.ExitStack() as stack:
-        # without a cache folder the preprocessed images live in a temporary one for this call only
-        cache_dir = options.calib_cache or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="calib-")))
+    # everything this run writes beside the output is in one staging folder, removed at the end, or by the next
+    # quantize stage when this one is killed (core/staging.py); without --calib-cache the preprocessed images
+    # live there too
+    with staging_dir(output) as stage:
         calib = load_or_build(images, preprocess=Preprocess(contract.preprocess), canvas=canvas,
-                              onnx_sha256=meta["sha256"], cache_dir=cache_dir, log=log)
+                              onnx_sha256=meta["sha256"], cache_dir=options.calib_cache or stage / "calib", log=log)
         log(f"[quantize] {options.precision}: {len(images)} images from {source} at {canvas[0]}x{canvas[1]}, "
             f"{len(excludes)} exclusion patterns")
         t0 = time.perf_counter()
-        range_kept, qdq = _convert(options, calib, excludes, output, log)
-    seconds = time.perf_counter() - t0
-    new_meta = {k: v for k, v in meta.items() if k not in ("format", "onnx", "sha256", "verification")}
+        staged = stage / output.name
+        range_kept, qdq = _convert(options, calib, excludes, staged, log)
+        quantization = {
+            "tool": TOOLS[options.precision if options.precision == "fp16" else options.target],
+            "target": options.target if options.precision == "int8" else None,
+            "source_onnx": options.onnx.name, "source_sha256": meta["sha256"],
+            "calibration": {"method": options.method if options.precision == "int8" else "autocast-range-check",
+                            "images": len(images), "source": str(source), "canvas": list(canvas),
+                            "cache": str(calib.path) if options.calib_cache else None, "batch": options.calib_batch},
+            "excludes": excludes, "qdq_nodes": qdq, "seconds": round(time.perf_counter() - t0, 1),
+            "fp16_range_kept": range_kept, "request": quantize_request(options),
+        }
+        new_meta = land(staged, output, quantized_meta(meta, options, quantization))
+    log(f"[quantize] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {qdq} Q/DQ nodes) and "
+        f"{meta_path(output).name} in {quantization['seconds']:.1f} s")
+    return output, new_meta
+
+
+def quantized_meta(meta: dict[str, Any], options: QuantizeOptions, quantization: dict[str, Any]) -> dict[str, Any]:
+    """The quantized model's meta.json: the source's contract, its precision and how it was made (the source's
+    file description and verification are not the new model's)."""
+    new_meta = {k: v for k, v in meta.items() if k != "verification"}
     new_meta["precision"] = options.precision
-    new_meta["quantization"] = {
-        "tool": TOOLS[options.precision if options.precision == "fp16" else options.target],
-        "target": options.target if options.precision == "int8" else None,
-        "source_onnx": options.onnx.name, "source_sha256": meta["sha256"],
-        "calibration": {"method": options.method if options.precision == "int8" else "autocast-range-check",
-                        "images": len(images), "source": str(source), "canvas": list(canvas),
-                        "cache": str(calib.path) if options.calib_cache else None, "batch": options.calib_batch},
-        "excludes": excludes, "qdq_nodes": qdq, "seconds": round(seconds, 1),
-        "fp16_range_kept": range_kept, "request": quantize_request(options),
-    }
+    new_meta["quantization"] = quantization
     versions = new_meta.setdefault("versions", {})
     if options.target == "ort-cpu":
         import onnxruntime
@@ -222,10 +233,7 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
         versions["nncf"] = importlib.metadata.version("nncf")
     else:
         versions["modelopt"] = _modelopt_version()
-    write_meta(output, new_meta)
-    log(f"[quantize] wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {qdq} Q/DQ nodes) and "
-        f"{meta_path(output).name} in {seconds:.1f} s")
-    return output, new_meta
+    return new_meta
 
 
 def _modelopt_version() -> str:
