@@ -266,6 +266,11 @@ def test_cpp_bad_input_is_one_line_and_exit_2(cpp, exported, tiny_synth, tmp_pat
         # the package's own copy of meta.json is compared first: a changed value fails that check, or the range
         err = refused("--artifact", tmp_path / "other.pt2", "--source", files[0])
         assert message in err or "does not match other.meta.json" in err, err
+    # a value of the wrong type where the runtime reads it itself (nlohmann's own type_error used to exit 1)
+    meta = json.loads(meta_path(package).read_text())
+    meta["export"]["device"] = 5
+    meta_path(tmp_path / "other.pt2").write_text(json.dumps(meta))
+    assert '"export.device" has the wrong type' in refused("--artifact", tmp_path / "other.pt2", "--source", files[0])
     # annotations that do not list the images
     (tmp_path / "ann.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     assert "not listed in" in refused("--artifact", package, "--source", images, "--annotations", tmp_path / "ann.json")

@@ -23,6 +23,17 @@ bool is_zip(const std::string& path) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+// A meta's export.device, or `fallback` where it states none. A BadInput naming `source` when it is not a string:
+// nlohmann's value() would throw its own type_error there, which would end as a runtime failure (exit 1).
+std::string export_device(const nlohmann::json& meta, const std::string& fallback, const std::string& source) {
+  if (!meta.is_object() || !meta.contains("export") || !meta["export"].is_object() || !meta["export"].contains("device")) {
+    return fallback;
+  }
+  const nlohmann::json& device = meta["export"]["device"];
+  if (!device.is_string()) throw BadInput(source + ": \"export.device\" has the wrong type");
+  return device.get<std::string>();
+}
+
 class AotiBackend final : public Backend {
  public:
   AotiBackend(const std::string& path, const LoadOptions& options) {
@@ -48,9 +59,11 @@ class AotiBackend final : public Backend {
     } catch (const nlohmann::json::exception& e) {
       throw BadInput(path + ": its " SIEFPN_PACKAGE_META_KEY " metadata is not JSON (" + e.what() + ")");
     }
+    if (!meta.is_object()) throw BadInput(path + ": its " SIEFPN_PACKAGE_META_KEY " metadata is not a JSON object");
     check_sidecar(path, meta);
     contract_ = Contract::from_meta(meta, path);
-    device_ = meta.contains("export") ? meta["export"].value("device", "cpu") : "cpu";
+    device_ = export_device(meta, "cpu", path);
+    if (device_ != "cpu" && device_ != "cuda") throw BadInput(path + ": export.device must be cpu or cuda, got " + device_);
     if (options.device != "auto" && options.device != device_) {
       throw BadInput(path + " was compiled for " + device_ + "; it cannot run on --device " + options.device);
     }
@@ -95,8 +108,7 @@ class AotiBackend final : public Backend {
       if (key == "inputs_order" || key == "export") continue;
       if (!beside.is_object() || !beside.contains(key) || beside[key] != value) differs += (differs.empty() ? "" : ", ") + key;
     }
-    if (meta.contains("export") && beside.is_object() &&
-        beside.value("/export/device"_json_pointer, std::string()) != meta["export"].value("device", std::string())) {
+    if (meta.contains("export") && export_device(beside, "", sidecar) != export_device(meta, "", path)) {
       differs += std::string(differs.empty() ? "" : ", ") + "export.device";
     }
     if (!differs.empty()) {

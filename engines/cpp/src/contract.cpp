@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 namespace siefpn {
 namespace {
@@ -26,9 +27,33 @@ T value(const json& node, const char* key, const std::string& source) {
   }
 }
 
+// An integer in int's range. nlohmann's get<int> would wrap 4294967297 to 1, which then passes every bound, and
+// cast 1e300 with undefined behaviour; a whole number written as a float (100.0) is taken, as Python's int() does.
+int to_int(const json& v, const std::string& what, const std::string& source) {
+  if (!v.is_number()) throw BadInput(source + ": \"" + what + "\" has the wrong type");
+  const double d = v.get<double>();
+  if (d != std::floor(d) || d < std::numeric_limits<int>::min() || d > std::numeric_limits<int>::max()) {
+    throw BadInput(source + ": \"" + what + "\" must be a whole number of at most " +
+                   std::to_string(std::numeric_limits<int>::max()) + ", got " + v.dump());
+  }
+  return static_cast<int>(d);
+}
+
+int integer(const json& node, const char* key, const std::string& source) {
+  return to_int(at(node, key, source), key, source);
+}
+
+std::vector<int> integers(const json& node, const char* key, const std::string& source) {
+  const json& list = at(node, key, source);
+  if (!list.is_array()) throw BadInput(source + ": \"" + key + "\" has the wrong type");
+  std::vector<int> out;
+  for (const json& v : list) out.push_back(to_int(v, key, source));
+  return out;
+}
+
 ShapeRange range(const json& shapes, const char* name, const std::string& source, int most) {
   const json& r = at(shapes, name, source);
-  const ShapeRange got{value<int>(r, "min", source), value<int>(r, "max", source)};
+  const ShapeRange got{integer(r, "min", source), integer(r, "max", source)};
   if (got.min < 1 || got.min > got.max || got.max > most) {
     throw BadInput(source + ": shapes." + name + " must satisfy 1 <= min <= max <= " + std::to_string(most) + ", got " +
                    std::to_string(got.min) + ".." + std::to_string(got.max));
@@ -57,7 +82,7 @@ Contract Contract::from_meta(const json& meta, const std::string& source) {
   }
   Contract c;
   c.architecture = value<std::string>(meta, "architecture", source);
-  c.max_detections = value<int>(meta, "max_detections", source);
+  c.max_detections = integer(meta, "max_detections", source);
   for (const auto& t : at(meta, "inputs", source)) c.input_names.push_back(value<std::string>(t, "name", source));
   // each output's rank by role: num_dets [B], boxes [B,K,4], scores [B,K], labels [B,K], masks [B,K,M,M]
   const std::array<std::size_t, 5> ranks{1, 3, 2, 2, 4};
@@ -78,20 +103,28 @@ Contract Contract::from_meta(const json& meta, const std::string& source) {
   if (c.has_masks()) {
     const json& side = outputs[kMasks]["shape"][2];
     if (!side.is_number_integer()) throw BadInput(source + ": the masks output's mask side must be an integer");
-    c.mask_size = side.get<int>();
+    c.mask_size = to_int(side, "outputs[4].shape[2]", source);
     check_in(c.mask_size, 1, SIEFPN_MAX_MASK_SIDE, "the mask side", source);
   }
 
   const json& labels = at(meta, "labels", source);
-  c.first_label = value<int>(labels, "first", source);
-  c.mask_threshold = value<float>(labels, "mask_threshold", source);
+  c.first_label = integer(labels, "first", source);
+  if (c.first_label != 1) throw BadInput(source + ": labels.first must be 1 (the contract's classes are 1..C), got " +
+                                         std::to_string(c.first_label));
   c.background_label = c.first_label - 1;  // the contract: 0 is torchvision's background, classes are 1..C
+  const double mask_threshold = value<double>(labels, "mask_threshold", source);
+  // a probability threshold; a value out of float's range would be cast with undefined behaviour
+  if (!(mask_threshold >= 0 && mask_threshold <= 1)) throw BadInput(source + ": labels.mask_threshold must be in 0..1");
+  c.mask_threshold = static_cast<float>(mask_threshold);
 
   const json& pre = at(meta, "preprocess", source);
   const json& resize = at(pre, "resize", source);
-  c.preprocess.min_size = value<int>(resize, "min_size", source);
-  c.preprocess.max_size = value<int>(resize, "max_size", source);
-  c.preprocess.divisibility = value<int>(pre, "divisibility", source);
+  c.preprocess.min_size = integer(resize, "min_size", source);
+  c.preprocess.max_size = integer(resize, "max_size", source);
+  c.preprocess.divisibility = integer(pre, "divisibility", source);
+  const json& mean = at(pre, "pixel_mean", source);
+  // nlohmann reads the first 3 of a longer list and ignores the rest; Python refuses it (PreprocessSpec)
+  if (!mean.is_array() || mean.size() != 3) throw BadInput(source + ": preprocess.pixel_mean must hold 3 values");
   c.preprocess.pixel_mean = value<std::array<double, 3>>(pre, "pixel_mean", source);
   c.preprocess.input_scale = value<double>(pre, "input_scale", source);
   check_in(c.preprocess.divisibility, 1, SIEFPN_MAX_DIVISIBILITY, "preprocess.divisibility", source);
@@ -119,7 +152,7 @@ Contract Contract::from_meta(const json& meta, const std::string& source) {
 
   const json& classes = at(meta, "classes", source);
   c.class_names = value<std::vector<std::string>>(classes, "names", source);
-  c.category_ids = value<std::vector<int>>(classes, "category_ids", source);
+  c.category_ids = integers(classes, "category_ids", source);
   if (c.class_names.size() != c.category_ids.size() || c.class_names.empty()) {
     throw BadInput(source + ": classes.names and classes.category_ids must be non-empty lists of one length");
   }
@@ -134,6 +167,10 @@ json read_json_file(const std::string& path, const std::string& what) {
   } catch (const json::exception& e) {
     throw BadInput("cannot read " + what + " " + path + ": not valid JSON (" + e.what() + ")");
   }
+}
+
+std::string check_meta_file(const std::string& path) {
+  return Contract::from_meta(read_json_file(path, "meta.json"), path).architecture;
 }
 
 std::string sidecar_path(const std::string& artifact, const std::string& suffix, const std::string& sidecar_suffix) {

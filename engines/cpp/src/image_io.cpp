@@ -1,6 +1,8 @@
 // Image files in: torchvision's decoders (libjpeg-turbo, libpng, libwebp shipped in its wheel), called
 // through the dispatcher. The Python runtime decodes with PIL (data/image.py: EXIF orientation applied, then
-// RGB); both libraries give the same pixels for these formats (tests/test_cpp.py checks it).
+// RGB); both libraries give the same pixels for these formats (tests/test_cpp.py checks it). Before a decoder
+// runs, the header is read here (image_header.cpp) and the image refused as Python refuses it: a format outside
+// the allow-list, or more pixels than allowed.
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -18,6 +20,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "image_header.hpp"
+#include "png_check.hpp"
 #include "siefpn/detector.hpp"
 #include "torchvision_ops.hpp"
 
@@ -66,13 +70,48 @@ std::string decoder_message(const std::string& what) {
   return line.substr(0, line.find(". "));  // the first sentence
 }
 
+std::span<const std::uint8_t> bytes_of(const std::vector<char>& bytes) {
+  return {reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()};
+}
+
+// Refuse an image the decoders should not see: not JPEG, PNG or WebP (torchvision would also decode GIF, which
+// Python's allow-list leaves out, and has no BMP decoder), no size in its header, an empty side, more than
+// max_pixels pixels (the message is data/image.py's), or a PNG whose pixel data libpng would fail on. A decoder
+// allocates its output from the header's size before it reads the pixels, so a 20000 x 20000 PNG of a few kB
+// would otherwise take 1.2 GB.
+void check_before_decoding(const std::vector<char>& bytes, const std::string& path, std::int64_t max_pixels) {
+  const ImageHeader header = read_image_header(bytes_of(bytes));
+  if (header.format == ImageFormat::kUnknown) throw BadInput("cannot read image " + path + ": not a JPEG, PNG or WebP image");
+  if (!header.sized) {
+    throw BadInput("cannot read image " + path + ": its " + format_name(header.format) +
+                   " header is truncated or corrupt (no image size)");
+  }
+  const std::string size = std::to_string(header.width) + "x" + std::to_string(header.height);
+  if (header.width == 0 || header.height == 0) throw BadInput("cannot read image " + path + ": it is empty (" + size + ")");
+  if (header.width > max_pixels / header.height) {  // width * height > max_pixels, without overflowing
+    throw BadInput("image " + path + " is " + size + ", more than the " + std::to_string(max_pixels) +
+                   " pixels allowed");
+  }
+  if (header.format == ImageFormat::kBmp) {
+    throw BadInput("cannot read image " + path + ": BMP is not supported by the C++ runtime (torchvision has no BMP "
+                   "decoder); convert it to PNG");
+  }
+  if (header.format == ImageFormat::kPng) {  // torchvision's PNG decoder crashes on damaged pixel data (png_check.hpp)
+    if (const auto why = png_data_error(bytes_of(bytes))) {
+      throw BadInput("cannot read image " + path + ": its PNG image data is damaged (" + *why + ")");
+    }
+  }
+}
+
 }  // namespace
 
-Image read_image(const std::string& path) {
+Image read_image(const std::string& path, std::int64_t max_pixels) {
+  if (max_pixels < 1) throw BadInput("the image pixel limit must be >= 1, got " + std::to_string(max_pixels));
   std::ifstream in(path, std::ios::binary);
   if (!std::filesystem::is_regular_file(path) || !in) throw BadInput("image not found: " + path);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (bytes.empty()) throw BadInput("cannot read image " + path + ": the file is empty");
+  check_before_decoding(bytes, path, max_pixels);
   load_torchvision_library("image");
   static const auto decode = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("image::decode_image", "")

@@ -2,9 +2,11 @@
 //
 //   siefpn-infer --artifact export/demo.pt2 --source images/ --annotations instances.json --json out.json
 //   siefpn-infer --artifact export/demo.pt2 --bench --batch 1 4 --size 384
+//   siefpn-infer --check --source images/ --meta export/demo.meta.json     # read the inputs, run no model
 //
 // Exit codes: 0 success, 2 bad input (a missing or corrupt file, a mismatched meta.json, a shape outside the
 // exported range, an empty folder, a bad argument), 1 a runtime failure. Errors are one line on stderr.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -31,11 +34,14 @@ using nlohmann::json;
 
 namespace {
 
-const char* kUsage = R"(usage: siefpn-infer --artifact NAME.pt2|NAME.plan --source FILE|DIR [--annotations instances.json]
+// --help; the pixel limit's default is filled in from its one definition (siefpn/detector.hpp)
+std::string usage() {
+  return R"(usage: siefpn-infer --artifact NAME.pt2|NAME.plan --source FILE|DIR [--annotations instances.json]
                     [--json OUT.json] [--vis DIR] [--batch N] [--size MIN [MAX]] [--device auto|cpu|cuda]
-                    [--threads N] [--save-canvas DIR]
+                    [--threads N] [--save-canvas DIR] [--max-image-pixels N]
        siefpn-infer --artifact NAME.pt2|NAME.plan --bench [--batch N [N ...]] [--size S] [--iters N]
                     [--warmup N] [--source DIR] [--json OUT.json]
+       siefpn-infer --check [--source FILE|DIR] [--meta FILE [FILE ...]] [--artifact PATH] [--max-image-pixels N]
 
 Run a deployed Dual SIE-FPN detector from C++: the AOTInductor package (siefpn-deploy export --format aoti)
 or a TensorRT engine (siefpn-deploy build). The graph contract (names, K, classes, preprocessing) is read from
@@ -44,7 +50,8 @@ the artifact; detections equal the Python runtime's (siefpn-deploy infer).
 inference:
   --artifact PATH     NAME.pt2 (its meta is inside it; a NAME.meta.json beside it must agree) or NAME.plan
                       (with NAME.engine.json beside it)
-  --source FILE|DIR   a JPEG, PNG or WebP image, or a folder searched recursively for them
+  --source FILE|DIR   a JPEG, PNG or WebP image, or a folder searched recursively for them (BMP, which
+                      siefpn-deploy infer reads, is refused: torchvision has no BMP decoder)
   --annotations FILE  a COCO instances file listing the images: the JSON then carries their image_id and
                       is a COCO results file (COCO.loadRes takes it); else records carry file_name
   --json OUT          write the detections as COCO results (bbox [x,y,w,h] in image pixels, score,
@@ -56,6 +63,9 @@ inference:
   --threads N         CPU threads (default: LibTorch's, one per core)
   --save-canvas DIR   also write each batch's preprocessed canvas as DIR/canvas_<k>.npy (float32 [B,3,H,W])
   --no-round          write boxes and scores unrounded (default: 2 and 5 decimals, as siefpn-deploy infer)
+  --max-image-pixels N
+                      refuse an image of more than N pixels (width x height) from its header, before it is
+                      decoded (default )" + std::to_string(siefpn::kDefaultMaxImagePixels) + R"(, the same as siefpn-deploy serve --max-image-pixels)
 
 benchmark (--bench):
   --batch N [N ...]   batch sizes to time (default 1)
@@ -67,28 +77,44 @@ benchmark (--bench):
   Prints p50/p90/p99 in ms of the model alone (one canvas through the backend) and end to end
   (decoded images in, detections in image pixels out).
 
+check (--check): read inputs as inference reads them, and run no model
+  --source FILE|DIR   decode each image (header checks and --max-image-pixels included)
+  --meta FILE ...     read each file as a meta.json: the contract's version, structure and bounds
+  --artifact PATH     load the artifact (its meta, and a meta.json beside it)
+  Prints one line per input, tab-separated: "ok", the path and what was read (the image's size, the
+  architecture, the backend), or "bad", the path and why; exits 2 when any input is bad.
+
 exit codes: 0 success; 2 bad input (one line naming it); 1 runtime failure.
 )";
+}
 
 const std::vector<std::string> kImageSuffixes = {".jpg", ".jpeg", ".png", ".webp"};
 
 struct Args {
   std::string artifact, source, annotations, json_out, vis, save_canvas, device = "auto";
+  std::vector<std::string> metas;
   std::vector<int> batches;
   std::vector<int> size;
   int threads = 0, iters = 20, warmup = 3;
+  long long max_image_pixels = siefpn::kDefaultMaxImagePixels;
   bool bench = false;
+  bool check = false;
   bool round = true;
 };
 
-int to_int(const std::string& flag, const std::string& text, int min) {
+long long to_integer(const std::string& flag, const std::string& text, long long min, long long max) {
   try {
     std::size_t used = 0;
-    const int v = std::stoi(text, &used);
-    if (used == text.size() && v >= min) return v;
+    const long long v = std::stoll(text, &used);
+    if (used == text.size() && v >= min && v <= max) return v;
   } catch (const std::exception&) {
   }
-  throw siefpn::BadInput("argument " + flag + ": expected an integer >= " + std::to_string(min) + ", got '" + text + "'");
+  throw siefpn::BadInput("argument " + flag + ": expected an integer in " + std::to_string(min) + ".." +
+                         std::to_string(max) + ", got '" + text + "'");
+}
+
+int to_int(const std::string& flag, const std::string& text, int min) {
+  return static_cast<int>(to_integer(flag, text, min, std::numeric_limits<int>::max()));
 }
 
 Args parse(int argc, char** argv) {
@@ -97,6 +123,11 @@ Args parse(int argc, char** argv) {
   auto value = [&](std::size_t& i) -> std::string {
     if (i + 1 >= v.size() || v[i + 1].starts_with("--")) throw siefpn::BadInput("argument " + v[i] + ": expected a value");
     return v[++i];
+  };
+  auto values = [&](std::size_t& i) {  // one or more values
+    std::vector<std::string> out{value(i)};
+    while (i + 1 < v.size() && !v[i + 1].starts_with("--")) out.push_back(v[++i]);
+    return out;
   };
   auto ints = [&](std::size_t& i, int min) {  // one or more integers
     const std::string flag = v[i];
@@ -110,7 +141,7 @@ Args parse(int argc, char** argv) {
   for (std::size_t i = 0; i < v.size(); ++i) {
     const std::string& f = v[i];
     if (f == "-h" || f == "--help") {
-      std::cout << kUsage;
+      std::cout << usage();
       std::exit(0);
     } else if (f == "--artifact") a.artifact = value(i);
     else if (f == "--source") a.source = value(i);
@@ -124,10 +155,21 @@ Args parse(int argc, char** argv) {
     else if (f == "--threads") a.threads = to_int(f, value(i), 1);
     else if (f == "--iters") a.iters = to_int(f, value(i), 1);
     else if (f == "--warmup") a.warmup = to_int(f, value(i), 0);
+    else if (f == "--max-image-pixels") a.max_image_pixels = to_integer(f, value(i), 1, std::numeric_limits<long long>::max());
+    else if (f == "--meta") a.metas = values(i);
     else if (f == "--bench") a.bench = true;
+    else if (f == "--check") a.check = true;
     else if (f == "--no-round") a.round = false;
     else throw siefpn::BadInput("unrecognized argument " + f + " (see --help)");
   }
+  if (a.check) {
+    if (a.bench) throw siefpn::BadInput("--check and --bench cannot be combined");
+    if (a.source.empty() && a.metas.empty() && a.artifact.empty()) {
+      throw siefpn::BadInput("--check needs something to read: --source, --meta or --artifact (see --help)");
+    }
+    return a;
+  }
+  if (!a.metas.empty()) throw siefpn::BadInput("--meta is read by --check only (an artifact's meta is read from it)");
   if (a.artifact.empty()) throw siefpn::BadInput("the following argument is required: --artifact (see --help)");
   if (!a.bench && a.source.empty()) throw siefpn::BadInput("--source is required unless --bench (see --help)");
   if (a.size.size() > (a.bench ? 1u : 2u)) throw siefpn::BadInput("argument --size: too many values");
@@ -153,6 +195,34 @@ std::vector<fs::path> image_files(const std::string& source) {
   std::sort(files.begin(), files.end());
   if (files.empty()) throw siefpn::BadInput("no images in " + source + " (looked for .jpg, .jpeg, .png, .webp)");
   return files;
+}
+
+// The decoders inside torchvision print to stderr themselves: libjpeg its warnings ("Corrupt JPEG data: 3
+// extraneous bytes before marker 0xd9"), libpng its warnings and errors ("libpng error: IHDR: CRC error"), which
+// read_image then reports in its one line. While an image is decoded, stderr points to /dev/null, so that this
+// tool's stderr holds its one line and nothing else (the tool decodes on one thread).
+class QuietStderr {
+ public:
+  QuietStderr() : saved_(::dup(STDERR_FILENO)) {
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (saved_ >= 0 && null >= 0) ::dup2(null, STDERR_FILENO);
+    if (null >= 0) ::close(null);
+  }
+  ~QuietStderr() {
+    if (saved_ < 0) return;
+    ::dup2(saved_, STDERR_FILENO);
+    ::close(saved_);
+  }
+  QuietStderr(const QuietStderr&) = delete;
+  QuietStderr& operator=(const QuietStderr&) = delete;
+
+ private:
+  int saved_;
+};
+
+siefpn::Image read_image(const fs::path& file, long long max_pixels) {
+  const QuietStderr quiet;
+  return siefpn::read_image(file.string(), max_pixels);
 }
 
 // Each file's COCO image id, matched on its path below the source folder (or its name) against file_name.
@@ -274,7 +344,7 @@ int run_infer(const Args& a, siefpn::Detector& det) {
     const std::size_t end = std::min(files.size(), start + step);
     std::vector<siefpn::Image> images;
     std::vector<siefpn::ImageView> views;
-    for (std::size_t i = start; i < end; ++i) images.push_back(siefpn::read_image(files[i].string()));
+    for (std::size_t i = start; i < end; ++i) images.push_back(read_image(files[i], a.max_image_pixels));
     for (const auto& im : images) views.push_back(im.view());
     const siefpn::PreparedBatch batch = det.prepare(views);
     if (!a.save_canvas.empty()) write_npy(fs::path(a.save_canvas) / ("canvas_" + std::to_string(k) + ".npy"), batch);
@@ -342,7 +412,7 @@ int run_bench(const Args& a, siefpn::Detector& det) {
   det.set_resize(size, size);
   std::vector<siefpn::Image> pool;
   if (!a.source.empty()) {
-    for (const auto& f : image_files(a.source)) pool.push_back(siefpn::read_image(f.string()));
+    for (const auto& f : image_files(a.source)) pool.push_back(read_image(f, a.max_image_pixels));
   } else {  // a deterministic noise image, size x size
     siefpn::Image noise;
     noise.height = noise.width = size;
@@ -373,11 +443,59 @@ int run_bench(const Args& a, siefpn::Detector& det) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+// --check: each input read as inference reads it, one result line per input, and on to the next after a bad
+// one, so that one process checks a whole batch of inputs (tests/test_cpp_fuzz.py sends hundreds per process).
+class Checker {
+ public:
+  template <typename Read>
+  void check(const std::string& path, Read&& read) {
+    ++total_;
+    try {
+      const std::string found = read();
+      std::cout << "ok\t" << path << "\t" << found << std::endl;  // flushed: a crash shows after which input
+    } catch (const siefpn::BadInput& e) {
+      const std::string why = first_line(e.what());
+      if (bad_++ == 0) first_ = why;
+      std::cout << "bad\t" << path << "\t" << why << std::endl;
+    }
+  }
+
+  int finish() const {
+    if (bad_ == 0) return 0;
+    throw siefpn::BadInput(std::to_string(bad_) + " of " + std::to_string(total_) + " inputs are bad; the first: " + first_);
+  }
+
+ private:
+  std::size_t total_ = 0, bad_ = 0;
+  std::string first_;
+};
+
+int run_check(const Args& a) {
+  Checker checker;
+  if (!a.artifact.empty()) {
+    checker.check(a.artifact, [&] {
+      const siefpn::Detector det = siefpn::Detector::load(a.artifact, {a.device, a.threads});
+      return det.architecture() + " (" + det.backend() + ", " + det.device() + ")";
+    });
+  }
+  for (const std::string& meta : a.metas) checker.check(meta, [&] { return siefpn::check_meta_file(meta); });
+  if (!a.source.empty()) {
+    for (const fs::path& file : image_files(a.source)) {
+      checker.check(file.string(), [&] {
+        const siefpn::Image image = read_image(file, a.max_image_pixels);
+        return std::to_string(image.width) + "x" + std::to_string(image.height);
+      });
+    }
+  }
+  return checker.finish();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const Args args = parse(argc, argv);
+    if (args.check) return run_check(args);
     siefpn::Detector det = siefpn::Detector::load(args.artifact, {args.device, args.threads});
     if (!args.bench && !args.size.empty()) det.set_resize(args.size[0], args.size.size() > 1 ? args.size[1] : 0);
     return args.bench ? run_bench(args, det) : run_infer(args, det);

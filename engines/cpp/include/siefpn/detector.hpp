@@ -46,9 +46,19 @@ struct Image {
   ImageView view() const { return {pixels.data(), height, width, format}; }
 };
 
-// Decode a JPEG, PNG or WebP file to RGB with its EXIF orientation applied (torchvision's decoders).
-// A missing, unreadable or corrupt file is a BadInput naming it.
-Image read_image(const std::string& path);
+// The most pixels (width * height) read_image decodes unless told otherwise: the same default as
+// `siefpn-deploy serve --max-image-pixels` (siefpn_deploy/serve/options.py MAX_IMAGE_PIXELS; tests/test_cpp_fuzz.py
+// checks that the two agree). 40 MP decode to 120 MB of RGB.
+inline constexpr std::int64_t kDefaultMaxImagePixels = 40'000'000;
+
+// Decode a JPEG, PNG or WebP file to RGB with its EXIF orientation applied (torchvision's decoders). The header
+// is read first: an image of more than max_pixels pixels, or of another format, is refused before decoding.
+// A missing, unreadable, corrupt, unsupported or oversized file is a BadInput naming it.
+Image read_image(const std::string& path, std::int64_t max_pixels = kDefaultMaxImagePixels);
+
+// Read a meta.json and check it as loading an artifact checks the meta it carries: the contract's major version,
+// its structure and the bounds of its values. Returns the architecture; a BadInput naming the file when it fails.
+std::string check_meta_file(const std::string& path);
 
 // Encode an RGB image as PNG (torchvision's encoder) and write it with write_file.
 void write_png(const std::string& path, const Image& image);
