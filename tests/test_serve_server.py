@@ -34,6 +34,7 @@ from siefpn_deploy.serve import protocol
 from siefpn_deploy.serve.client import DetectorClient, RequestError, ThreadClients, run_load
 from siefpn_deploy.serve.launch import free_loopback_ports, serve_process, tritonserver_process
 from siefpn_deploy.serve.options import API_KEY_HEADER, ServeOptions
+from siefpn_deploy.serve.processes import session_members
 from siefpn_deploy.serve.python_env import activate_script, ensure_python_env, shared_libpython
 
 pytestmark = pytest.mark.skipif(
@@ -92,20 +93,6 @@ def assert_same(served, local, what: str) -> None:
     assert served.labels.tolist() == local.labels.tolist(), what
     assert served.category_ids == local.category_ids and served.class_names == local.class_names, what
     assert served.masks.shape == local.masks.shape and (served.masks == local.masks).all(), what
-
-
-def session_members(sid: int) -> list[str]:
-    """The live processes of session `sid` (serve_process starts `serve` in a session of its own): pid and name."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
-            found.append(f"{stat.parent.name} {name}")
-    return found
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -12,18 +12,24 @@ import signal
 import time
 from pathlib import Path
 
-# /proc/PID/stat after the ")" that closes the command name: state is field 0, the parent's pid field 1, and
-# the start time (clock ticks since boot, which tells a pid apart from a later process given the same pid) 19
-PPID_FIELD, START_FIELD = 1, 19
+# /proc/PID/stat after the ")" that closes the command name: state is field 0, the parent's pid field 1, the
+# session 3, and the start time (clock ticks since boot, which tells a pid apart from a later process given the
+# same pid) 19
+STATE_FIELD, PPID_FIELD, SESSION_FIELD, START_FIELD = 0, 1, 3, 19
+
+
+def _fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name, or None for a process that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _stat(pid: int | str) -> tuple[int, int] | None:
     """(parent pid, start time) of a live process, or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[PPID_FIELD]), int(fields[START_FIELD])
+    fields = _fields(pid)
+    return None if fields is None else (int(fields[PPID_FIELD]), int(fields[START_FIELD]))
 
 
 def process_tree(root: int, *, min_depth: int = 1) -> dict[int, int]:
@@ -54,11 +60,24 @@ def still_running(tree: dict[int, int]) -> list[int]:
     return alive
 
 
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "X"
+def _state(pid: int | str) -> str:
+    fields = _fields(pid)
+    return "X" if fields is None else fields[STATE_FIELD]
+
+
+def session_members(sid: int) -> list[str]:
+    """'pid name' of each live process of session `sid`: a server started in a session of its own
+    (`launch.serve_process`) has left nothing behind once this is empty after it exits."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _fields(entry.name)
+        if fields is not None and int(fields[SESSION_FIELD]) == sid and fields[STATE_FIELD] != "Z":
+            try:
+                name = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            found.append(f"{entry.name} {name}")
+    return found
 
 
 def end_processes(tree: dict[int, int], grace_s: float) -> list[int]:
