@@ -69,9 +69,9 @@ def dash(value: int | None) -> int | str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=12)
-    p.add_argument("--max-iter", type=int, default=600)
+    p.add_argument("--max-iter", type=int, default=400)
     p.add_argument("--checkpoint-period", type=int, default=10)
-    p.add_argument("--max-delay", type=float, default=60.0, help="the latest a signal comes, in seconds (a start takes 10-20)")
+    p.add_argument("--max-delay", type=float, default=40.0, help="the latest a signal comes, in seconds (a start takes 10-20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="output/fault_train")
     p.add_argument("--report", default="benchmarks/results/fault_train.md")
@@ -84,21 +84,26 @@ def main() -> None:
         sys.exit(f"error: {out} exists; remove it or pass another --work")
     base = [sys.executable, "-m", "siefpn_deploy", "train", "--config-file", PRESET]
     opts = overrides(data, out, args.max_iter, args.checkpoint_period)
-    rows, previous, lost = [], None, []
+    rows: list[list] = []
+    lost: list[int] = []
+    stopped: int | None = None  # the row of a SIGTERM-stopped attempt whose loss is not known yet
     for k in range(args.kills + 1):
         final = k == args.kills
         sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
         delay = None if final else rng.uniform(MIN_DELAY_S, args.max_delay)
         resume = (out / "last_checkpoint").is_file()
         result = attempt(base + (["--resume"] if resume else []) + opts, delay, None if final else sig)
-        if previous is not None and previous["reached"] is not None:
-            lost.append(previous["reached"] - (result["resumed_at"] or 0))
-            rows[-1][6] = lost[-1]  # the attempt that was stopped lost what this one did not resume from
+        if stopped is not None and result["resumed_at"] is not None:
+            # the attempt SIGTERM stopped lost what the first later attempt to resume did not resume from
+            lost.append(rows[stopped][4] - result["resumed_at"])
+            rows[stopped][6] = lost[-1]
+            stopped = None
         rows.append([k + 1, "to the end" if final else f"{sig.name} at {delay:.1f} s",
                      "--resume" if resume else "fresh", dash(result["resumed_at"]), dash(result["reached"]),
                      result["rc"], "-", result["tail"][0][:90]])
         print(" | ".join(map(str, rows[-1])), flush=True)
-        previous = result
+        if result["reached"] is not None:
+            stopped = len(rows) - 1
         if final and result["rc"] != 0:
             sys.exit(f"error: the final resume failed: {result['tail']}")
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
