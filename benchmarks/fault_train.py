@@ -111,11 +111,13 @@ def main() -> None:
     intact = iterations == list(range(1, args.max_iter + 1))
     header = ["attempt", "signal", "start", "resumed at", "stopped at (SIGTERM)", "exit code", "iterations lost",
               "last line"]
-    summary = (f"{args.kills} signals ({sum(1 for r in rows[:-1] if 'SIGKILL' in r[1])} SIGKILL, "
-               f"{sum(1 for r in rows[:-1] if 'SIGTERM' in r[1])} SIGTERM), then a resume to the end. Iterations lost "
-               f"after a SIGTERM that came during training: {lost} (checkpoint period {args.checkpoint_period}; "
-               f"after SIGKILL, less than that). Loss log: {len(iterations)} lines, iterations 1..{args.max_iter} "
-               f"each once: {'yes' if intact else 'NO'}.")
+    landed = [r for r in rows[:-1] if r[5] != 0]  # exit 0: the run had finished before the signal came
+    summary = (f"{args.kills} signals, {len(landed)} of them before the run finished "
+               f"({sum(1 for r in landed if 'SIGKILL' in r[1])} SIGKILL, {sum(1 for r in landed if 'SIGTERM' in r[1])} "
+               f"SIGTERM), then a resume to the end. Iterations lost after a SIGTERM that came during training: {lost} "
+               f"(checkpoint period {args.checkpoint_period}; after SIGKILL, up to one period plus the iteration in "
+               f"flight). Loss log: {len(iterations)} lines, iterations 1..{args.max_iter} each once: "
+               f"{'yes' if intact else 'NO'}.")
     command = f"python benchmarks/fault_train.py {' '.join(sys.argv[1:])}".strip()
     write_benchmark_report(args.report, title="Training under SIGKILL and SIGTERM, then --resume (CPU)",
                            data={"rows": rows, "lost": lost, "log_intact": intact}, command=command,
