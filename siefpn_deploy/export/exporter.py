@@ -20,7 +20,7 @@ from torch import nn
 from ..core.config import Config
 from ..core.contract import INPUT_NAMES
 from ..core.errors import UserError
-from ..core.sidecar import check_meta_free, land, meta_path, request_key
+from ..core.sidecar import check_meta_free, data_path, land, meta_path, request_key
 from ..core.staging import staging_dir
 from ..model.checkpoint import load_trained_detector
 from ..model.meta import contract_for, model_meta
@@ -106,7 +106,7 @@ def save_onnx(model: Any, path: Path, *, external_data: bool) -> None:
 
     try:
         onnx.save_model(model, path, save_as_external_data=external_data,
-                        location=path.name + ".data" if external_data else None)
+                        location=data_path(path).name if external_data else None)
     except OSError as e:
         raise UserError(f"cannot write {path.name} into {path.parent}: {e.strerror or e}") from None
 

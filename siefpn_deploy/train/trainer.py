@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -128,41 +129,41 @@ class Terminated(Exception):
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt(*, enabled: bool = True) -> Iterator[None]:
-    """While training, SIGTERM raises Terminated in the main thread, so the loop saves a checkpoint and exits;
-    the previous handler is back afterwards. Off the main thread (where Python cannot set handlers) and under
-    DDP (whose ranks must stop together) it does nothing."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
+def disposition_kept(signum: int, handler: Any = None) -> Iterator[None]:
+    """Within the block, `handler` for `signum` (when given); after it, the disposition `signum` had before,
+    whatever the block set meanwhile. Off the main thread it does nothing (Python cannot set handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = signal.getsignal(signum)
+    if handler is not None:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signum) is not previous:
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt(*, enabled: bool = True) -> Iterator[None]:
+    """While training, SIGTERM raises Terminated in the main thread, so the loop saves a checkpoint and exits;
+    the previous handler is back afterwards. Under DDP (whose ranks must stop together) it does nothing."""
 
     def handler(signum, frame):
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
+    with disposition_kept(signal.SIGTERM, handler) if enabled else contextlib.nullcontext():
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def sigchld_restored() -> Iterator[None]:
+def sigchld_restored() -> contextlib.AbstractContextManager[None]:
     """The SIGCHLD disposition as it was before training. A DataLoader with worker processes installs a
     SIGCHLD handler (to report a dead worker) and never removes it, so after training every child process the
     caller starts (a subprocess, a server) runs Python code in the main thread when it ends. The test suite's
     process died with SIGSEGV (si_code SI_KERNEL, every thread idle, the main one reading a child's pipe) with
-    that handler left in place on the project's AMX machine (benchmarks/results/test_suite.md). Off the main
-    thread it does nothing (Python cannot set handlers there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGCHLD)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signal.SIGCHLD) is not previous:
-            signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+    that handler left in place on the project's AMX machine (benchmarks/results/test_suite.md)."""
+    return disposition_kept(signal.SIGCHLD)
 
 
 class Trainer:
