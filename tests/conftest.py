@@ -349,7 +349,19 @@ def build_ahead(request, tmp_path_factory):
     for fixture in (exported, *fixtures.values()):
         fixture.ahead = worker
     yield
-    worker.stop()
+    request.config.stash[PREBUILD_TIMES] = worker.stop()
+
+
+PREBUILD_TIMES = pytest.StashKey[list]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The background worker's time per shared model: the suite's critical path when a test waits on it."""
+    lines = config.stash.get(PREBUILD_TIMES, [])
+    if lines:
+        terminalreporter.section("shared models built ahead")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 WORK_FOLDERS = ("export", "calib", "engines", "reports", "output", "datasets")

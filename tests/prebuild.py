@@ -66,11 +66,15 @@ class Worker(Ahead):
         while not any(m.exists() for m in marks) and self.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Ends the worker; returns its per-item times ("[prebuild] KEY in S s"), for the session's summary."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
         self.log.close()
+        lines = (self.folder / "worker.log").read_text(errors="replace").splitlines()
+        failed = [f"[prebuild] {m.name[:-len('.failed')]} failed" for m in sorted(self.folder.glob("*.failed"))]
+        return [line for line in lines if line.startswith("[prebuild]")] + failed
 
 
 def build(spec: dict) -> None:
@@ -84,6 +88,7 @@ def build(spec: dict) -> None:
     detecting = Detecting(Path(spec["synth"]), Path(spec["detecting"]))
     demo = Demo(Path(spec["synth_easy"]), Path(spec["demo"]))
     folder = Path(spec["folder"])
+    start = time.perf_counter()
     for item in map(tuple, spec["items"]):
         t0 = time.perf_counter()
         try:
@@ -102,7 +107,8 @@ def build(spec: dict) -> None:
             (folder / f"{key(item)}.failed").write_text(traceback.format_exc())
             continue
         (folder / f"{key(item)}.done").write_text(f"{time.perf_counter() - t0:.1f} s\n")
-        print(f"[prebuild] {key(item)} in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"[prebuild] {key(item)} in {time.perf_counter() - t0:.1f} s (done at {time.perf_counter() - start:.0f} s)",
+              flush=True)
 
 
 if __name__ == "__main__":
