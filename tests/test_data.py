@@ -446,3 +446,51 @@ def test_train_transforms_follow_their_generator_not_the_global_rng():
         assert max(a[0].shape[1:]) <= 90
         shapes.add(tuple(a[0].shape))
     assert len(shapes) > 1
+
+
+def smooth_picture(w: int, h: int) -> Image.Image:
+    """A photo-like picture: gradients and a few flat shapes (random noise would not survive any downscale)."""
+    from PIL import ImageDraw
+
+    y, x = np.mgrid[0:h, 0:w]
+    array = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=2).astype(np.uint8)
+    image = Image.fromarray(array)
+    draw = ImageDraw.Draw(image)
+    for i in range(5):
+        draw.ellipse((w * i // 6, h // 4, w * i // 6 + w // 8, h // 2), fill=(40 * i, 250 - 40 * i, 128))
+    return image
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_that_still_covers_its_resize():
+    """decode_reduced: libjpeg's 1/2, 1/4, 1/8 DCT scaling, the largest reduction whose image is still at least
+    the size the model resizes to; the original size comes back beside it (after the EXIF rotation)."""
+    from siefpn_deploy.data.image import decode_image, decode_reduced
+
+    picture = smooth_picture(2000, 1500)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=92)
+    data = buffer.getvalue()
+    full = decode_image(data)
+    reduced, original = decode_reduced(data, resized_to=lambda h, w: (h // 4, w // 4))
+    assert reduced.size == (500, 375) and original == (1500, 2000)
+    # libjpeg's reduced decode is close to the full decode shrunk by averaging each 4x4 block
+    block = np.asarray(full.resize((500, 375), Image.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(reduced, dtype=np.float32) - block).mean() < 2.0
+    # one pixel more than a quarter: only a half is at least that big
+    assert decode_reduced(data, resized_to=lambda h, w: (h // 4 + 1, w // 4))[0].size == (1000, 750)
+    assert decode_reduced(data, resized_to=lambda h, w: (h // 100, w // 100))[0].size == (250, 188)  # 1/8 at most
+    assert decode_reduced(data, resized_to=lambda h, w: None)[0].size == (2000, 1500)  # no target: full size
+    # a quarter turn in EXIF: the original is the displayed (rotated) size; the target is asked of the stored one
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = io.BytesIO()
+    picture.save(rotated, format="JPEG", quality=92, exif=exif)
+    asked = []
+    reduced, original = decode_reduced(rotated.getvalue(), resized_to=lambda h, w: asked.append((h, w)) or (h // 4, w // 4))
+    assert asked == [(1500, 2000)] and reduced.size == (375, 500) and original == (2000, 1500)
+    # formats without reduced decoding come whole, and the pixel cap still comes first
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    assert decode_reduced(png.getvalue(), resized_to=lambda h, w: (h // 4, w // 4))[0].size == (2000, 1500)
+    with pytest.raises(UserError, match="more than the 2999999 pixels"):
+        decode_reduced(data, max_pixels=2999999, resized_to=lambda h, w: (h // 4, w // 4))

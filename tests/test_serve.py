@@ -166,6 +166,47 @@ def test_a_served_row_never_depends_on_its_batch_mates_and_a_bad_row_fails_alone
     assert "in row 1" in protocol.text(responses[0][protocol.ERROR][1][0])
 
 
+def test_a_large_jpeg_is_decoded_reduced_and_answered_in_its_own_pixels(exported, tiny_synth):
+    """A val image enlarged 6x as a JPEG: the server decodes it at 1/4 (libjpeg's DCT scaling, at least the
+    model's resize), and answers in the original's pixels, as the in-process Detector does on the full decode
+    up to the different downsampling (the reduced decode averages, bilinear resizing of the full one samples)."""
+    import io
+
+    from PIL import Image
+
+    from siefpn_deploy.core.contract import IMAGE_SIZES
+    from siefpn_deploy.data.image import decode_image, decode_reduced, find_images, to_pixels
+    from siefpn_deploy.data.synth import split_paths
+    from siefpn_deploy.evaluation.agreement import box_iou
+    from siefpn_deploy.runtime import Detector
+    from siefpn_deploy.serve.ensemble import PreprocessStep
+    from siefpn_deploy.serve.server import DetectorModel
+
+    detector = Detector.from_path(exported.onnx(ARCH, "onnx"), threads=1)
+    small = decode_image(find_images(split_paths(tiny_synth, "val")[0])[0].read_bytes())
+    buffer = io.BytesIO()
+    small.resize((small.width * 6, small.height * 6), Image.BICUBIC).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    reduced, original = decode_reduced(data, resized_to=detector.resized_size)
+    assert original == (small.height * 6, small.width * 6) and reduced.width * 4 >= original[1] > reduced.width * 3
+    model = DetectorModel(detector, max_image_pixels=10**7, max_image_bytes=len(data))
+    response = model([{protocol.IMAGE: np.array([[data]], dtype=object)}])[0]
+    got = protocol.unpack(response, 0)
+    assert response[protocol.IMAGE_SIZE][0].tolist() == list(original)
+    want = detector.predict(reduced, original_hw=[original])  # the same decode, in process
+    np.testing.assert_allclose(got.boxes, want.boxes, rtol=0, atol=1e-3)
+    assert (got.masks == want.masks).all() and got.masks.shape[1:] == original
+    # the Triton ensemble's preprocessing decodes the same way
+    prepared = PreprocessStep(detector.meta)(np.array([[data]], dtype=object))
+    assert prepared[protocol.ORIGINAL_SIZE].tolist() == [list(original)]
+    np.testing.assert_array_equal(prepared[IMAGE_SIZES], detector.prepare([to_pixels(reduced)]).image_sizes)
+    full = detector.predict(decode_image(data))
+    confident = full.scores > 0.5
+    assert confident.any()  # the comparison is not vacuous
+    matched = box_iou(full.boxes[confident], got.boxes).max(axis=1)
+    assert (matched > 0.8).all(), matched
+
+
 def test_each_instance_runs_its_own_backend(exported):
     """--instances N: N loads, N backends (OpenVINO's infer request and TensorRT's context are not shareable)."""
     from siefpn_deploy.runtime import Detector

@@ -89,9 +89,11 @@ class Preprocess:
         return F.interpolate(as_float(image)[None], size=None, scale_factor=factor, mode="bilinear",
                              recompute_scale_factor=True, align_corners=False)[0]
 
-    def __call__(self, images: list[Tensor], canvas: tuple[int, int] | None = None) -> Canvas:
-        """RGB images [3,h,w] (`to_pixels`: uint8, or float 0..1) -> one Canvas in the model's channel order. `canvas` fixes (H, W); else the
-        batch's largest image padded to the divisibility."""
+    def __call__(self, images: list[Tensor], canvas: tuple[int, int] | None = None,
+                 original_hw: list[tuple[int, int]] | None = None) -> Canvas:
+        """RGB images [3,h,w] (`to_pixels`: uint8, or float 0..1) -> one Canvas in the model's channel order.
+        `canvas` fixes (H, W); else the batch's largest image padded to the divisibility. `original_hw`: the
+        images' sizes before a reduced decode (`decode_reduced`), the pixels boxes go back to; else their own."""
         resized = [in_channel_order(self.resize(im, canvas), self.spec.color) for im in images]
         if canvas is None:
             canvas = self.pad(max(r.shape[1] for r in resized), max(r.shape[2] for r in resized))
@@ -102,4 +104,4 @@ class Preprocess:
         scale = self.spec.input_scale
         return Canvas(images=batch * scale if scale != 1.0 else batch,
                       resized_hw=[(r.shape[1], r.shape[2]) for r in resized],
-                      original_hw=[(im.shape[1], im.shape[2]) for im in images])
+                      original_hw=original_hw or [(im.shape[1], im.shape[2]) for im in images])

@@ -13,6 +13,7 @@ class, so one checkpoint has one AP.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -34,6 +35,7 @@ from ..core.contract import (
     class_index,
     image_rows,
 )
+from ..core.errors import UserError
 from ..data.image import to_pixels
 from ..data.preprocess import Canvas, Preprocess
 from .heads import nonempty
@@ -120,15 +122,25 @@ class Predictor:
         other.preprocess = self.preprocess.at_size(min_size, max_size)
         return other
 
-    def prepare(self, images: list[torch.Tensor]) -> Canvas:
+    def prepare(self, images: list[torch.Tensor], original_hw: list[tuple[int, int]] | None = None) -> Canvas:
+        """original_hw: the images' sizes before a reduced decode (`data.image.decode_reduced`)."""
         h, w = self.range
         static = h["min"] == h["max"] and w["min"] == w["max"]
-        canvas = self.preprocess(images, canvas=(h["max"], w["max"]) if static else None)
+        canvas = self.preprocess(images, (h["max"], w["max"]) if static else None, original_hw)
         _, _, ch, cw = canvas.images.shape
         if not static and (ch > h["max"] or cw > w["max"] or ch < h["min"] or cw < w["min"]):
             # outside the runnable range: a fixed canvas at the nearest edge of the range
-            canvas = self.preprocess(images, canvas=self._in_range(ch, cw))
+            canvas = self.preprocess(images, self._in_range(ch, cw), original_hw)
         return canvas
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The most an image of height x width is resized to (a fixed or out-of-range canvas can only shrink it
+        further), for `decode_reduced`; None for an image no canvas can take (`canvas_of` says why)."""
+        try:
+            factor = self.preprocess.scale(height, width)
+        except UserError:
+            return None
+        return math.floor(height * factor), math.floor(width * factor)
 
     def _in_range(self, ch: int, cw: int) -> tuple[int, int]:
         h, w = self.range
@@ -179,16 +191,21 @@ class Predictor:
             ))
         return results
 
-    def predict(self, images: Any, *, color: str = "RGB", batch_size: int | None = None, paste_masks: bool = True
-                ) -> Detections | list[Detections]:
+    def predict(self, images: Any, *, color: str = "RGB", batch_size: int | None = None, paste_masks: bool = True,
+                original_hw: list[tuple[int, int]] | None = None) -> Detections | list[Detections]:
         """Detections for one image or a batch (a list, NHWC array or NCHW tensor); `color` says whether
         numpy arrays are RGB or BGR (OpenCV). `batch_size` images share a canvas (default: the largest
-        batch the artifact takes). paste_masks=False leaves Mask R-CNN's masks as `mask_probs`."""
+        batch the artifact takes). paste_masks=False leaves Mask R-CNN's masks as `mask_probs`. original_hw:
+        each image's size before a reduced decode (`data.image.decode_reduced`): detections come back in
+        those pixels."""
         items, single = as_list(images)
         tensors = [to_pixels(im, color) for im in items]
+        if original_hw is not None and len(original_hw) != len(tensors):
+            raise UserError(f"original_hw has {len(original_hw)} sizes for {len(tensors)} images")
         step = min(batch_size or self.max_batch, self.max_batch)
         results: list[Detections] = []
         for start in range(0, len(tensors), step):
-            canvas = self.prepare(tensors[start : start + step])
+            sizes = original_hw[start : start + step] if original_hw is not None else None
+            canvas = self.prepare(tensors[start : start + step], sizes)
             results += self.postprocess(self.run_canvas(canvas), canvas, paste_masks=paste_masks)
         return results[0] if single else results

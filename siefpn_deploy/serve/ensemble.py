@@ -22,7 +22,7 @@ import torch
 
 from ..core.contract import IMAGE_SIZES, INPUT, NUM_DETS
 from ..core.errors import UserError
-from ..data.image import decode_image, to_tensor
+from ..data.image import decode_reduced, to_pixels
 from ..data.preprocess import Canvas
 from ..model.predictor import Predictor
 from . import protocol
@@ -54,9 +54,10 @@ class PreprocessStep:
         blobs = np.asarray(image, dtype=object).reshape(-1)
         if len(blobs) == 0:
             raise UserError("an empty batch: send at least one image")
-        decoded = [decode_image(bytes(b), name=f"in row {i}", max_pixels=self.max_image_pixels)
-                   for i, b in enumerate(blobs)]
-        canvas = self.predictor.prepare([to_tensor(im) for im in decoded])
+        # a JPEG decoded at a reduced size (`decode_reduced`); each image uint8 until Preprocess resizes it
+        decoded = [decode_reduced(bytes(b), name=f"in row {i}", max_pixels=self.max_image_pixels,
+                                  resized_to=self.predictor.resized_size) for i, b in enumerate(blobs)]
+        canvas = self.predictor.prepare([to_pixels(im) for im, _ in decoded], [hw for _, hw in decoded])
         return {INPUT: canvas.images.numpy(), IMAGE_SIZES: canvas.image_sizes,
                 ORIGINAL_SIZE: np.array(canvas.original_hw, np.int32).reshape(-1, 2)}
 

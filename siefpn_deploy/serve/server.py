@@ -20,13 +20,14 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.image import decode_image
+from ..data.image import decode_reduced
 from ..runtime.detector import Detector
 from . import protocol
 from .launch import READY
@@ -56,33 +57,46 @@ class DetectorModel:
         # requests Triton batched it with (on one padded canvas, the padding would change the features near
         # each image's border). Different sizes cost batching: each canvas size is a run of its own.
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, canvas, _) in enumerate(rows):
-            if canvas is not None:
-                groups.setdefault(canvas, []).append(i)
+        for i, row in enumerate(rows):
+            if row.canvas is not None:
+                groups.setdefault(row.canvas, []).append(i)
         found: dict[int, Any] = {}
         for members in groups.values():
-            images = [rows[i][0] for i in members]
+            images, sizes = [rows[i].image for i in members], [rows[i].original_hw for i in members]
             # masks stay unpasted until `protocol.pack` encodes them, one at a time
-            found.update(zip(members, self.detector.predict(images, batch_size=len(images), paste_masks=False)))
+            found.update(zip(members, self.detector.predict(images, batch_size=len(images), paste_masks=False,
+                                                            original_hw=sizes)))
         contract = self.detector.contract
-        packed = [protocol.pack(contract, found[i], (im.height, im.width)) if i in found
-                  else protocol.pack(contract, None, (0, 0), error) for i, (im, _, error) in enumerate(rows)]
+        packed = [protocol.pack(contract, found[i], row.original_hw) if i in found
+                  else protocol.pack(contract, None, (0, 0), row.error) for i, row in enumerate(rows)]
         ends = np.cumsum(counts)
         return [protocol.stack(contract, packed[end - n : end]) for n, end in zip(counts, ends)]
 
-    def _decode(self, blob: Any, row: int) -> tuple[Any, tuple[int, int] | None, str]:
-        """(image, its canvas, "") or (None, None, the one-line reason)."""
+    def _decode(self, blob: Any, row: int) -> Row:
+        """The row decoded (a JPEG at a reduced size: `decode_reduced`) and its canvas, or its one-line refusal."""
         try:
             data = bytes(blob) if not isinstance(blob, bytes) else blob
             if len(data) > self.max_image_bytes:
-                return None, None, f"image in row {row} is {len(data)} bytes, more than the {self.max_image_bytes} allowed"
-            image = decode_image(data, name=f"in row {row}", max_pixels=self.max_image_pixels)
+                return Row(error=f"image in row {row} is {len(data)} bytes, more than the {self.max_image_bytes} "
+                                 "allowed")
+            image, original = decode_reduced(data, name=f"in row {row}", max_pixels=self.max_image_pixels,
+                                             resized_to=self.detector.resized_size)
         except (UserError, TypeError) as e:
-            return None, None, str(e)
+            return Row(error=str(e))
         try:
-            return image, self.detector.canvas_of(image.height, image.width), ""
+            return Row(image, original, self.detector.canvas_of(image.height, image.width))
         except UserError as e:
-            return None, None, f"image in row {row}: {e}"
+            return Row(error=f"image in row {row}: {e}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One decoded row of a batch: its image, original (height, width) and canvas; or only `error`."""
+
+    image: Any = None
+    original_hw: tuple[int, int] = (0, 0)
+    canvas: tuple[int, int] | None = None
+    error: str = ""
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
