@@ -238,6 +238,22 @@ def test_the_api_key_closes_inference_and_reading_unless_asked(tmp_path):
     assert "inference" in opened and not {"metadata", "model-config", "statistics"} & set(opened)
     with pytest.raises(UserError, match="--open-stats"):
         check_options(ServeOptions(open_stats=True))
+    # beside a key (no --open-stats) the metrics port is never opened, so a taken one does not stop the server
+    import socket
+
+    with socket.socket() as taken, socket.socket() as a, socket.socket() as b:
+        for s in (taken, a, b):
+            s.bind(("127.0.0.1", 0))
+        taken.listen()
+        free = [a.getsockname()[1], b.getsockname()[1]]
+        a.close()
+        b.close()
+        ports = {"http_port": free[0], "grpc_port": free[1], "metrics_port": taken.getsockname()[1]}
+        check_options(ServeOptions(api_key="k", **ports))
+        with pytest.raises(UserError, match="--metrics-port .* is already in use"):
+            check_options(ServeOptions(**ports))
+        with pytest.raises(UserError, match="--metrics-port .* is already in use"):
+            check_options(ServeOptions(api_key="k", open_stats=True, **ports))
 
     key = tmp_path / "key"
     key.write_text("s3cret-key\n")

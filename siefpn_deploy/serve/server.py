@@ -119,11 +119,18 @@ def check_options(options: ServeOptions) -> None:
                         "--max-queue-delay-us >= 0")
     if o.open_stats and not o.api_key:
         raise UserError("--open-stats opens statistics that only an --api-key-file closes; without a key they are open")
-    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
+    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port}
+    if metrics_served(options):  # with a key and without --open-stats the metrics port is never opened
+        ports["--metrics-port"] = options.metrics_port
     if len(set(ports.values())) != len(ports):
         raise UserError(f"--http-port, --grpc-port and --metrics-port must differ, got {list(ports.values())}")
     for option, port in ports.items():
         check_port_free(options.host, port, option)
+
+
+def metrics_served(options: ServeOptions) -> bool:
+    """Triton's metrics endpoint has no key check: beside an API key it is served only with --open-stats."""
+    return not options.api_key or options.open_stats
 
 
 PYTRITON = "nvidia-pytriton==0.7.0"
@@ -176,7 +183,7 @@ class DetectorServer:
 
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
-                              metrics_port=o.metrics_port, allow_metrics=not o.api_key or o.open_stats,
+                              metrics_port=o.metrics_port, allow_metrics=metrics_served(o),
                               exit_timeout_secs=o.exit_timeout_s, log_file=self.log_file)
         triton = Triton(config=config, security_config=TritonSecurityConfig(
             access_token=o.api_key, restricted_endpoints=restricted_endpoints(o, DEFAULT_PROTECTED_ENDPOINTS)))
