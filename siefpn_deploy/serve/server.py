@@ -27,7 +27,7 @@ from typing import Any, Self
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.image import decode_reduced
+from ..data.image import decode_reduced, to_pixels
 from ..runtime.detector import Detector
 from . import protocol
 from .launch import READY
@@ -79,19 +79,22 @@ class DetectorModel:
             if len(data) > self.max_image_bytes:
                 return Row(error=f"image in row {row} is {len(data)} bytes, more than the {self.max_image_bytes} "
                                  "allowed")
-            image, original = decode_reduced(data, name=f"in row {row}", max_pixels=self.max_image_pixels,
-                                             resized_to=self.detector.resized_size)
+            decoded, original = decode_reduced(data, name=f"in row {row}", max_pixels=self.max_image_pixels,
+                                               resized_to=self.detector.resized_size)
         except (UserError, TypeError) as e:
             return Row(error=str(e))
+        image = to_pixels(decoded)  # uint8 [3,H,W]; the PIL image goes: a batch holds each picture once
+        del decoded
         try:
-            return Row(image, original, self.detector.canvas_of(image.height, image.width))
+            return Row(image, original, self.detector.canvas_of(*image.shape[-2:]))
         except UserError as e:
             return Row(error=f"image in row {row}: {e}")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One decoded row of a batch: its image, original (height, width) and canvas; or only `error`."""
+    """One decoded row of a batch: its image (uint8 [3,H,W]), original (height, width) and canvas; or only
+    `error`."""
 
     image: Any = None
     original_hw: tuple[int, int] = (0, 0)
