@@ -14,7 +14,7 @@ bench_export.py):
 AP: `parity` on the val split (200 images, batch 1): each artifact's bbox (and segm) AP beside PyTorch's.
 Latency: `bench` on the same synthetic scenes for every artifact (model only, and end to end), median and p99 of
 --iters runs after 3 warm-up runs, with all of this machine's threads. Ranking: `parity.rank`, the fastest
-artifact by end-to-end p50 within each AP budget (fp32 0.1, fp16 0.2, int8 1.0 points).
+artifact by end-to-end p50 within each AP budget (fp32 0.1, fp16 0.2, bf16 0.5, int8 1.0 points).
 Targets (issue 14): CPU INT8 >= 1.5x ONNX Runtime FP32 (model only, every batch) with ΔAP <= 1.0; the Mask
 R-CNN graph <= 0.8x eager (model only); the fastest artifact within the INT8 budget <= 0.5x eager (end to end).
 Target (issue 16): the fastest artifact within the INT8 budget is faster than OpenVINO FP32 (end to end).

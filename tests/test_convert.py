@@ -230,48 +230,6 @@ def test_the_class_layout_gives_the_right_coco_category(arch, tmp_path, capsys):
         assert math.isclose(float(found.scores.max()), math.exp(8) / (math.exp(8) + 80), rel_tol=1e-5)
 
 
-# Mask R-CNN's converted graph runs every step Faster R-CNN's runs, and the R50 backbone and BGR preprocessing
-# that every converted model has. RetinaNet's converted head is the module its seeded export checks
-# (test_export.py), and its converted detections equal the official code's (the golden test below); each R50
-# export takes over a minute here.
-@pytest.mark.parametrize("arch", ["mask_rcnn"])
-def test_a_converted_model_goes_through_the_whole_pipeline(arch, tiny_synth, tmp_path, capsys):
-    """convert -> export (ONNX Runtime verification at two sizes, batch 2) -> FP16 -> parity, on the synthetic
-    val images at 128..160 px, with a converted seeded checkpoint (R50; a 64-wide pyramid and 200/100 RPN
-    proposals and a 0.01 score threshold to keep it quick and non-empty: the converter reads the width from the
-    tensors)."""
-    from siefpn_deploy.data.synth import split_paths
-
-    classes = split_paths(tiny_synth, "val")[1]
-    num_classes = len(read_classes(classes)["names"])
-    source = tmp_path / "model_final.pth"
-    save_detectron2_pth(detectron2_state_dict(arch, num_classes=num_classes, channels=64, seed=3), source)
-    opts = ["MODEL.FPN_OUT_CHANNELS", "64", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160",
-            "MODEL.RPN_PRE_NMS_TOPK_TEST", "200", "MODEL.RPN_POST_NMS_TOPK_TEST", "100",
-            "MODEL.SCORE_THRESH_TEST", "0.01",  # random weights score low; the check needs detections
-            "DATASETS.TEST_IMAGES", str(split_paths(tiny_synth, "val")[0]), "DATASETS.TEST_ANNOTATIONS", str(classes),
-            "DATASETS.TRAIN_IMAGES", str(split_paths(tiny_synth, "train")[0]),
-            "DATASETS.TRAIN_ANNOTATIONS", str(split_paths(tiny_synth, "train")[1])]
-    config = f"{arch}_R50_1x"
-    weights = tmp_path / "imported" / f"{arch}.pth"
-    assert convert(capsys, source, config, weights, "--classes", str(classes), *opts)[0] == 0
-    onnx = tmp_path / "export" / f"{arch}.onnx"
-    assert main(["export", "--config-file", config, "--output", str(onnx), "--dynamic-batch", "2",
-                 "--dynamic-size", "64", "160", "--verify-images", "2", "MODEL.WEIGHTS", str(weights), *opts]) == 0
-    meta = json.loads(onnx.with_suffix(".meta.json").read_text())
-    assert meta["verification"]["passed"] and meta["verification"]["matched"] > 0
-    assert meta["preprocess"]["color"] == "BGR" and meta["preprocess"]["pixel_mean"] == [103.53, 116.28, 123.675]
-    assert main(["quantize", "--onnx", str(onnx), "--precision", "fp16", "--num-calib", "2",
-                 "--calib-cache", str(tmp_path / "calib")]) == 0
-    report = tmp_path / "parity"
-    code = main(["parity", "--config-file", config, "--artifacts", str(onnx), str(onnx.with_suffix(".fp16.onnx")),
-                 "--report", str(report), "--max-images", "3", "MODEL.WEIGHTS", str(weights), *opts])
-    rows = {Path(a["path"]).name: a for a in json.loads((report / "parity.json").read_text())["artifacts"]}
-    assert code == 0, rows
-    assert rows[onnx.name]["agreement"]["matched_fraction"] == 1.0
-    assert rows[onnx.with_suffix(".fp16.onnx").name]["status"] == "pass"
-
-
 def _caffe2_name(d2_name: str) -> str:
     """detectron2 bottom_up name -> Caffe2 blob name, written out from Caffe2's ResNet naming."""
     if d2_name == "stem.conv1.weight":
@@ -342,20 +300,76 @@ def test_detections_equal_the_official_implementations(arch, d2, tmp_path, capsy
     assert_official_detections(detector, arch)
 
 
-@pytest.mark.parametrize("arch", ["mask_rcnn"])
-def test_the_exported_onnx_equals_the_official_implementation(arch, d2, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def golden_set(tmp_path_factory) -> tuple[Path, Path]:
+    """The three golden images as a COCO-format set (lossless PNG; the 80 COCO categories; one box each, since
+    parity needs annotations: what the tests below check is agreement, not the AP itself)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("golden_set")
+    classes = read_classes(None)
+    images, annotations = [], []
+    for i, (h, w) in enumerate(GOLDEN_SIZES):
+        Image.fromarray(golden_image(i)[..., ::-1].copy()).save(root / f"golden{i}.png")  # BGR -> RGB file
+        images.append({"id": i + 1, "file_name": f"golden{i}.png", "height": h, "width": w})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": COCO_IDS[0], "bbox": [10, 10, 50, 60],
+                            "area": 3000, "iscrowd": 0, "segmentation": [[10, 10, 60, 10, 60, 70, 10, 70]]})
+    categories = [{"id": c, "name": n} for c, n in zip(classes["category_ids"], classes["names"])]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                     "categories": categories}))
+    return root, root / "instances.json"
+
+
+@pytest.fixture(scope="module")
+def golden_onnx(d2, golden_set, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """The converted official-layout Mask R-CNN (R50, 256-wide pyramid, K = 80) exported once for the two tests
+    below (an R50 export takes one to two minutes here): dynamic batch 1..2 and sides 224..352 (the golden images'
+    canvases), verified in ONNX Runtime against PyTorch on two of the golden images at the 224..352 test resize.
+    Returns (onnx, converted weights, the config overrides the export used)."""
+    root = tmp_path_factory.mktemp("golden_onnx")
+    weights = root / "converted.pth"
+    assert main(["convert", "--from", "detectron2", str(d2["mask_rcnn"]), "--config-file", "mask_rcnn_R50_1x",
+                 "--output", str(weights)]) == 0
+    images, annotations = golden_set
+    opts = ["INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "352",
+            "DATASETS.TEST_IMAGES", str(images), "DATASETS.TEST_ANNOTATIONS", str(annotations)]
+    onnx = root / "mask_rcnn.onnx"
+    assert main(["export", "--config-file", "mask_rcnn_R50_1x", "--output", str(onnx), "--dynamic-batch", "2",
+                 "--dynamic-size", "224", "352", "--verify-images", "2", "MODEL.WEIGHTS", str(weights), *opts]) == 0
+    return onnx, weights, opts
+
+
+def test_the_exported_onnx_equals_the_official_implementation(golden_onnx):
     """The same golden check on the exported ONNX graph in ONNX Runtime (the in-graph anchors, RPN, RoIAlign,
     per-image clipping, NMS and mask head). Mask R-CNN runs every step that Faster R-CNN runs, and the masks;
-    RetinaNet's graph is checked against the official code by hand (docs/detectron2.md) and
-    against PyTorch by export verification. --no-verify: verification is tested elsewhere, and this R50
-    export already takes ~45 s here."""
-    weights = convert_ok(capsys, d2[arch], tmp_path / "converted.pth", f"{arch}_R50_1x")
-    onnx = tmp_path / f"{arch}.onnx"
-    assert main(["export", "--config-file", f"{arch}_R50_1x", "--output", str(onnx), "--dynamic-size", "224", "352",
-                 "--no-verify", "MODEL.WEIGHTS", str(weights)]) == 0
-    detector = Detector.from_path(onnx)
+    RetinaNet's graph is checked against the official code by hand (docs/detectron2.md) and against PyTorch by
+    export verification."""
+    detector = Detector.from_path(golden_onnx[0])
     assert detector.kind == "onnxruntime"
-    assert_official_detections(detector, arch)
+    assert_official_detections(detector, "mask_rcnn")
+
+
+def test_a_converted_model_goes_through_the_whole_pipeline(golden_onnx, tiny_synth, tmp_path):
+    """convert -> export (verified in ONNX Runtime, batch 2) -> FP16 -> parity, on the golden images as a COCO set:
+    the R50 backbone and BGR preprocessing that every converted model has. Mask R-CNN's graph runs every step
+    Faster R-CNN's runs; RetinaNet's converted head is the module its seeded export checks (test_export.py)."""
+    onnx, weights, opts = golden_onnx
+    meta = json.loads(onnx.with_suffix(".meta.json").read_text())
+    assert meta["verification"]["passed"] and meta["verification"]["matched"] > 0
+    assert meta["preprocess"]["color"] == "BGR" and meta["preprocess"]["pixel_mean"] == [103.53, 116.28, 123.675]
+    fp16 = tmp_path / "mask_rcnn.fp16.onnx"
+    from siefpn_deploy.data.synth import split_paths
+
+    # FP16's range check on two synthetic train images: quantize refuses the evaluation split
+    assert main(["quantize", "--onnx", str(onnx), "--precision", "fp16", "--num-calib", "2", "--output", str(fp16),
+                 "--calib-data", str(split_paths(tiny_synth, "train")[0]), "--calib-cache", str(tmp_path / "calib")]) == 0
+    report = tmp_path / "parity"
+    code = main(["parity", "--config-file", "mask_rcnn_R50_1x", "--artifacts", str(onnx), str(fp16),
+                 "--report", str(report), "--max-images", "3", "MODEL.WEIGHTS", str(weights), *opts])
+    rows = {Path(a["path"]).name: a for a in json.loads((report / "parity.json").read_text())["artifacts"]}
+    assert code == 0, rows
+    assert rows[onnx.name]["agreement"]["matched_fraction"] == 1.0 and rows[onnx.name]["agreement"]["matched"] > 0
+    assert rows[fp16.name]["status"] == "pass"
 
 
 def assert_official_detections(detector: Detector, arch: str) -> None:

@@ -41,3 +41,39 @@ def test_demo_runs_end_to_end_and_prints_summary(demo, capsys):
     assert "already holds a finished run of this config and data" in text
     assert "is already this export of these weights" in text and "is already the int8 model of" in text
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    # the closing `optimize --target cpu`, rerun by the command: its candidates were current, only measured again
+    assert text.count("is already the int8 model of") == 3  # the demo's INT8, and optimize's CPU-INT8 and NNCF INT8
+    assert_optimized(export / "optimized" / out.name, text)
+
+
+def assert_optimized(folder, text):
+    """optimize's output: every CPU candidate measured; the winner, the fastest within the budget, landed as
+    best.onnx with a meta.json that names its runtime; the folder loads as that runtime and detects as the
+    candidate does."""
+    import numpy as np
+
+    from siefpn_deploy.core.sidecar import read_meta
+    from siefpn_deploy.runtime import Detector
+
+    report = json.loads((folder / "optimize.json").read_text())
+    rows = {r["label"]: r for r in report["rows"]}
+    assert {"FP32 in ONNX Runtime", "FP32 in OpenVINO", "FP32 in OpenVINO bf16", "ONNX Runtime CPU-INT8 in ONNX Runtime",
+            "NNCF INT8 in OpenVINO", "NNCF INT8 in OpenVINO bf16"} == set(rows)
+    bf16 = rows["FP32 in OpenVINO bf16"]
+    assert bf16["status"] != "not run" or "bf16" in bf16["why"]  # runs where the CPU has it, else says why
+    # ONNX Runtime FP32 computes what PyTorch computes: ΔAP 0 to rounding, so there is always a winner
+    assert abs(rows["FP32 in ONNX Runtime"]["timing"]["ap_cost"]) < 0.05
+    winner = report["winner"]
+    within = [r for r in report["rows"] if r["status"] in ("winner", "slower")]
+    assert winner["timing"]["e2e_p50_ms"] == min(r["timing"]["e2e_p50_ms"] for r in within)
+    assert all(r["timing"]["ap_cost"] > report["budget"] for r in report["rows"] if r["status"] == "over budget")
+    assert "| optimize --target cpu |" in text and "winner: " in text and "x eager PyTorch" in text
+    best = folder / "best.onnx"
+    meta = read_meta(best)  # the hash check: best.onnx and its meta.json landed together
+    assert meta["runtime"] == winner["runtime"] and meta["optimize"]["source"] == winner["artifact"]
+    assert report["best"] == str(best) and not [p.name for p in folder.iterdir() if "siefpn-tmp" in p.name]
+    served = Detector.from_path(folder)  # the folder: its best.*, in the runtime that won
+    chosen = Detector.from_path(winner["artifact"], runtime=winner["runtime"])
+    assert served.kind == chosen.kind == winner["runtime"]
+    image = np.random.default_rng(0).integers(0, 255, (128, 160, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(served.predict(image).boxes, chosen.predict(image).boxes)

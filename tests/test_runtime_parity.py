@@ -109,7 +109,7 @@ def test_a_damaged_artifact_breaks_its_budget(detecting, tmp_path, capsys):
     assert cost == {source.name: pytest.approx(-intact["delta"]["bbox"]), damaged.name: -broken["delta"]["bbox"],
                     weights.name: 0.0}
     eager = next(r for r in ranking["rows"] if r["artifact"] == weights.name)
-    assert eager["e2e_vs_eager"] == 1.0 and ranking["budgets"] == [0.05, 0.2, 1.0]  # fp32=0.05 from the parity run
+    assert eager["e2e_vs_eager"] == 1.0 and ranking["budgets"] == [0.05, 0.2, 0.5, 1.0]  # fp32=0.05 from the parity run
     for entry in ranking["fastest"]:
         within = [r for r in ranking["rows"] if r["ap_cost"] <= entry["budget"]]
         assert entry["best"]["e2e_p50_ms"] == min(r["e2e_p50_ms"] for r in within)

@@ -11,7 +11,23 @@ from types import ModuleType
 from typing import Any
 
 from ..core.errors import UserError, one_line
-from . import bench, build, client, convert, cpp, data, demo, export, infer, parity, quantize, serve, train, triton_repo
+from . import (
+    bench,
+    build,
+    client,
+    convert,
+    cpp,
+    data,
+    demo,
+    export,
+    infer,
+    optimize,
+    parity,
+    quantize,
+    serve,
+    train,
+    triton_repo,
+)
 from .options import CommandParser, add_command
 
 
@@ -38,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_command(sub, "parity", parity)
     add_command(sub, "infer", infer)
     add_command(sub, "bench", bench)
+    add_command(sub, "optimize", optimize)
     add_command(sub, "triton-repo", triton_repo)
     add_command(sub, "serve", serve)
     add_command(sub, "client", client)

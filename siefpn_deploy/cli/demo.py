@@ -11,7 +11,7 @@ HELP = "the end-to-end job on the embedded synthetic dataset"
 DESCRIPTION = ("Generate the synthetic dataset (once), train a small Dual SIE-FPN RetinaNet on the CPU, evaluate it "
                "with COCO metrics, export it to ONNX (verified in ONNX Runtime against PyTorch), make FP16 and INT8 "
                "models, build TensorRT engines where a builder is installed, check the COCO AP of every artifact "
-               "against PyTorch's, benchmark them, and print a summary. Exits 1 when parity fails. A rerun reuses "
+               "against PyTorch's, benchmark them, pick the fastest CPU artifact within the INT8 budget (`optimize`), and print a summary. Exits 1 when parity fails. A rerun reuses "
                "every stage whose output answers the same request from the same input.")
 EPILOG = """\
 examples:
@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench-iters", type=int, default=o.bench_iters, metavar="N",
                         help="timed runs per artifact and batch in the closing benchmark; `bench` and benchmarks/ "
                         "measure properly (default %(default)s)")
+    parser.add_argument("--optimize-dir", type=Path, default=o.optimize_dir, metavar="DIR",
+                        help="where `optimize --target cpu` writes best.* and its report (default: EXPORT_DIR/optimized/RUN, "
+                        "e.g. export/optimized/demo)")
+    parser.add_argument("--no-optimize", dest="optimize", action="store_false",
+                        help="skip the closing `optimize --target cpu` (about 3 minutes on 2 cores)")
     add_overrides(parser)
 
 
@@ -60,5 +65,6 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(DemoOptions(
         data=args.data, level=args.level, regenerate=args.regenerate, output=args.output, export_dir=args.export_dir,
         engine_dir=args.engine_dir, calib_dir=args.calib_dir, report_dir=args.report, config_file=args.config_file,
-        overrides=tuple(args.opts), bench_batches=tuple(args.bench_batch), bench_iters=args.bench_iters))
+        overrides=tuple(args.opts), bench_batches=tuple(args.bench_batch), bench_iters=args.bench_iters,
+        optimize=args.optimize, optimize_dir=args.optimize_dir))
     return 0 if result.parity_passed else 1

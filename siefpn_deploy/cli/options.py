@@ -102,7 +102,8 @@ def add_device(parser: argparse.ArgumentParser) -> None:
                         help="where artifacts run; auto: a GPU when there is one (default %(default)s)")
 
 
-_RUNTIME_HELP = ("onnxruntime, or openvino (CPU; pip install 'siefpn-deploy[openvino]'); default: the file's own, "
+_RUNTIME_HELP = ("onnxruntime; openvino (CPU, FP32 arithmetic; pip install 'siefpn-deploy[openvino]'); or openvino-bf16 "
+                 "(the same in bf16, on CPUs that compute it natively: AVX512-BF16 or AMX); default: the file's own, "
                  "openvino for `quantize --target openvino`, else onnxruntime")
 
 

@@ -46,6 +46,22 @@ DATA_SUFFIX = ".data"  # NAME.onnx.data: the weights of a graph over protobuf's 
 FILE_KEYS = ("format", "onnx", "package", "sha256", "data_sha256")  # what describes the files, not the model
 
 
+BEST_NAME = "best"  # `optimize --output DIR` writes DIR/best.<ext>: a folder given as an artifact means that file
+
+
+def resolve_artifact(path: str | Path) -> Path:
+    """An artifact path as given, or for a folder the one best.onnx / best.pt2 / best.plan that `optimize` wrote
+    into it."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = sorted(p for p in path.glob(f"{BEST_NAME}.*") if p.suffix in (*ARTIFACT_SUFFIXES, ENGINE_SUFFIX))
+    if len(found) != 1:
+        raise UserError(f"{path} is a folder with {len(found)} {BEST_NAME}.onnx/.pt2/.plan files; give an artifact "
+                        f"file, or a folder `siefpn-deploy optimize --output {path}` wrote")
+    return found[0]
+
+
 def meta_path(artifact: str | Path) -> Path:
     """export/NAME.onnx (or NAME.pt2) -> export/NAME.meta.json (NAME may hold dots: NAME.int8.onnx ->
     NAME.int8.meta.json)."""

@@ -16,15 +16,19 @@ import numpy as np
 
 from ..core.contract import BOXES, LABELS, SCORES
 from ..core.errors import CannotRunHere, UserError
-from ..core.openvino import RUNTIMES, runtimes_for
+from ..core.openvino import OPENVINO_PRECISION, Runtimes, runtime_order, runtimes_for
 from ..core.reporting import machine
-from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX
+from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta
 from ..data import CocoDetection
 from ..evaluation.agreement import Agreement
 from ..evaluation.loop import Evaluation, evaluate_predictor
 from ..runtime import Detector
 
-DEFAULT_BUDGETS = {"fp32": 0.1, "fp16": 0.2, "int8": 1.0}  # AP points (0..100) an artifact may lose
+# AP points (0..100) an artifact may lose, per precision. bf16 is the arithmetic of an FP32 (or FP16) graph run in
+# openvino-bf16 (`budget_name`): between fp16 and int8, since bf16 keeps FP32's range but rounds to 8 mantissa bits
+# (fp16: 11), and OpenVINO computes every convolution in it, where fp16's AutoCast keeps the sensitive nodes in
+# FP32; it is still far finer than INT8's 256 levels per tensor.
+DEFAULT_BUDGETS = {"fp32": 0.1, "fp16": 0.2, "bf16": 0.5, "int8": 1.0}
 MATCH_IOU = 0.9
 
 
@@ -47,6 +51,16 @@ def int8_target(detector: Detector) -> str | None:
     if detector.precision != "int8":
         return None
     return (detector.meta.get("quantization") or {}).get("target") or "tensorrt"
+
+
+def budget_name(precision: str, kind: str) -> str:
+    """The budget an artifact is held to: its precision's, except that a graph computed in bf16 (a runtime whose
+    `core.openvino.OPENVINO_PRECISION` is bf16) is held to bf16's, whether its file is FP32 or FP16 (bf16
+    arithmetic is the coarser); an INT8 graph there keeps int8's (its quantized ops dominate the error, the bf16
+    remainder adds little). A precision without a budget of its own gets fp32's."""
+    if OPENVINO_PRECISION.get(kind) == "bf16" and precision != "int8":
+        return "bf16"
+    return precision if precision in DEFAULT_BUDGETS else "fp32"
 
 
 def parse_budgets(items: list[str]) -> dict[str, float]:
@@ -91,11 +105,12 @@ def same_model(reference: Detector, artifact: Detector) -> None:
 
 
 def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
-               max_images: int | None, batch_size: int, runtimes: tuple[str, ...] | None = None,
+               max_images: int | None, batch_size: int, runtimes: Runtimes = None,
                allow_not_run: bool = False, log=print) -> dict[str, Any]:
     """Every artifact and the reference on the same images in the same batches of `batch_size` (so the same
     canvases; TEST.IMS_PER_BATCH, as training's evaluation uses), through the one evaluation loop. Each
-    .onnx runs once per runtime in `runtimes` (ONNX Runtime, OpenVINO), a row each; None runs each in its own."""
+    .onnx runs once per runtime in `runtimes` (ONNX Runtime, OpenVINO, OpenVINO-bf16), a row each; None runs each
+    in its own. Each row is held to the budget of `budget_name`."""
     count = min(max_images or len(dataset), len(dataset))
     rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
     runnable: list[tuple[Path, Detector]] = []
@@ -119,7 +134,8 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
     for path, detector in runnable:
         evaluation = evaluate_predictor(detector, dataset, max_images=max_images, batch_size=batch,
                                         desc=f"{detector.kind} {detector.precision} {path.name}")
-        budget = budgets.get(detector.precision, budgets["fp32"])
+        name = budget_name(detector.precision, detector.kind)
+        budget = budgets.get(name, DEFAULT_BUDGETS[name])
         agreement = _agreement(ref_eval, evaluation, post["score_thresh"], reference.contract.max_detections)
         status, delta = verdict(ref_eval.metrics, evaluation.metrics, budget=budget, non_finite=agreement.non_finite)
         rows.append(ArtifactResult(path=str(path), kind=detector.kind, precision=detector.precision,
@@ -128,7 +144,7 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
     order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given, runtimes as given
-    kinds = {k: i for i, k in enumerate(runtimes or RUNTIMES)}
+    kinds = {k: i for i, k in enumerate(runtime_order(runtimes))}
     rows[1:] = sorted(rows[1:], key=lambda r: (order[r.path], kinds.get(r.kind, 0)))
     return {"reference": str(reference.path), "dataset": str(dataset.annotation_file), "images": count,
             "batch": batch, "budgets": budgets, "match_iou": MATCH_IOU,
@@ -143,6 +159,8 @@ def _precision(path: Path) -> str:
     from ..tensorrt.plan import read_engine_meta
 
     try:
+        if path.suffix == ".onnx":
+            return read_meta(path).get("precision", "fp32")
         return read_engine_meta(path)["precision"] if path.suffix == ENGINE_SUFFIX else "?"
     except UserError:
         return "?"

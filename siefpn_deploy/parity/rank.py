@@ -38,8 +38,8 @@ def _cost(artifact: dict[str, Any]) -> float | None:
 
 
 def runtime_kind(variant: str) -> str:
-    """A bench variant's runtime, as parity names it: "openvino fp32" -> openvino; a C++ row ("c++ aoti fp32")
-    runs the .pt2 that parity ran as aoti."""
+    """A bench variant's runtime, as parity names it: "openvino fp32" -> openvino, "openvino-bf16 int8" ->
+    openvino-bf16 (both are `Detector.kind`); a C++ row ("c++ aoti fp32") runs the .pt2 that parity ran as aoti."""
     words = variant.split()
     return words[1] if words[0] == "c++" else words[0]
 

@@ -7,6 +7,7 @@
     parity = check_parity(ParityJob(run.config, weights=run.weights, artifacts=(onnx.path, int8.path)))
     bench = bench_artifacts(BenchJob(artifacts=(run.weights, onnx.path, int8.path)))
     ranking = rank_artifacts(bench.report, parity.report)
+    best = optimize_detector(OptimizeJob(weights=run.weights))  # all of the above for every candidate, one winner
 
 Each artifact-making stage returns an earlier run's artifact when its sidecar says it answers the same request
 from the same input (`reused` is then True). The CLI, the demo, the benchmarks and the test fixtures all call
@@ -21,13 +22,14 @@ from .bench import BenchJob, BenchResult, RankResult, bench_artifacts, rank_arti
 from .build import BuildJob, build_detector_engine
 from .dataset import DatasetOptions, DatasetResult, synthetic_dataset
 from .export import ExportJob, export_detector
+from .optimize import OptimizeJob, OptimizeResult, optimize_detector
 from .parity import ParityJob, ParityResult, check_parity
 from .quantize import QuantizeJob, quantize_detector
 from .train import TrainOptions, TrainResult, train_detector
 
 __all__ = [
     "Artifact", "BenchJob", "BenchResult", "BudgetOptions", "BuildJob", "BuildOptions", "DatasetOptions",
-    "DatasetResult", "ExportJob", "ExportOptions", "ParityJob", "ParityResult", "QuantizeJob", "QuantizeOptions",
+    "DatasetResult", "ExportJob", "ExportOptions", "OptimizeJob", "OptimizeResult", "ParityJob", "ParityResult", "QuantizeJob", "QuantizeOptions",
     "RankResult", "TrainOptions", "TrainResult", "bench_artifacts", "build_detector_engine", "check_parity",
-    "export_detector", "quantize_detector", "rank_artifacts", "synthetic_dataset", "train_detector",
+    "export_detector", "optimize_detector", "quantize_detector", "rank_artifacts", "synthetic_dataset", "train_detector",
 ]

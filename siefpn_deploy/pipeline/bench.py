@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.openvino import Runtimes
+
 REPORT_DIR = Path("reports/bench")
 
 
@@ -20,7 +22,7 @@ class BenchJob:
     device: str = "auto"  # auto, cpu or cuda
     config_file: str | Path | None = None  # a .pth's config; None: the config.yaml beside it
     cpp: bool = False  # also each .pt2 through the C++ runtime (siefpn-infer)
-    runtimes: tuple[str, ...] | None = None  # what runs a .onnx; None: each its own
+    runtimes: Runtimes = None  # what runs each .onnx (core.openvino.Runtimes): all alike, per file, or its own
     gau_memory: bool = False  # also the GAU attention's memory at 800x1333
     report_dir: Path = REPORT_DIR
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..core.config import load_config
 from ..core.errors import UserError
+from ..core.openvino import Runtimes
 from ..parity.check import DEFAULT_BUDGETS
 
 REPORT_DIR = Path("reports/parity")
@@ -24,7 +25,7 @@ class ParityJob:
     budgets: dict[str, float] = field(default_factory=dict)
     max_images: int | None = None
     batch: int | None = None  # images per canvas, the same for every artifact; None: TEST.IMS_PER_BATCH
-    runtimes: tuple[str, ...] | None = None  # what runs a .onnx (onnxruntime, openvino); None: each its own
+    runtimes: Runtimes = None  # what runs each .onnx (core.openvino.Runtimes): all alike, per file, or its own
     allow_not_run: bool = False  # an artifact this machine cannot run passes the gate (else it fails it)
     report_dir: Path = REPORT_DIR
 

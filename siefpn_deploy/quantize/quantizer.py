@@ -178,6 +178,10 @@ def quantize_model(options: QuantizeOptions, *, log=print) -> tuple[Path, dict[s
     if meta.get("precision", "fp32") != "fp32" or found != "fp32":
         raise UserError(f"{options.onnx} is already quantized ({meta.get('precision') if found == 'fp32' else found}); "
                         "quantize the FP32 export instead")
+    static = meta["shapes"]["batch"]["min"] == meta["shapes"]["batch"]["max"]  # a fixed batch dim takes no other
+    if static and options.calib_batch != meta["shapes"]["batch"]["max"]:
+        raise UserError(f"{options.onnx.name} has a static batch of {meta['shapes']['batch']['max']}: give "
+                        f"--calib-batch {meta['shapes']['batch']['max']} (got {options.calib_batch})")
     output = options.output_path()
     if output.resolve() == options.onnx.resolve():
         raise UserError(f"--output {output} would overwrite the source model")

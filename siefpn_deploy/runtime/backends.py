@@ -1,4 +1,4 @@
-"""The deployed artifacts' backends: ONNX Runtime (or OpenVINO) for .onnx, AOTInductor for .pt2, TensorRT for .plan. Each runs a
+"""The deployed artifacts' backends: ONNX Runtime (or OpenVINO, FP32 or bf16) for .onnx, AOTInductor for .pt2, TensorRT for .plan. Each runs a
 preprocessed canvas [B,3,H,W] (0..input_scale) with its image sizes [B,2] and returns the contract's padded outputs
 as numpy arrays (`core.contract`); the eager PyTorch backend is `model.inference.EagerBackend`.
 """
@@ -14,7 +14,7 @@ import torch
 from ..core.aoti import load_package
 from ..core.contract import INPUT_NAMES, GraphContract, graph_inputs
 from ..core.errors import CannotRunHere, UserError
-from ..core.openvino import compile_onnx
+from ..core.openvino import OPENVINO_PRECISION, compile_onnx
 from ..core.ort import ort_session
 
 
@@ -43,14 +43,19 @@ class OnnxRuntimeBackend:
 
 
 class OpenVINOBackend:
-    """The same .onnx compiled by OpenVINO for the CPU, in FP32 (`core.openvino.compile_onnx`), once per
-    backend; one infer request, so a backend serves one caller at a time, as ONNX Runtime's session does."""
+    """The same .onnx compiled by OpenVINO for the CPU (`core.openvino.compile_onnx`), once per backend: runtime
+    "openvino" computes in FP32, "openvino-bf16" in bf16 where the CPU computes it natively (else CannotRunHere).
+    Its `kind` is the runtime's name, so bench's variant ("openvino-bf16 fp32") and parity's row join in
+    `parity.rank`. One infer request, so a backend serves one caller at a time, as ONNX Runtime's session does."""
 
-    kind = "openvino"
     on_gpu = False
 
-    def __init__(self, path: Path, contract: GraphContract, threads: int | None = None) -> None:
-        self.compiled = compile_onnx(path, threads=threads)
+    def __init__(self, path: Path, contract: GraphContract, threads: int | None = None,
+                 runtime: str = "openvino") -> None:
+        if runtime not in OPENVINO_PRECISION:
+            raise UserError(f"OpenVINO runtime must be one of {', '.join(OPENVINO_PRECISION)}, got {runtime!r}")
+        self.kind = runtime
+        self.compiled = compile_onnx(path, precision=OPENVINO_PRECISION[runtime], threads=threads)
         self.names = [o.get_any_name() for o in self.compiled.outputs]
         check_graph_io(path, [i.get_any_name() for i in self.compiled.inputs], self.names, contract)
         self.request = self.compiled.create_infer_request()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CannotRunHere
-from ..core.openvino import runtimes_for
+from ..core.openvino import Runtimes, runtimes_for
 from ..core.reporting import machine, machine_line, markdown_table, write_report
 from ..core.sidecar import outside_range
 from ..core.timing import Latency, measure, peak_rss_mib, reset_peak_rss
@@ -136,7 +136,7 @@ def cpp_settings(path: Path, detector: Detector, *, batches: list[int], size: in
 
 
 def run_bench(artifacts: list[Path], *, batches: list[int], sizes: list[int], warmup: int, iters: int, device: str,
-              config: str | None = None, cpp: bool = False, runtimes: tuple[str, ...] | None = None,
+              config: str | None = None, cpp: bool = False, runtimes: Runtimes = None,
               log=print) -> dict[str, Any]:
     """Every artifact's variants over batches and sizes (a .onnx once per runtime in `runtimes`, or in its own
     with None); with `cpp`, each .pt2 also through the C++ runtime. One artifact is loaded at a time."""

@@ -2,6 +2,7 @@
 
     det = Detector.from_path("export/demo.onnx")                 # or engines/NAME.plan, or a .pth
     det = Detector.from_path("export/demo.onnx", runtime="openvino")  # the same graph in OpenVINO (CPU)
+    det = Detector.from_path("export/demo.onnx", runtime="openvino-bf16")  # computed in bf16 (native bf16 CPUs)
     det = Detector.from_path("export/demo.int8-ov.onnx")          # NNCF's INT8: OpenVINO, its own runtime
     results = det.predict(["a.jpg", "b.jpg"])                    # paths, HWC arrays or CHW tensors
     results[0].boxes, .scores, .labels, .category_ids, .class_names, .masks
@@ -22,8 +23,8 @@ import torch
 from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
-from ..core.openvino import RUNTIMES, own_runtime
-from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta
+from ..core.openvino import OPENVINO_PRECISION, RUNTIMES, own_runtime
+from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta, resolve_artifact
 from ..model.checkpoint import load_checkpoint, load_trained_detector
 from ..model.predictor import Detections, Predictor
 from .backends import OnnxRuntimeBackend, OpenVINOBackend, PackageBackend, TensorRTBackend
@@ -44,10 +45,12 @@ class Detector(Predictor):
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "auto", config: str | Path | None = None,
                   threads: int | None = None, runtime: str | None = None) -> Detector:
-        """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino"; by default the file's own,
+        """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino" in FP32 or "openvino-bf16" in bf16
+        where the CPU computes it natively, else CannotRunHere; by default the file's own,
         `core.openvino.own_runtime`), `.pt2` (AOTInductor package), `.plan` (TensorRT), or `.pth` (PyTorch;
-        `config` or the config.yaml beside it). device: auto, cpu or cuda."""
-        path = Path(path)
+        `config` or the config.yaml beside it), or a folder `optimize` wrote (its best.*). device: auto, cpu or
+        cuda."""
+        path = resolve_artifact(path)
         if runtime not in (None, *RUNTIMES):
             raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if runtime not in (None, "onnxruntime") and path.suffix != ".onnx":
@@ -56,10 +59,10 @@ class Detector(Predictor):
             meta = read_meta(path)
             contract = GraphContract.from_meta(meta, source=str(path))
             runtime = runtime or own_runtime(meta)
-            if runtime == "openvino":
+            if runtime in OPENVINO_PRECISION:
                 if device == "cuda":
-                    raise UserError("--runtime openvino runs on the CPU here; use --device cpu or auto")
-                return cls(OpenVINOBackend(path, contract, threads=threads), meta, path)
+                    raise UserError(f"--runtime {runtime} runs on the CPU here; use --device cpu or auto")
+                return cls(OpenVINOBackend(path, contract, threads=threads, runtime=runtime), meta, path)
             return cls(OnnxRuntimeBackend(path, contract, device=device, threads=threads), meta, path)
         if path.suffix == PACKAGE_SUFFIX:
             meta = read_meta(path)

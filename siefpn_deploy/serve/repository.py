@@ -26,7 +26,7 @@ import numpy as np
 from ..core.contract import IMAGE_SIZES, INPUT, GraphContract
 from ..core.errors import UserError
 from ..core.fileio import write_json
-from ..core.sidecar import ENGINE_SUFFIX, read_meta
+from ..core.sidecar import ENGINE_SUFFIX, read_meta, resolve_artifact
 from ..runtime.detector import engine_model_meta
 from . import protocol
 from .options import MAX_IMAGE_PIXELS, MAX_QUEUE_DELAY_US
@@ -150,6 +150,11 @@ def write_repository(artifacts: list[Path], options: RepositoryOptions, *, log=p
         raise UserError(f"--instance-kind must be gpu or cpu, got {options.instance_kind!r}")
     if options.instances < 1 or options.delay_us < 0:
         raise UserError("--instances must be >= 1 and --dynamic-batching-delay-us >= 0")
+    artifacts = [resolve_artifact(p) for p in artifacts]  # a folder `optimize` wrote: its best.*
+    for path in artifacts:
+        chosen = read_meta(path).get("runtime") if path.suffix == ".onnx" and path.is_file() else None
+        if chosen and chosen != "onnxruntime":
+            log(f"[triton-repo] {path} was chosen for {chosen}; Triton's onnxruntime_onnx backend runs it here")
     names = [model_name(p) for p in artifacts]
     if len(set(names)) != len(names):
         raise UserError(f"--artifacts name the same model twice: {min(n for n in names if names.count(n) > 1)}")

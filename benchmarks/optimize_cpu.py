@@ -1,0 +1,74 @@
+"""`siefpn-deploy optimize --target cpu` on one trained model, with issue 28's verdicts, written as a dated report.
+
+    python benchmarks/optimize_cpu.py --checkpoint output/demo/model_final.pth
+    python benchmarks/optimize_cpu.py --checkpoint output/demo/model_0000174.pth --config-file output/demo/config.yaml \
+        --onnx export/demo.onnx --output export/optimized/bench
+
+Runs the optimize stage (pipeline.optimize_detector: every CPU candidate made or reused, parity on the config's
+val split, bench at batch 1 and the model's largest input) and adds the verdicts:
+- the winner is at least 1.5x faster (end-to-end p50) than the fastest peer default measured in the same run:
+  ONNX Runtime FP32, and OpenVINO FP32 with its default precision (bf16 where the CPU computes it natively);
+- the winner's ratio to eager PyTorch FP32 (goal <= 0.3x);
+- the .pt2's compile time (from its meta.json) when it was made.
+Writes --report (.md and .json) with the date, machine, CPU model and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from siefpn_deploy.core.cpu import bf16_units, cpu_model
+from siefpn_deploy.core.reporting import write_benchmark_report
+from siefpn_deploy.core.sidecar import read_meta
+from siefpn_deploy.parity.winner import markdown
+from siefpn_deploy.pipeline.optimize import OptimizeJob, default_openvino, optimize_detector, peer
+
+PEER_SPEEDUP, EAGER_GOAL = 1.5, 0.3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--config-file")
+    p.add_argument("--onnx", type=Path)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--no-pt2", dest="pt2", action="store_false")
+    p.add_argument("--output", type=Path, default=Path("export/optimized/bench"))
+    p.add_argument("--report", default="benchmarks/results/optimize_cpu.md")
+    args = p.parse_args()
+    result = optimize_detector(OptimizeJob(weights=args.checkpoint, config_file=args.config_file, onnx=args.onnx,
+                                           iters=args.iters, max_images=args.max_images, pt2=args.pt2,
+                                           output=args.output))
+    choice = result.choice
+    winner = choice["winner"]
+    peers = {"ONNX Runtime FP32": peer(choice, "onnxruntime", "fp32"),
+             f"OpenVINO FP32, default precision ({default_openvino()})": peer(choice, default_openvino(), "fp32")}
+    verdicts = []
+    ran = {k: v for k, v in peers.items() if v is not None}
+    if winner is not None and ran:
+        name, fastest = min(ran.items(), key=lambda kv: kv[1]["e2e_p50_ms"])
+        speedup = fastest["e2e_p50_ms"] / winner["timing"]["e2e_p50_ms"]
+        verdicts.append(f"winner vs the fastest peer default ({name}, {fastest['e2e_p50_ms']:.1f} ms): {speedup:.2f}x "
+                        f"(target >= {PEER_SPEEDUP}x): {'met' if speedup >= PEER_SPEEDUP else 'missed'}")
+    if winner is not None and winner["timing"]["e2e_vs_eager"] is not None:
+        ratio = winner["timing"]["e2e_vs_eager"]
+        verdicts.append(f"winner vs eager PyTorch FP32 (end to end): {ratio:.2f}x (goal <= {EAGER_GOAL}x): "
+                        f"{'met' if ratio <= EAGER_GOAL else 'missed'}")
+    for r in choice["rows"]:
+        if r["artifact"].endswith(".pt2"):
+            seconds = read_meta(r["artifact"])["export"].get("compile_seconds")
+            verdicts.append(f"the .pt2 compiled in {seconds} s (issue 28's goal for RetinaNet: <= 120 s)")
+            break
+    body = (f"CPU: {cpu_model()}; native bf16: {bf16_units() or 'none'}. Model: {args.checkpoint} "
+            f"({args.config_file or 'config.yaml beside it'}).\n\n{result.summary}.\n\n{markdown(choice)}\n"
+            + "\n".join(f"- {v}" for v in verdicts) + "\n")
+    write_benchmark_report(args.report, title="optimize --target cpu", body=body,
+                           data={"choice": choice, "verdicts": verdicts, "summary": result.summary},
+                           command=f"python benchmarks/optimize_cpu.py {' '.join(sys.argv[1:])}".strip())
+
+
+if __name__ == "__main__":
+    main()
