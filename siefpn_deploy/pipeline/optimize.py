@@ -24,6 +24,7 @@ only what changed. The measurements are always taken again.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from ..core.staging import staging_dir
 from ..export.options import EXPORT_DIR, ExportOptions
 from ..parity.check import DEFAULT_BUDGETS
 from ..parity.winner import OWN, Candidate
-from ..quantize.options import BudgetOptions, QuantizeOptions
+from ..quantize.options import INT8_SUFFIX, BudgetOptions, QuantizeOptions
 from .bench import BenchJob, bench_artifacts
 from .export import ExportJob, export_detector
 from .parity import ParityJob, check_parity
@@ -118,7 +119,9 @@ class Maker:
                                          options=ExportOptions(output=out, **self.shapes, **options)),
                                log=self.log).path
 
+    @functools.cached_property
     def fp32(self) -> Path:
+        """The FP32 graph every CPU recipe starts from: made (or its reuse checked, which hashes the weights) once."""
         if self.job.onnx is None:
             return self.export(".onnx", nms="onnx")
         meta = read_meta(self.job.onnx)
@@ -128,8 +131,7 @@ class Maker:
 
     def int8(self, onnx: Path, target: str, budget: BudgetOptions | None = None) -> Path:
         stem = onnx.name.removesuffix(".onnx")
-        suffix = {"ort-cpu": "int8-cpu", "openvino": "int8-ov", "tensorrt": "int8"}[target]
-        output = self.folder / f"{stem}.{suffix}{'-budget' if budget else ''}.onnx"
+        output = self.folder / f"{stem}.{INT8_SUFFIX[target]}{'-budget' if budget else ''}.onnx"
         shapes = read_meta(onnx)["shapes"]["batch"]  # a static batch calibrates at that batch
         batch = shapes["max"] if shapes["min"] == shapes["max"] else QuantizeOptions.calib_batch
         options = QuantizeOptions(onnx=onnx, precision="int8", target=target, output=output, calib_batch=batch,
@@ -178,6 +180,11 @@ def label(path: Path, runtime: str) -> str:
     return f"{what} in {where}"
 
 
+def each_runtime(path: Path, *runtimes: str) -> list[tuple[Path, str]]:
+    """One file made once, a candidate in each runtime."""
+    return [(path, runtime) for runtime in runtimes]
+
+
 def recipes(job: OptimizeJob) -> list[tuple[str, Any]]:
     """What the target makes, in order: (step name, recipe), recipe(maker) -> [(path, runtime), ...]. Each step
     is one tick of the progress bar; a step that cannot be made here is reported and skipped."""
@@ -186,18 +193,18 @@ def recipes(job: OptimizeJob) -> list[tuple[str, Any]]:
     if job.target == "cpp":
         return [("AOTInductor package", lambda m: [(m.export("_aoti.pt2", format="aoti"), "c++")])]
     if job.target == "cuda":
-        return [("FP32 graph", lambda m: [(m.fp32(), "onnxruntime")]),
-                ("FP16 graph", lambda m: [(m.fp16(m.fp32()), "onnxruntime")]),
+        return [("FP32 graph", lambda m: [(m.fp32, "onnxruntime")]),
+                ("FP16 graph", lambda m: [(m.fp16(m.fp32), "onnxruntime")]),
                 ("AOTInductor CUDA package", lambda m: [(m.export("_aoti_cuda.pt2", format="aoti", device="cuda"), OWN)])]
     if job.target == "tensorrt":
         return [("TensorRT FP32 engine", lambda m: [(m.engine(m.tensor_graph()), OWN)]),
                 ("TensorRT FP16 engine", lambda m: [(m.engine(m.fp16(m.tensor_graph())), OWN)]),
                 ("TensorRT INT8 engine", lambda m: [(m.engine(m.int8(m.tensor_graph(), "tensorrt")), OWN)])]
     steps: list[tuple[str, Any]] = [
-        ("FP32 graph", lambda m: [(m.fp32(), r) for r in ("onnxruntime", "openvino", "openvino-bf16")]),
-        ("ONNX Runtime CPU-INT8", lambda m: [(m.int8(m.fp32(), "ort-cpu"), "onnxruntime")])]
+        ("FP32 graph", lambda m: each_runtime(m.fp32, "onnxruntime", "openvino", "openvino-bf16")),
+        ("ONNX Runtime CPU-INT8", lambda m: [(m.int8(m.fp32, "ort-cpu"), "onnxruntime")])]
     if openvino:
-        steps.append(("NNCF INT8", lambda m: [(m.int8(m.fp32(), "openvino"), r) for r in ("openvino", "openvino-bf16")]))
+        steps.append(("NNCF INT8", lambda m: each_runtime(m.int8(m.fp32, "openvino"), "openvino", "openvino-bf16")))
     if cfg.MODEL.has_masks:
         def cut(m: Maker) -> list[tuple[Path, str]]:
             graph = m.export(f".masks{job.mask_rows}.onnx", nms="onnx", max_det_masks=job.mask_rows)
@@ -231,7 +238,7 @@ def optimize_detector(job: OptimizeJob, *, log=print) -> OptimizeResult:
     if job.target == "cpu" and needs_budget_int8(choice):
         # every plain INT8 misses the budget: INT8 with its most sensitive layers kept out, then measure again
         try:
-            fp32 = maker.fp32()
+            fp32 = maker.fp32
             found = [(maker.int8(fp32, "ort-cpu", BudgetOptions(job.budget, report_dir=maker.folder / "sensitivity")),
                       "onnxruntime")]
             candidates += [Candidate(label(path, runtime), path, runtime) for path, runtime in found]
