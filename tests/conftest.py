@@ -270,6 +270,11 @@ def detecting(tiny_synth, tmp_path_factory) -> Detecting:
     return Detecting(tiny_synth, tmp_path_factory.mktemp("detecting"))
 
 
+def stub_env(basetemp: Path) -> Path:
+    """`serve`'s stub environment for the session: the demo prepares it, the serving tests serve with it."""
+    return basetemp / "stub-env"
+
+
 class Demo:
     """The demo's first run on the tiny easy set (40 FP32 iterations whatever the CPU: they must leave
     detections above the score threshold), with the options the demo test's command line gives: `demo.run()`,
@@ -283,7 +288,8 @@ class Demo:
         keep = [x for kv in zip(opts[::2], opts[1::2]) if not kv[0].startswith(("DATASETS.", "OUTPUT_DIR")) for x in kv]
         self.options = DemoOptions(data=data, output=out, export_dir=root / "export", engine_dir=root / "engines",
                                    calib_dir=root / "calib", report_dir=root / "reports", overrides=tuple(keep),
-                                   bench_batches=(1,), bench_iters=1)  # the benchmark's figures are not checked
+                                   bench_batches=(1,), bench_iters=1,  # the benchmark's figures are not checked
+                                   python_env=stub_env(root.parent))
         self.ahead = Ahead()
 
     @property
@@ -291,7 +297,8 @@ class Demo:
         o = self.options
         return ["demo", "--data", str(o.data), "--output", str(o.output), "--export-dir", str(o.export_dir),
                 "--engine-dir", str(o.engine_dir), "--calib-dir", str(o.calib_dir), "--report", str(o.report_dir),
-                "--bench-batch", *map(str, o.bench_batches), "--bench-iters", str(o.bench_iters), *o.overrides]
+                "--bench-batch", *map(str, o.bench_batches), "--bench-iters", str(o.bench_iters),
+                "--python-env", str(o.python_env), *o.overrides]
 
     def run(self):
         self.ahead.wait(("demo",))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 from siefpn_deploy.cli import main
+from siefpn_deploy.serve.python_env import python_env_ready
 
 
 def test_demo_runs_end_to_end_and_prints_summary(demo, capsys):
@@ -46,6 +48,12 @@ def test_demo_runs_end_to_end_and_prints_summary(demo, capsys):
     for name in ("demo.int8.onnx", "candidates/demo.int8-cpu.onnx", "candidates/demo.int8-ov.onnx"):
         assert any(f"/{name} is already" in line for line in reused), (name, reused)
     assert_optimized(export / "optimized" / out.name, text)
+    # `serve`'s stub environment is ready, so serving needs no package index (test_serve_server serves with it)
+    if importlib.util.find_spec("pytriton") is not None:
+        assert python_env_ready(o.python_env) == (True, o.python_env)
+        assert f"| serve | | ready: the stub's environment is {o.python_env} |" in text
+    else:
+        assert "| serve | | not ready: serve needs tritonserver" in text
 
 
 def assert_optimized(folder, text):

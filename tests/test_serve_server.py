@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stub_env
 from PIL import Image
 
 from siefpn_deploy.cli import main
@@ -32,7 +33,7 @@ from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.runtime.detector import Detector
 from siefpn_deploy.serve import protocol
 from siefpn_deploy.serve.client import DetectorClient, RequestError, ThreadClients, run_load
-from siefpn_deploy.serve.launch import free_loopback_ports, serve_process, tritonserver_process
+from siefpn_deploy.serve.launch import READY, free_loopback_ports, serve_process, tritonserver_process
 from siefpn_deploy.serve.options import API_KEY_HEADER, ServeOptions
 from siefpn_deploy.serve.processes import session_members
 from siefpn_deploy.serve.python_env import activate_script, ensure_python_env, shared_libpython
@@ -64,20 +65,27 @@ class Server:
 
 @pytest.fixture(scope="module")
 def python_env(tmp_path_factory) -> Path:
-    """The stub's numpy<2 environment, built once for the module (pip, from the index or pip's cache)."""
-    return ensure_python_env(tmp_path_factory.mktemp("stub") / "env")
+    """The stub's numpy<2 environment: the one the demo prepares (the demo test checks it did), built here
+    when this module runs first (pip, from the index or pip's cache)."""
+    return ensure_python_env(stub_env(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="module")
-def server(exported, python_env, tmp_path_factory):
+def offline(tmp_path_factory) -> dict[str, str]:
+    """An environment with no package index and an empty pip cache: serving must need neither."""
+    return {"PIP_NO_INDEX": "1", "PIP_CACHE_DIR": str(tmp_path_factory.mktemp("empty-pip-cache"))}
+
+
+@pytest.fixture(scope="module")
+def server(exported, python_env, offline, tmp_path_factory):
     onnx = exported.onnx(ARCH, "onnx")
     work = tmp_path_factory.mktemp("serve")
     http, grpc, metrics = free_loopback_ports(3)
-    # with a key, and statistics and metrics left open (the load test reads them)
+    # with a key, and statistics and metrics left open (the load test reads them); with no package index
     options = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, max_image_pixels=MAX_PIXELS,
                            max_image_bytes=MAX_BYTES, instances=INSTANCES, api_key=KEY, open_stats=True,
                            exit_timeout_s=EXIT_TIMEOUT_S, python_env=python_env, log_file=work / "tritonserver.log")
-    with serve_process(onnx, options, log=work / "serve.out", extra=["--threads", "1"]) as proc:
+    with serve_process(onnx, options, log=work / "serve.out", extra=["--threads", "1"], environ=offline) as proc:
         yield Server(proc, options, work / "serve.out", onnx)
 
 
@@ -114,6 +122,21 @@ def test_serve_listens_on_loopback_only_by_default(server):
         # 127.0.0.1, as /proc/net/tcp writes it or as tcp6 writes its IPv4-mapped form
         assert listening_addresses(port) <= {"0100007F", "0000000000000000FFFF00000100007F"}, port
         assert listening_addresses(port), port
+
+
+def test_serve_started_with_no_package_index_and_left_the_pip_cache_empty(server, offline):
+    # the fixture's server runs with PIP_NO_INDEX=1 and an empty pip cache; it answered (below) and never ran pip
+    assert server.proc.poll() is None and READY in server.output()
+    assert not any(Path(offline["PIP_CACHE_DIR"]).iterdir())
+
+
+def test_the_stub_environment_offline_is_a_one_line_error_naming_the_fix(offline, tmp_path, monkeypatch):
+    for name, value in offline.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as e:
+        ensure_python_env(tmp_path / "env", log=lambda _: None)
+    assert "\n" not in str(e.value) and "serve --prepare-env" in str(e.value) and str(tmp_path / "env") in str(e.value)
+    assert not (tmp_path / "env").exists() and list(tmp_path.iterdir()) == []  # no half-built environment left
 
 
 def test_served_detections_equal_the_in_process_detector_over_http_and_grpc(server, val_images):

@@ -19,6 +19,7 @@ from . import (
     cpp,
     data,
     demo,
+    doctor,
     export,
     infer,
     optimize,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_command(sub, "client", client)
     _add_group(sub, cpp)
     add_command(sub, "demo", demo)
+    add_command(sub, "doctor", doctor)
     return parser
 
 

@@ -11,8 +11,9 @@ HELP = "the end-to-end job on the embedded synthetic dataset"
 DESCRIPTION = ("Generate the synthetic dataset (once), train a small Dual SIE-FPN RetinaNet on the CPU, evaluate it "
                "with COCO metrics, export it to ONNX (verified in ONNX Runtime against PyTorch), make FP16 and INT8 "
                "models, build TensorRT engines where a builder is installed, check the COCO AP of every artifact "
-               "against PyTorch's, benchmark them, pick the fastest CPU artifact within the INT8 budget (`optimize`), and print a summary. Exits 1 when parity fails. A rerun reuses "
-               "every stage whose output answers the same request from the same input.")
+               "against PyTorch's, benchmark them, pick the fastest CPU artifact within the INT8 budget (`optimize`), "
+               "prepare `serve` to start with no package index, and print a summary. Exits 1 when parity fails. A "
+               "rerun reuses every stage whose output answers the same request from the same input.")
 EPILOG = """\
 examples:
   siefpn-deploy demo                                        # the whole job, sized for a 2-core CPU
@@ -53,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "e.g. export/optimized/demo)")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false",
                         help="skip the closing `optimize --target cpu` (about 3 minutes on 2 cores)")
+    parser.add_argument("--python-env", type=Path, default=o.python_env, metavar="DIR",
+                        help="where to build `serve`'s stub environment (default: serve's own, under "
+                        "~/.cache/siefpn-deploy); it is the one part of serving that needs a package index")
+    parser.add_argument("--no-serving", dest="serving", action="store_false",
+                        help="do not prepare `serve`'s stub environment")
     add_overrides(parser)
 
 
@@ -66,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, level=args.level, regenerate=args.regenerate, output=args.output, export_dir=args.export_dir,
         engine_dir=args.engine_dir, calib_dir=args.calib_dir, report_dir=args.report, config_file=args.config_file,
         overrides=tuple(args.opts), bench_batches=tuple(args.bench_batch), bench_iters=args.bench_iters,
-        optimize=args.optimize, optimize_dir=args.optimize_dir))
+        optimize=args.optimize, optimize_dir=args.optimize_dir, serving=args.serving, python_env=args.python_env))
     return 0 if result.parity_passed else 1

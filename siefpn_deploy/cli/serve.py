@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.errors import UserError
 from .options import add_checkpoint_config, add_device, add_threads
 
 HELP = "serve any artifact with a local Triton Inference Server (dynamic batching, HTTP, gRPC)"
@@ -17,6 +18,7 @@ examples:
   curl localhost:{http}/v2/health/ready && curl localhost:{metrics}/metrics
   siefpn-deploy client --url localhost:{http} --source datasets/synth/val --concurrency 8
   siefpn-deploy serve --artifact export/demo.onnx --host 0.0.0.0 --api-key-file /run/secrets/key   # a container
+  siefpn-deploy serve --prepare-env     # once, where a package index is reachable; then serve works offline
 
 A real Triton Inference Server (tritonserver from the nvidia-pytriton wheel, no container) runs the model in
 this process through its Python backend, with dynamic batching, HTTP and gRPC, health and readiness endpoints,
@@ -27,9 +29,10 @@ error (why an image was refused; it fails only its own row). Rows run together o
 canvas size, so a response never depends on the requests batched with it. SIGINT or SIGTERM stop it
 gracefully: requests in flight finish, every process it started ends, then it exits 0. It listens on
 127.0.0.1 unless --host says otherwise; --api-key-file closes inference to clients without the key.
-Memory: see docs/serving.md for the worst case per batch and instance. Setup: pip install -e ".[serve]" && pip install --no-deps nvidia-pytriton==0.7.0
-(its wheel pins numpy<2; its stub gets a numpy<2 environment of its own, built on first use: see
-siefpn_deploy/serve/python_env.py). To hand a fleet the ONNX or engine itself, see `siefpn-deploy triton-repo`.
+Memory: see docs/serving.md for the worst case per batch and instance. Setup: the README's first command
+(pip install -e ".[all]" && pip install --no-deps nvidia-pytriton==0.7.0, whose wheel pins numpy<2). Its stub
+runs in a numpy<2 environment of its own (siefpn_deploy/serve/python_env.py), which the demo or --prepare-env
+builds; `siefpn-deploy doctor` says whether it is ready. To hand a fleet the ONNX or engine itself, see `siefpn-deploy triton-repo`.
 """
 
 
@@ -38,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..serve.options import ServeOptions as o
 
     parser.epilog = EPILOG.format(http=o.http_port, grpc=o.grpc_port, metrics=o.metrics_port)
-    parser.add_argument("--artifact", required=True, type=Path, metavar="PATH",
-                        help=".onnx, .pt2, .plan or a .pth checkpoint")
+    parser.add_argument("--artifact", type=Path, metavar="PATH",
+                        help=".onnx, .pt2, .plan or a .pth checkpoint, or a folder `optimize` wrote (required "
+                        "unless --prepare-env)")
     add_checkpoint_config(parser)
     add_device(parser)
     add_threads(parser)
@@ -73,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", metavar="NAME", help="the Triton model name (default: from the file name)")
     parser.add_argument("--python-env", type=Path, metavar="DIR", help="the Python-backend stub's environment "
                         "(default: built once under ~/.cache/siefpn-deploy)")
+    parser.add_argument("--prepare-env", action="store_true",
+                        help="build the stub's environment (the only step of serving that needs a package index) "
+                        "and exit: run it once where an index is reachable, e.g. when a container image is built; "
+                        "the demo does it too")
     parser.add_argument("--log-file", type=Path, metavar="FILE",
                         help="tritonserver's log (default: a file in the temp folder)")
 
@@ -84,8 +92,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..runtime.detector import Detector
     from ..serve.options import ServeOptions, read_api_key
-    from ..serve.server import DetectorServer, check_options
+    from ..serve.python_env import ensure_python_env
+    from ..serve.server import DetectorServer, check_options, require_pytriton
 
+    if args.prepare_env:
+        require_pytriton()
+        print(f"[serve] the stub's environment is ready: {ensure_python_env(args.python_env)}")
+        return 0
+    if args.artifact is None:
+        raise UserError("serve: --artifact is required (a .onnx, .pt2, .plan, .pth or an optimize folder)")
     options = ServeOptions(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,

@@ -3,7 +3,8 @@
 synthetic data -> train a small Dual SIE-FPN RetinaNet -> COCO evaluation -> ONNX export, verified in ONNX
 Runtime -> FP16 and INT8 (Q/DQ) models -> TensorRT engines (where a builder is installed) -> parity: the COCO
 AP of every artifact beside PyTorch's -> a latency benchmark -> `optimize --target cpu`: the fastest CPU artifact
-within the INT8 budget, and its speed-up over eager PyTorch and over OpenVINO with its default settings.
+within the INT8 budget, and its speed-up over eager PyTorch and over OpenVINO with its default settings. First,
+it builds `serve`'s stub environment, the one part of serving that needs a package index.
 
 Every stage returns what an earlier run left when it answers the same request from the same input, so a
 rerun re-measures without redoing the slow parts.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import CannotRunHere
+from ..core.errors import CannotRunHere, UserError, one_line
 from ..export.options import EXPORT_DIR, ExportOptions
 from ..parity.check import DEFAULT_BUDGETS
 from ..quantize.options import CALIB_CACHE, QuantizeOptions
@@ -61,6 +62,8 @@ class DemoOptions:
     optimize: bool = True  # the last stage: `optimize --target cpu` from the FP32 export (no .pt2: minutes to compile)
     optimize_dir: Path | None = None  # None: EXPORT_DIR/optimized/<run name>
     optimize_images: int = 100  # parity images per candidate: the demo reports, benchmarks/ measures
+    serving: bool = True  # build `serve`'s stub environment now, so that serving needs no package index later
+    python_env: Path | None = None  # where (None: serve's default, in the user cache)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,19 @@ def _train_overrides(options: DemoOptions, dataset_overrides: list[str]) -> list
     return dataset_overrides + ["OUTPUT_DIR", str(options.output)] + extra + list(options.overrides)
 
 
+def prepare_serving(python_env: Path | None, *, log=print) -> str:
+    """`serve`'s stub environment, built now (it is the one part of serving that needs a package index);
+    returns the summary's line. Serving not being installed is said, not raised: the demo does not need it."""
+    from ..serve.python_env import ensure_python_env
+    from ..serve.server import require_pytriton
+
+    try:
+        require_pytriton()
+        return f"ready: the stub's environment is {ensure_python_env(python_env, log=log)}"
+    except UserError as e:
+        return f"not ready: {one_line(e)}"
+
+
 def run_demo(options: DemoOptions, *, log=print) -> DemoResult:
     from ..parity.report import markdown as parity_markdown
     from ..runtime.bench import markdown as bench_markdown
@@ -96,6 +112,7 @@ def run_demo(options: DemoOptions, *, log=print) -> DemoResult:
     def timed(name: str, t: float) -> None:
         timings[name] = time.perf_counter() - t
 
+    serving = prepare_serving(options.python_env, log=log) if options.serving else None
     data = synthetic_dataset(DatasetOptions(root=options.data, level=options.level, regenerate=options.regenerate),
                              log=log)
     run = train_detector(TrainOptions(config_file=options.config_file,
@@ -184,6 +201,8 @@ def run_demo(options: DemoOptions, *, log=print) -> DemoResult:
         log(f"| build | | {note} | strongly typed engine |")
     log(f"| parity | {options.report_dir / 'parity.md'} | {'PASS' if parity.passed else 'FAIL'} | budgets "
         f"{', '.join(f'{k} {b:g}' for k, b in options.budgets.items())} AP points |")
+    if serving is not None:
+        log(f"| serve | | {serving} | `serve` starts with no package index |")
     if best is not None:
         log(f"| optimize --target cpu | {best.best or best.written[0]} | {best.summary} | the fastest within the INT8 "
             "budget |")

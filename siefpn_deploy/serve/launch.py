@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,12 +57,13 @@ def serve_argv(artifact: str | Path, options: ServeOptions, extra: Sequence[str]
 
 @contextmanager
 def serve_process(artifact: str | Path, options: ServeOptions, *, log: Path, extra: Sequence[str] = (),
-                  ready_timeout_s: float = 300) -> Iterator[subprocess.Popen]:
+                  ready_timeout_s: float = 300, environ: Mapping[str, str] = {}) -> Iterator[subprocess.Popen]:
     """Start `serve` (stdout and stderr to `log`, in a session of its own so that signals meant for the caller's
-    process group never reach it), wait until it is ready, yield it; kill it on exit if it still runs."""
+    process group never reach it; `environ` added to this process's environment), wait until it is ready, yield
+    it; kill it on exit if it still runs."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        env = {**os.environ, API_KEY_ENV: options.api_key} if options.api_key else None
+        env = {**os.environ, **environ, **({API_KEY_ENV: options.api_key} if options.api_key else {})}
         proc = subprocess.Popen(serve_argv(artifact, options, extra), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     try:

@@ -14,7 +14,9 @@ stub make it need an environment of its own :
   stub's library path, so this interpreter's libpython is linked there.
 
 The environment is built once per interpreter, in a staging folder renamed into place, under the user
-cache (or `--python-env DIR`), and given to Triton as the model's EXECUTION_ENV_PATH.
+cache (or `--python-env DIR`), and given to Triton as the model's EXECUTION_ENV_PATH. Building it is the one
+step of serving that needs a package index (numpy<2 is in no environment of ours), so the demo and
+`serve --prepare-env` build it ahead; once it is there, `serve` starts with no index and no pip cache.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def default_python_env() -> Path:
     return user_cache_dir() / f"triton-python-env-{tag}"
 
 
+def python_env_ready(path: Path | None = None) -> tuple[bool, Path]:
+    """Whether the stub's environment at `path` (default: `default_python_env()`) is built, and where."""
+    env = Path(path) if path is not None else default_python_env()
+    return (env / READY).is_file(), env
+
+
 def shared_libpython() -> Path | None:
     """This interpreter's libpythonX.Y.so.1.0, or None when it is linked statically."""
     name, libdir = sysconfig.get_config_var("INSTSONAME"), sysconfig.get_config_var("LIBDIR")
@@ -59,8 +67,8 @@ def activate_script(env: Path) -> str:
 def ensure_python_env(path: Path | None = None, *, log=print) -> Path:
     """The stub's environment at `path` (default: `default_python_env()`), built first if it is not there.
     Building installs STUB_REQUIREMENTS with pip (from the package index, or pip's cache)."""
-    env = Path(path) if path is not None else default_python_env()
-    if (env / READY).is_file():
+    ready, env = python_env_ready(path)
+    if ready:
         return env
     if env.exists():
         raise UserError(f"--python-env {env} exists but is not a finished stub environment (no {READY}): "
@@ -77,13 +85,19 @@ def ensure_python_env(path: Path | None = None, *, log=print) -> Path:
         if pip.returncode != 0:
             lines = [ln for ln in (pip.stderr or pip.stdout).splitlines() if ln.strip()]
             raise UserError(f"could not build the Triton Python-backend environment in {env}: pip install "
-                            f"{' '.join(STUB_REQUIREMENTS)} failed: {one_line(Exception(lines[-1] if lines else ''))}")
+                            f"{' '.join(STUB_REQUIREMENTS)} failed: {one_line(Exception(lines[-1] if lines else ''))} "
+                            "(it needs a package index or a wheel folder once: run `siefpn-deploy serve "
+                            "--prepare-env` once where one is reachable, e.g. when the image is built)")
         libpython = shared_libpython()
         if libpython is not None:
             (stage / "lib" / libpython.name).symlink_to(libpython)
         (stage / "bin" / "activate").write_text(activate_script(env))
         (stage / READY).write_text(f"{sys.version}\n{' '.join(STUB_REQUIREMENTS)}\n")
-        os.replace(stage, env)  # the venv's files name `env`, never the staging folder
+        try:
+            os.replace(stage, env)  # the venv's files name `env`, never the staging folder
+        except OSError:
+            if not python_env_ready(env)[0]:  # not another process that built it at the same time
+                raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return env
