@@ -1,8 +1,8 @@
 """`export --format aoti`: the deploy graph compiled by AOTInductor into NAME.pt2, run by the Python runtime.
 
 One detector is compiled in CI (each package takes a minute or more on 2 cores): Mask R-CNN, whose graph
-runs every step the other two run except RetinaNet's decoder (RPN, both RoIAligns, two loop NMSs, the mask
-head). The loop NMS itself is checked case by case in test_nms.py, compiled too.
+runs every step the other two run except RetinaNet's decoder (RPN, both RoIAligns, two kernel NMSs, the mask
+head). The package NMS lowerings themselves are checked case by case in test_nms.py, compiled too.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_the_package_is_verified_and_carries_the_contract(exported):
     assert path.name == f"{ARCH}_aoti.pt2" and meta["package"] == path.name and "onnx" not in meta
     v = meta["verification"]
     assert v["passed"] and v["matched"] > 20 and v["unmatched"] == 0 and v["max_box_rel"] <= 1e-3
-    assert meta["postprocess"]["nms"] == "loop" and meta["postprocess"]["roi_align"]["lowering"] == "onnx"
+    assert meta["postprocess"]["nms"] == "kernel" and meta["postprocess"]["roi_align"]["lowering"] == "onnx"
     assert meta["export"]["device"] == "cpu" and meta["export"]["compile_seconds"] > 0
     assert [i["name"] for i in meta["inputs"]] == ["images", "image_sizes"]
     # the package's own metadata holds the same contract, for a program that has only the package
@@ -82,7 +82,7 @@ def test_package_options_and_files_refused_in_one_line(exported, seeded, tmp_pat
     base = ["export", "--format", "aoti", "--config-file", config]
     assert "--output must end in .pt2 for --format aoti" in refused(*base, "--output", str(tmp_path / "x.onnx"),
                                                                     "MODEL.WEIGHTS", weights)
-    assert "--nms must be one of loop for --format aoti" in refused(*base, "--nms", "onnx", "--output",
+    assert "--nms must be one of kernel, loop for --format aoti" in refused(*base, "--nms", "onnx", "--output",
                                                                     str(tmp_path / "x.pt2"), "MODEL.WEIGHTS", weights)
     assert "ONNX options" in refused(*base, "--simplify", "--output", str(tmp_path / "x.pt2"), "MODEL.WEIGHTS", weights)
     # NAME.onnx and NAME.pt2 would share NAME.meta.json: the second export is refused before any work

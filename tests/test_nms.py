@@ -11,7 +11,7 @@ from torch import nn
 from torch.export import Dim
 from torchvision.ops import batched_nms
 
-from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, LoopNMS, OnnxNMS, TensorNMS
+from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, KernelNMS, LoopNMS, OnnxNMS, TensorNMS
 
 IOU = 0.5
 K = 20
@@ -36,17 +36,19 @@ class CompiledPackage:
         return [t.numpy() for t in self.run_package(*(torch.from_numpy(v) for v in feeds.values()))]
 
 
-@pytest.fixture(scope="module", params=[OnnxNMS, TensorNMS, LoopNMS], ids=["onnx", "tensor", "aoti"])
+@pytest.fixture(scope="module", params=[OnnxNMS, TensorNMS, LoopNMS, KernelNMS],
+                ids=["onnx", "tensor", "aoti-loop", "aoti-kernel"])
 def session(request, tmp_path_factory):
-    """One exported NMS graph per lowering (an AOTInductor package for LoopNMS), dynamic in batch and N."""
+    """One exported NMS graph per lowering (an AOTInductor package for LoopNMS and KernelNMS), dynamic in batch
+    and N."""
     module = NMSOnly(request.param(iou_threshold=IOU, max_keep=K, num_groups=80)).eval()
     example = random_case(torch.Generator().manual_seed(0), 2, 64, 5)
     n, b = Dim("n", min=1, max=4096), Dim("b", min=1, max=8)
     dims = {"boxes": {0: b, 1: n}, "scores": {0: b, 1: n}, "groups": {0: b, 1: n}, "valid": {0: b, 1: n}}
     folder = tmp_path_factory.mktemp("nms")
-    if request.param is LoopNMS:
+    if request.param in (LoopNMS, KernelNMS):
         program = torch.export.export(module, example, dynamic_shapes=dims)
-        path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "loop.pt2"))
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "nms.pt2"))
         return CompiledPackage(path)
     program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dims,
                                 input_names=list(dims), output_names=["keep", "keep_valid"],
@@ -85,7 +87,7 @@ def run(session, case) -> list[list[int]]:
 def assert_same(session, case):
     want = expected(*case)
     assert run(session, case) == want
-    for eager in (OnnxNMS, LoopNMS):  # the op's own eager body, and the aten loop run eagerly
+    for eager in (OnnxNMS, LoopNMS, KernelNMS):  # the op's own eager body, and the aten forms run eagerly
         keep, ok = NMSOnly(eager(iou_threshold=IOU, max_keep=K, num_groups=80))(*case)
         assert [row[m].tolist() for row, m in zip(keep, ok)] == want
 

@@ -2,8 +2,9 @@
 
 The package holds the same graph as NAME.onnx (the contract's two inputs and padded outputs, dynamic batch
 and H, W multiples of the divisibility, normalisation, decoding and NMS inside). Two lowerings differ from
-the ONNX ones because a compiled package runs aten kernels, not Python: NMS is `export.nms.LoopNMS` (a
-torch.while_loop of the greedy steps) and RoIAlign calls torchvision's roi_align kernel. The package's own
+the ONNX ones because a compiled package runs kernels, not Python: NMS is `export.nms.KernelNMS` (one call of
+torchvision's NMS kernel per batch; `--nms loop`: `LoopNMS`, a torch.while_loop of the greedy steps) and
+RoIAlign calls torchvision's roi_align kernel. The C++ runtime loads torchvision's operators for both. The package's own
 metadata holds the meta.json written beside it (key `siefpn_deploy.meta`), so a C++ program that has only
 the package still reads the contract.
 """

@@ -18,9 +18,13 @@ In PyTorch the op runs torchvision's NMS kernel. In ONNX the strategy module low
 Both lowerings sort with ONNX TopK, which orders equal scores by index as batched_nms's stable sort
 does, and suppress on `IoU > threshold` within a group with torchvision's arithmetic.
 
-- `LoopNMS` (`export --format aoti`): a compiled package cannot call the op's Python body, so the same
-  greedy steps as `TensorNMS` run as a `torch.while_loop` in aten ops, which torch.export captures and
-  AOTInductor compiles; it stops after K kept boxes or when nothing is alive.
+For `export --format aoti`: a compiled package cannot call the op's Python body, so
+- `KernelNMS` (the default) calls torchvision's NMS kernel once for the whole batch, each (image, group)
+  pair moved to a region of the plane of its own (`kernel_batched_nms` says why that is exact);
+- `LoopNMS` runs the same greedy steps as `TensorNMS` as a `torch.while_loop` in aten ops, which torch.export
+  captures and AOTInductor compiles; it stops after K kept boxes or when nothing is alive. Each step costs
+  about 0.1 ms on a CPU, so an RPN's 1000 steps cost about 100 ms: it is kept as the package form that needs
+  no torchvision operator.
 """
 
 from __future__ import annotations
@@ -93,7 +97,17 @@ class LoopNMS(BatchedNMS):
         return greedy_batched_nms(boxes, scores, groups, valid, self.iou_threshold, self.max_keep)
 
 
-STRATEGIES: dict[str, type[BatchedNMS]] = {cls.lowering: cls for cls in (OnnxNMS, TensorNMS, LoopNMS)}  # options.NMS_LOWERINGS
+class KernelNMS(BatchedNMS):
+    """torchvision's NMS kernel, one call for the whole batch, for torch.export and AOTInductor."""
+
+    lowering = "kernel"
+
+    def forward(self, boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        return kernel_batched_nms(boxes, scores, groups, valid, self.iou_threshold, self.max_keep)
+
+
+STRATEGIES: dict[str, type[BatchedNMS]] = {  # options.NMS_LOWERINGS
+    cls.lowering: cls for cls in (OnnxNMS, TensorNMS, LoopNMS, KernelNMS)}
 
 
 def greedy_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
@@ -127,8 +141,35 @@ def greedy_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
 
     start = (torch.zeros((), dtype=torch.int64, device=scores.device), valid.clone(), torch.zeros_like(valid))
     _, _, kept = torch._higher_order_ops.while_loop(alive_left, step_once, start)
-    # the kept boxes by score, ties by index (a stable sort: torch.topk does not promise an order among ties),
-    # padded with invalid slots
+    return _ranked(kept, keys, max_keep)
+
+
+def kernel_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
+                       max_keep: int) -> tuple[Tensor, Tensor]:
+    """`batched_nms`'s contract with one call of torchvision's NMS kernel (`torchvision::nms`, which torch.export
+    captures with a data-dependent output length and AOTInductor calls as an external kernel).
+
+    Every (image, group) pair is moved to a region of the plane of its own, `span` apart, so no box overlaps a
+    box of another pair and one greedy pass keeps, per pair, exactly what a pass over that pair alone keeps (the
+    kernel's sort is stable, so ties go to the lower index in both). The shift is made in float64, where adding
+    it to a float32 coordinate is exact, so the kernel's IoUs are those of the unshifted boxes, computed in
+    float64 where the eager op computes float32: the two can disagree only on an IoU within about 1e-7 of the
+    threshold. All K kept boxes of a pair are the first K of a full pass, so running it to the end changes
+    nothing."""
+    b, n = scores.shape
+    keys = torch.where(valid, scores.float(), LOWEST)
+    coords = torch.where(valid[..., None], boxes.double(), 0.0)  # [B,N,4]; invalid boxes sit at 0, scored LOWEST
+    span = coords.amax() - coords.amin() + 1  # wider than any box and any gap between boxes
+    region = torch.arange(b, device=scores.device)[:, None] * (groups.amax() + 1) + groups  # [B,N]
+    shifted = coords + (region.double() * span)[..., None]
+    keep = torch.ops.torchvision.nms(shifted.reshape(-1, 4), keys.double().reshape(-1), iou_threshold)
+    kept = torch.zeros(b * n, dtype=torch.bool, device=scores.device).index_fill(0, keep, True).view(b, n) & valid
+    return _ranked(kept, keys, max_keep)
+
+
+def _ranked(kept: Tensor, keys: Tensor, max_keep: int) -> tuple[Tensor, Tensor]:
+    """The kept boxes [B,N] by score, ties by index (a stable sort: torch.topk does not promise an order among
+    ties), as keep [B,K] and keep_valid [B,K], padded with invalid slots."""
     pad = keys.new_full((keys.shape[0], max_keep), LOWEST)
     ranked = torch.sort(torch.cat([torch.where(kept, keys, LOWEST), pad], dim=1), dim=1, descending=True, stable=True)
     top, keep = ranked.values[:, :max_keep], ranked.indices[:, :max_keep]

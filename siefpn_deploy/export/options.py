@@ -15,15 +15,15 @@ if TYPE_CHECKING:
     from ..core.config import Config
 
 FORMATS = ("onnx", "aoti")  # NAME.onnx, or an AOTInductor package NAME.pt2
-NMS_LOWERINGS = {"onnx": ("onnx", "tensor"), "aoti": ("loop",)}  # per format: export.nms.STRATEGIES, by name
+NMS_LOWERINGS = {"onnx": ("onnx", "tensor"), "aoti": ("kernel", "loop")}  # per format: export.nms.STRATEGIES, by name
 ROI_ALIGN_LOWERINGS = ("onnx", "gather")  # export.roi_align; by default the one that goes with --nms
 # "onnx" is torchvision's roi_align op: the ONNX RoiAlign op in a graph, torchvision's kernel in a package
-ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather", "loop": "onnx"}
+ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather", "loop": "onnx", "kernel": "onnx"}
 PACKAGE_DEVICES = ("cpu", "cuda")
 PACKAGE_PRECISIONS = ("fp32", "fp16")  # fp16: the network under CUDA autocast, inside the package
 DEFAULT_BATCH = ShapeRange(1, 8)
 EXPORT_DIR = Path("export")  # where an export goes when no output is given
-DEFAULT_NMS = {"onnx": "onnx", "aoti": "loop"}  # per format, when no NMS lowering is given
+DEFAULT_NMS = {"onnx": "onnx", "aoti": "kernel"}  # per format, when no NMS lowering is given
 BOX_CANDIDATES = 1000  # R-CNN box head: best per-class candidates entering NMS (<= MAX_TOPK)
 ROI_SAMPLES = 2  # the gather RoIAlign's bound on adaptive samples per bin and axis
 
