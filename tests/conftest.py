@@ -207,10 +207,20 @@ FP32_AP_FLOOR = 5.0  # AP points: well above the INT8 budget (1.0), so INT8 has 
 SMALL_SET_BUDGETS = ["fp16=0.5", "int8=2.0"]
 
 
-def broken_int8(source: Path, target: Path) -> None:
-    """The calibrated INT8 model with every quantization scale x100: most activations and weights round to 0."""
+def broken_int8(source: Path, target: Path, layer: str | None = None) -> None:
+    """The calibrated INT8 model with quantization scales x100: every QuantizeLinear's, where most activations and
+    weights round to 0; or with `layer` (a node name) only those of its weights (input 1: the DequantizeLinear's
+    scale and the QuantizeLinear's before it, where the graph quantizes them), which breaks that layer alone in any
+    INT8 layout: its weights round to a few levels, or grow 100x where they are stored quantized."""
     model = onnx.load(str(source))
-    scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    if layer is None:
+        scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    else:
+        producer = {o: n for n in model.graph.node for o in n.output}
+        weights = producer[next(n for n in model.graph.node if n.name == layer).input[1]]
+        assert weights.op_type == "DequantizeLinear", f"{layer}'s weights are not quantized"
+        quantize = producer.get(weights.input[0])
+        scales = {weights.input[1], *([quantize.input[1]] if quantize is not None else [])}
     for tensor in model.graph.initializer:
         if tensor.name in scales:
             tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 100, tensor.name))

@@ -18,6 +18,7 @@ from . import (
     convert,
     cpp,
     data,
+    debug,
     demo,
     doctor,
     export,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_command(sub, "serve", serve)
     add_command(sub, "client", client)
     _add_group(sub, cpp)
+    _add_group(sub, debug)
     add_command(sub, "demo", demo)
     add_command(sub, "doctor", doctor)
     return parser

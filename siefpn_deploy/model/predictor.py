@@ -156,16 +156,20 @@ class Predictor:
             return h["max"], w["max"]
         return self._in_range(*self.preprocess.padded_size(height, width))
 
-    def run_canvas(self, canvas: Canvas) -> dict[str, np.ndarray]:
-        """The backend on one preprocessed batch, padded (with copies of its last image) up to the smallest
-        batch the artifact takes, e.g. a static batch."""
+    def feeds(self, canvas: Canvas) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's inputs for one preprocessed batch: images [B,3,H,W] and image_sizes [B,2], padded (with
+        copies of its last image) up to the smallest batch the artifact takes, e.g. a static batch."""
         images, sizes = canvas.images.numpy(), canvas.image_sizes
         real = len(images)
         if real < self.min_batch:
             images = np.concatenate([images, np.repeat(images[-1:], self.min_batch - real, axis=0)])
             sizes = np.concatenate([sizes, np.repeat(sizes[-1:], self.min_batch - real, axis=0)])
-        out = self.backend.run(images, sizes)
-        return {k: v[:real] for k, v in out.items()}
+        return images, sizes
+
+    def run_canvas(self, canvas: Canvas) -> dict[str, np.ndarray]:
+        """The backend on one preprocessed batch (`feeds`), cut back to the batch's own images."""
+        out = self.backend.run(*self.feeds(canvas))
+        return {k: v[: len(canvas.images)] for k, v in out.items()}
 
     def postprocess(self, outputs: dict[str, np.ndarray], canvas: Canvas, *, paste_masks: bool = True
                     ) -> list[Detections]:

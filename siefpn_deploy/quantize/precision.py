@@ -11,6 +11,8 @@ The heads and the backbone/neck convolutions go to FP16 or INT8. These stay in f
 
 from __future__ import annotations
 
+from typing import Any
+
 GAU_ATTENTION = r"(?i)^/backbone/neck/gau/.*(matmul|softmax|scaled_dot_product)"
 SCORES = r"(?i)^/decoder/.*(sigmoid|softmax)"
 DECODING = r"^/decoder/(?!.*(head|predictor)/)"  # the decoder, minus its head modules
@@ -22,3 +24,9 @@ DEFAULT_EXCLUDES = {
 }
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")  # what an INT8 model's quantization is made of
+
+
+def dequantized_inputs(node: Any, producer: dict[str, Any]) -> list[bool]:
+    """For each input of an ONNX node: whether a DequantizeLinear makes it, i.e. whether the node computes on
+    INT8 values there. `producer` maps each tensor of the graph to the node that outputs it."""
+    return [producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in node.input]

@@ -18,7 +18,6 @@ a layer whose inputs cannot be traced back to FP32 tensors (inside a Loop body, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ import numpy as np
 from ..core.contract import graph_inputs
 from ..core.ort import ort_session
 from ..core.progress import progress_bar
-from .precision import QDQ_OPS
+from .precision import QDQ_OPS, dequantized_inputs
+from .tensor_error import TensorError, sqnr_db
 
 PREFIX = "sensitivity::"  # names of what the probe adds to the FP32 graph
 
@@ -41,7 +41,7 @@ class LayerSensitivity:
 
     @property
     def sqnr_db(self) -> float:
-        return -10 * math.log10(self.nsr) if self.nsr > 0 else math.inf
+        return sqnr_db(self.nsr)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def probe_graph(fp32: Any, int8: Any) -> _Probe:
 
     layers, skipped = [], []
     for node in int8.graph.node:
-        reads_dq = [producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in node.input]
+        reads_dq = dequantized_inputs(node, producer)
         if node.op_type in QDQ_OPS or not any(reads_dq) or node.output[0] not in floats:
             continue  # not a layer INT8 changes the values of (a Shape reading a quantized tensor, say)
         tag = PREFIX + node.name
@@ -146,14 +146,10 @@ def rank_layers(fp32_path: Path, int8_path: Path, images: np.ndarray, image_size
     # no graph optimisation: the probe's Q/DQ pairs then dequantize in float, exactly what they describe
     session = ort_session(probe.model.SerializeToString(), optimize=False, source=f"the sensitivity probe of {int8_path}")
     names = [o.name for o in session.get_outputs()]
-    noise = dict.fromkeys((layer for layer, *_ in probe.layers), 0.0)
-    signal = dict(noise)
+    errors = {layer: TensorError() for layer, *_ in probe.layers}
     for i in progress_bar(range(len(images)), desc="sensitivity", unit="img"):
         values = dict(zip(names, session.run(None, graph_inputs(images[i : i + 1], image_sizes[i : i + 1]))))
         for layer, _, fp32_out, alone_out in probe.layers:
-            reference = values[fp32_out].astype(np.float64)
-            noise[layer] += float(np.square(values[alone_out] - reference).sum())
-            signal[layer] += float(np.square(reference).sum())
-    ranked = [LayerSensitivity(layer, op, noise[layer] / signal[layer] if signal[layer] > 0 else 0.0)
-              for layer, op, *_ in probe.layers]
+            errors[layer].add(values[fp32_out], values[alone_out])
+    ranked = [LayerSensitivity(layer, op, errors[layer].nsr) for layer, op, *_ in probe.layers]
     return sorted(ranked, key=lambda s: s.nsr, reverse=True)
