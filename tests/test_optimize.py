@@ -12,6 +12,7 @@ from siefpn_deploy.cli import main
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.sidecar import resolve_artifact
 from siefpn_deploy.parity.winner import OWN, Candidate, choose, speedup_line
+from siefpn_deploy.pipeline.optimize import EXAMPLES_NAME, OptimizeJob, parity_reports, winner_examples
 
 
 def timing(name: str, variant: str, e2e: float) -> dict:
@@ -31,7 +32,8 @@ PARITY = {"budgets": {"fp32": 0.1, "fp16": 0.2, "int8": 1.0, "bf16": 0.5}, "arti
     {"path": "c/m.onnx", "kind": "openvino", "status": "pass", "delta": {"bbox": -0.02}},
     {"path": "c/m.onnx", "kind": "openvino-bf16", "status": "pass", "delta": {"bbox": -0.4}},
     {"path": "c/m.int8-cpu.onnx", "kind": "onnxruntime", "status": "fail", "delta": {"bbox": -0.9, "segm": -1.6}},
-    {"path": "c/m.int8-ov.onnx", "kind": "openvino", "status": "pass", "delta": {"bbox": -0.7, "segm": -0.3}},
+    {"path": "c/m.int8-ov.onnx", "kind": "openvino", "status": "pass", "delta": {"bbox": -0.7, "segm": -0.3},
+     "examples": {"grid": "parity.examples.5.openvino.png", "images": []}},
     {"path": "c/m_aoti.pt2", "kind": "aoti", "status": "pass", "delta": {"bbox": 0.0}},
     {"path": "c/m.fp16.onnx", "kind": "openvino", "status": "not run", "reason": "OpenVINO is not installed"}]}
 CANDIDATES = [Candidate("FP32 in ONNX Runtime", Path("c/m.onnx"), "onnxruntime"),
@@ -49,6 +51,7 @@ def test_the_winner_is_the_fastest_within_the_budget_and_every_loser_says_why():
     choice = choose(CANDIDATES, BENCH, PARITY, budget=1.0, batch=1, size=384)
     rows = {r["label"]: r for r in choice["rows"]}
     assert choice["winner"]["label"] == "NNCF INT8"
+    assert choice["winner"]["examples"] == "parity.examples.5.openvino.png"  # its parity row's example grid
     assert rows["ORT CPU-INT8"]["status"] == "over budget" and "1.60 AP points" in rows["ORT CPU-INT8"]["why"]
     assert rows["FP32 in OpenVINO bf16"]["why"] == "1.25x the winner's end-to-end p50"
     assert rows[".pt2"]["why"] == f"{100 / 24:.2f}x the winner's end-to-end p50"
@@ -64,6 +67,16 @@ def test_the_winner_is_the_fastest_within_the_budget_and_every_loser_says_why():
     nothing = choose(CANDIDATES[3:5], BENCH, PARITY, budget=0.1, batch=1, size=384)
     assert nothing["winner"] is None
     assert speedup_line(nothing, {}) == "no candidate is within the 0.1 AP budget at batch 1, 384px"
+
+
+def test_the_winners_example_grid_lands_beside_the_report(tmp_path):
+    job = OptimizeJob(weights=tmp_path / "m.pth", output=tmp_path / "optimized")
+    grid = parity_reports(job) / "parity.examples.5.openvino.png"
+    grid.parent.mkdir(parents=True)
+    grid.write_bytes(b"the grid parity drew")
+    copied = winner_examples(job, {"examples": grid.name})
+    assert copied == job.output / EXAMPLES_NAME and copied.read_bytes() == b"the grid parity drew"
+    assert winner_examples(job, None) is None and not copied.exists()  # no winner: an earlier run's copy goes
 
 
 def test_targets_this_machine_cannot_run_are_refused_before_any_work(tmp_path, capsys):

@@ -28,7 +28,9 @@ from siefpn_deploy.evaluation.coco import coco_eval, coco_results
 from siefpn_deploy.evaluation.loop import CocoSubset
 from siefpn_deploy.model.checkpoint import load_trained_detector
 from siefpn_deploy.parity.check import verdict
+from siefpn_deploy.parity.examples import EXAMPLES
 from siefpn_deploy.runtime import Detector
+from siefpn_deploy.runtime.visualize import DEFAULT_MIN_SCORE, draw
 
 # Quantization, engine builds and parity do not branch on the box head: Mask R-CNN's graph is Faster R-CNN's with
 # the mask branch, so these two cover both (test_export.py exports and checks all three)
@@ -72,6 +74,15 @@ def test_parity_passes_for_every_artifact_onnx_runtime_can_run(arch, seeded, exp
             assert rows[5]["reason"] and f"not run: {rows[5]['reason']}" in (report / "parity.md").read_text()
     assert (report / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| pass |" in out and "Result: **PASS**" in out
+    # each artifact that ran: a grid of the images it agrees least on, worst first, shown by parity.md
+    markdown = (report / "parity.md").read_text()
+    for row in rows[1:5]:
+        grid = report / row["examples"]["grid"]
+        assert Image.open(grid).format == "PNG" and f"]({grid.name})" in markdown
+        chosen = [(e["agreement"], e["agreement_all"]) for e in row["examples"]["images"]]
+        assert len(chosen) == min(EXAMPLES, data["images"]) and chosen == sorted(chosen)
+    ran = [r for r in rows if r["status"] not in ("reference", "not run")]
+    assert sorted(report.glob("parity.examples.*.png")) == sorted(report / r["examples"]["grid"] for r in ran)
 
 
 def test_a_damaged_artifact_breaks_its_budget(detecting, tmp_path, capsys):
@@ -347,17 +358,38 @@ def test_readme_python_example_runs(exported, tiny_synth, tmp_path, monkeypatch,
 # ------------------------------------------------------------------ infer and bench
 
 
-def test_infer_writes_drawings_and_json(exported, tiny_synth, tmp_path, capsys):
+def test_infer_draws_the_confident_detections_and_writes_every_one(exported, tiny_synth, tmp_path, capsys):
+    """The pictures show what --vis-score and --vis-top let through (default: score >= 0.5); the JSON keeps every
+    detection above the model's own threshold, whatever is drawn."""
     source = split_paths(tiny_synth, "val")[0]
-    assert main(["infer", "--artifact", str(exported.onnx("mask_rcnn", "onnx")), "--source", str(source),
+    onnx_path = exported.onnx("mask_rcnn", "onnx")
+    assert main(["infer", "--artifact", str(onnx_path), "--source", str(source),
                  "--save-vis", str(tmp_path / "vis"), "--save-json", str(tmp_path / "dets.json")]) == 0
-    drawn = sorted((tmp_path / "vis").glob("*.png"))
-    assert len(drawn) == len(list(source.iterdir()))
+    assert f"drawn (score >= {DEFAULT_MIN_SCORE:g}) into" in capsys.readouterr().out
+    files = sorted(source.iterdir())
+    detector = Detector.from_path(onnx_path)
+    found = dict(zip(files, detector.predict(files, batch_size=1)))  # one image per canvas, as infer runs them
     records = json.loads((tmp_path / "dets.json").read_text())
     assert records and {"file_name", "bbox", "score", "category_id", "segmentation"} <= set(records[0])
-    original = np.asarray(Image.open(source / Path(records[0]["file_name"]).name).convert("RGB"))
-    assert not np.array_equal(np.asarray(Image.open(drawn[0]).convert("RGB")), original)  # something was drawn
-    assert "detections in" in capsys.readouterr().out
+    scores = [r["score"] for r in records]
+    assert len(records) == sum(len(d) for d in found.values())
+    assert min(scores) < DEFAULT_MIN_SCORE and min(scores) >= detector.meta["postprocess"]["score_thresh"]
+    for path, dets in found.items():
+        image = Image.open(path).convert("RGB")
+        picture = np.asarray(Image.open(tmp_path / "vis" / f"{path.stem}.png"))
+        assert np.array_equal(picture, np.asarray(draw(image, dets, min_score=DEFAULT_MIN_SCORE)))
+        if not (dets.scores >= DEFAULT_MIN_SCORE).any():  # nothing confident: the picture is the image itself
+            assert np.array_equal(picture, np.asarray(image))
+
+    # the old picture's threshold, the best one only: drawn on every image; the JSON is the same
+    assert main(["infer", "--artifact", str(onnx_path), "--source", str(source), "--vis-score", "0.05",
+                 "--vis-top", "1", "--save-vis", str(tmp_path / "top"), "--save-json", str(tmp_path / "top.json")]) == 0
+    assert json.loads((tmp_path / "top.json").read_text()) == records
+    for path, dets in found.items():
+        image = Image.open(path).convert("RGB")
+        picture = np.asarray(Image.open(tmp_path / "top" / f"{path.stem}.png"))
+        assert np.array_equal(picture, np.asarray(draw(image, dets, min_score=0.05, top=1)))
+        assert not np.array_equal(picture, np.asarray(image))
 
 
 def test_infer_on_a_full_disk_is_one_line_and_keeps_the_old_results(exported, tiny_synth, tmp_path):
@@ -421,6 +453,9 @@ def test_bad_runtime_inputs(exported, tiny_synth, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no images in" in run(capsys, "infer", "--artifact", onnx_path, "--source", str(empty))
+    for option, value in (("--vis-score", "1.5"), ("--vis-top", "0")):  # refused before the model loads
+        line = run(capsys, "infer", "--artifact", str(tmp_path / "none.onnx"), "--source", str(empty), option, value)
+        assert line.startswith(f"error: {option} ") and value in line
     wrong = tmp_path / "model.txt"
     wrong.write_text("hello")
     assert "unknown artifact" in run(capsys, "infer", "--artifact", str(wrong), "--source", str(empty))

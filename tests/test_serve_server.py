@@ -174,6 +174,28 @@ def test_the_client_command_writes_coco_results_like_infer(server, tiny_synth, t
         np.testing.assert_allclose(x["bbox"] + [x["score"]], y["bbox"] + [y["score"]], atol=2e-2)
 
 
+def test_the_client_command_on_a_video_writes_what_infer_writes(server, tiny_synth, tmp_path, capsys):
+    """A video's frames go to the server as PNG, three in flight: the JSON is infer's for the same frames (frame
+    indices, timestamps, masks), in frame order whatever order the answers came in."""
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'siefpn-deploy[video]')")
+    from test_video import scene_frames, write_video
+
+    clip = write_video(tmp_path / "clip.mp4", scene_frames(tiny_synth, 12))
+    served, local, key = tmp_path / "served.json", tmp_path / "local.json", tmp_path / "key"
+    key.write_text(KEY + "\n")
+    assert main(["client", "--url", server.http, "--source", str(clip), "--stride", "2", "--concurrency", "3",
+                 "--save-json", str(served), "--api-key-file", str(key)]) == 0
+    assert "in 6 frames of 1 video(s)" in capsys.readouterr().out
+    assert main(["infer", "--artifact", str(server.onnx), "--source", str(clip), "--stride", "2", "--save-json",
+                 str(local), "--device", "cpu"]) == 0
+    a, b = json.loads(served.read_text()), json.loads(local.read_text())
+    assert len(a) == len(b) > 0 and {x["frame_index"] for x in a} == {0, 2, 4, 6, 8, 10}
+    for x, y in zip(a, b):
+        keys = ("video", "frame_index", "timestamp", "category_id", "class_name", "segmentation")
+        assert [x[k] for k in keys] == [y[k] for k in keys]
+        np.testing.assert_allclose(x["bbox"] + [x["score"]], y["bbox"] + [y["score"]], atol=2e-2)
+
+
 def test_load_200_requests_at_concurrency_8_without_errors_and_with_merged_batches(server, val_images, capsys):
     payloads = [p.read_bytes() for p in val_images]
     with server.client() as client:

@@ -237,7 +237,7 @@ def test_eval_only_and_parity_report_one_pytorch_ap(tiny_synth, tmp_path, arch):
     dataset = CocoDetection(image_dir=tiny_synth / "val", annotation_file=tiny_synth / "annotations" / "instances_val.json",
                             with_masks=arch == "mask_rcnn")
     report = run_parity(reference, [], dataset, budgets=parse_budgets([]), max_images=None,
-                        batch_size=load_config(PRESET, opts).TEST.IMS_PER_BATCH)
+                        batch_size=load_config(PRESET, opts).TEST.IMS_PER_BATCH).report
     parity = report["artifacts"][0]["metrics"]
     assert set(parity) == set(metrics) == ({"bbox", "segm"} if arch == "mask_rcnn" else {"bbox"})
     for iou_type in parity:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_detections_json, add_source
+from .options import add_detections_json, add_source, video_source
 
-HELP = "send images to a `serve` server (HTTP or gRPC): detections as COCO JSON, latency"
-DESCRIPTION = ("Send every image under --source to a `siefpn-deploy serve` server (or a `triton-repo --ensemble` "
-               "model) and print throughput and latency percentiles.")
+HELP = "send images or video frames to a `serve` server (HTTP or gRPC): detections as COCO JSON, latency"
+DESCRIPTION = ("Send every image under --source, or the frames of a video, camera or stream, to a `siefpn-deploy "
+               "serve` server (or a `triton-repo --ensemble` model) and print throughput and latency percentiles.")
 EPILOG = """\
 examples:
   siefpn-deploy client --url localhost:{http} --source datasets/synth/val --concurrency 8
   siefpn-deploy client --url localhost:{grpc} --grpc --source datasets/synth/val \\
       --annotations datasets/synth/annotations/instances_val.json --save-json out/served_results.json
+  siefpn-deploy client --url localhost:{http} --source clip.mp4 --stride 2 --save-json out/clip.json
 
 Sends each image's file bytes to a `siefpn-deploy serve` server (tritonclient, HTTP or gRPC), CONCURRENCY
 requests at a time, and prints throughput and latency percentiles. --save-json writes what
-`siefpn-deploy infer --save-json` writes: COCO results with --annotations (COCO.loadRes takes them).
+`siefpn-deploy infer --save-json` writes: COCO results with --annotations (COCO.loadRes takes them). A video's
+frames go as PNG (lossless: the server runs the pixels infer runs), and the JSON has infer's frame_index and
+timestamp per detection.
 """
 
 
@@ -45,10 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..serve.client import run_client
+    from ..serve.client import run_client, run_client_video
     from ..serve.options import read_api_key
 
-    run_client(args.url, args.source, grpc=args.grpc, model=args.model, annotations=args.annotations,
-               save_json=args.save_json, concurrency=args.concurrency,
-               api_key=read_api_key(args.api_key_file, dict(os.environ)))
+    api_key = read_api_key(args.api_key_file, dict(os.environ))
+    video = video_source(args)
+    if video is not None:
+        run_client_video(args.url, grpc=args.grpc, model=args.model, save_json=args.save_json,
+                         concurrency=args.concurrency, api_key=api_key, **video)
+        return 0
+    run_client(args.url, Path(args.source), grpc=args.grpc, model=args.model, annotations=args.annotations,
+               save_json=args.save_json, concurrency=args.concurrency, api_key=api_key)
     return 0

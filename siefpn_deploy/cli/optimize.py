@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=OptimizeJob.iters, metavar="N",
                         help="timed runs per candidate (default %(default)s)")
     parser.add_argument("--no-pt2", dest="pt2", action="store_false",
-                        help="leave out the AOTInductor package (its compilation takes minutes on a small CPU)")
+                        help="leave out the AOTInductor package (compiled for the one --batch and --size: a minute "
+                        "or two on a small CPU)")
     parser.add_argument("--mask-rows", type=int, default=MASK_ROWS, metavar="N",
                         help="Mask R-CNN: the --max-det-masks candidate's N (default %(default)s)")
     parser.add_argument("--output", type=Path, default=OptimizeJob.output, metavar="DIR",

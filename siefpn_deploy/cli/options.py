@@ -136,13 +136,73 @@ def add_report(parser: argparse.ArgumentParser, default: Path, what: str) -> Non
 
 
 def add_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True, type=Path, metavar="PATH", help="an image or a folder of images")
+    """--source, and how much of a video source to run (`data.video`)."""
+    from ..data.video import READ_TIMEOUT_S
+
+    parser.add_argument("--source", required=True, metavar="SOURCE",
+                        help="an image or a folder of images; a video file or a folder of videos; a camera index "
+                        "(0: /dev/video0); or a stream URL (rtsp://, http://, ...)")
+    video = parser.add_argument_group("video sources")
+    video.add_argument("--stride", type=int, default=1, metavar="N",
+                       help="run every Nth frame: frame indices 0, N, 2N, ... (default %(default)s)")
+    video.add_argument("--max-frames", type=int, metavar="N",
+                       help="stop after N frames have run (counted after --stride); without it a camera or live "
+                       "stream runs until it ends or Ctrl-C, which keeps what was done")
+    video.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_S, metavar="S",
+                       help="seconds without data before a stream or camera counts as dropped (default %(default)s)")
+    video.add_argument("--source-option", action="append", metavar="KEY=VALUE",
+                       help="an FFmpeg option for opening the source, repeatable: rtsp_transport=tcp, "
+                       "video_size=1280x720, framerate=30, input_format=mjpeg")
+
+
+def video_source(args: argparse.Namespace) -> dict[str, Any] | None:
+    """For a video --source: the video run's inputs, stride, max_frames, read_timeout_s and FFmpeg options, all
+    checked (before any model loads); None for images, where the video options are refused."""
+    from ..core.errors import UserError
+    from ..data.video import check_frame_options, source_options, video_inputs
+
+    inputs = video_inputs(args.source)
+    if inputs is None:
+        given = [flag for flag, value, default in (("--stride", args.stride, 1), ("--max-frames", args.max_frames, None),
+                                                   ("--source-option", args.source_option, None)) if value != default]
+        if given:
+            raise UserError(f"{', '.join(given)}: for a video source; --source {args.source} is images")
+        return None
+    check_frame_options(args.stride, args.max_frames, args.read_timeout)
+    if getattr(args, "annotations", None) is not None:
+        raise UserError("--annotations lists images; a video source's JSON names each frame by its index")
+    return {"inputs": inputs, "stride": args.stride, "max_frames": args.max_frames,
+            "read_timeout_s": args.read_timeout, "options": source_options(args.source_option)}
 
 
 def add_detections_json(parser: argparse.ArgumentParser) -> None:
     """--save-json and --annotations: what `infer` and `client` write, in the same format."""
     parser.add_argument("--save-json", type=Path, metavar="FILE",
-                        help="write the detections as JSON: COCO results with --annotations, else keyed by file_name")
+                        help="write the detections as JSON: COCO results with --annotations, else keyed by file_name; "
+                        "for a video, one record per detection with its frame_index and timestamp")
     parser.add_argument("--annotations", type=Path, metavar="JSON",
                         help="COCO instances file listing the --source images: --save-json then writes COCO results "
                         "(image_id, category_id, bbox, score, RLE segmentation) that COCO.loadRes takes")
+
+
+def add_vis_arguments(parser: argparse.ArgumentParser) -> None:
+    """--vis-score and --vis-top: which detections a picture shows (`vis_options` reads them). The JSON is not
+    filtered by them."""
+    from ..runtime.visualize import DEFAULT_MIN_SCORE
+
+    parser.add_argument("--vis-score", type=float, default=DEFAULT_MIN_SCORE, metavar="S",
+                        help="draw only detections scoring at least S (default %(default)s); --save-json keeps every "
+                        "detection above the model's own threshold")
+    parser.add_argument("--vis-top", type=int, metavar="N",
+                        help="draw at most the N best of them per image (default: all)")
+
+
+def vis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`runtime.visualize.draw`'s min_score and top from --vis-score and --vis-top, or a one-line error."""
+    from ..core.errors import UserError
+
+    if not 0.0 <= args.vis_score <= 1.0:
+        raise UserError(f"--vis-score is a score between 0 and 1, got {args.vis_score:g}")
+    if args.vis_top is not None and args.vis_top < 1:
+        raise UserError(f"--vis-top must be at least 1, got {args.vis_top}")
+    return {"min_score": args.vis_score, "top": args.vis_top}

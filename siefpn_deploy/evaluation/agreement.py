@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.contract import BOXES, LABELS, MASKS, SCORES
+from ..model.predictor import Detections
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -34,6 +35,20 @@ def match_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, 
             pairs.append((int(i), j))
             taken[j] = True
     return pairs
+
+
+def as_rows(dets: Detections, *, min_score: float = -np.inf) -> dict[str, np.ndarray]:
+    """One image's detections scoring at least `min_score`, keyed by the contract's output names."""
+    keep = dets.scores >= min_score
+    return {BOXES: dets.boxes[keep], SCORES: dets.scores[keep], LABELS: dets.labels[keep]}
+
+
+def image_agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, min_iou: float) -> float:
+    """How far one image's two sets of detections agree, in 0..1: the detections `match_detections` pairs, over
+    all of both sides (2 * pairs / (reference + other)), so a missed and an extra detection cost alike; 1.0 when
+    both are empty."""
+    total = len(ref[BOXES]) + len(got[BOXES])
+    return 2 * len(match_detections(ref, got, min_iou=min_iou)) / total if total else 1.0
 
 
 @dataclass

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ..core.contract import BOXES, LABELS, SCORES
 from ..core.errors import CannotRunHere, UserError
 from ..core.openvino import OPENVINO_PRECISION, Runtimes, runtime_order, runtimes_for
 from ..core.reporting import machine
 from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta
 from ..data import CocoDetection
-from ..evaluation.agreement import Agreement
+from ..evaluation.agreement import Agreement, as_rows
 from ..evaluation.loop import Evaluation, evaluate_predictor
 from ..runtime import Detector
+from .examples import ExampleGrid, grid_name, pick_examples
 
 # AP points (0..100) an artifact may lose, per precision. bf16 is the arithmetic of an FP32 (or FP16) graph run in
 # openvino-bf16 (`budget_name`): between fp16 and int8, since bf16 keeps FP32's range but rounds to 8 mantissa bits
@@ -44,6 +44,13 @@ class ArtifactResult:
     budget: float | None = None
     agreement: dict[str, Any] = field(default_factory=dict)
     int8_target: str | None = None  # an INT8 model's layout: quantize --target (tensorrt, ort-cpu, openvino)
+    examples: dict[str, Any] = field(default_factory=dict)  # {"grid": its PNG's name, "images": Example.record()s}
+
+
+@dataclass(frozen=True)
+class ParityRun:
+    report: dict[str, Any]  # parity.json's content
+    grids: list[ExampleGrid]  # each artifact's example images, worst-agreeing first (`parity.examples`)
 
 
 def int8_target(detector: Detector) -> str | None:
@@ -89,9 +96,8 @@ def verdict(reference: dict[str, dict[str, Any]], metrics: dict[str, dict[str, A
 def _agreement(reference: Evaluation, other: Evaluation, score_thresh: float, max_det: int) -> Agreement:
     agreement = Agreement()
     for image_id, ref in reference.detections.items():
-        got = other.detections[image_id]
-        as_dict = lambda d: {BOXES: d.boxes, SCORES: d.scores, LABELS: d.labels}
-        agreement.add(as_dict(ref), as_dict(got), min_iou=MATCH_IOU, score_thresh=score_thresh, max_det=max_det)
+        agreement.add(as_rows(ref), as_rows(other.detections[image_id]), min_iou=MATCH_IOU, score_thresh=score_thresh,
+                      max_det=max_det)
     return agreement
 
 
@@ -106,11 +112,11 @@ def same_model(reference: Detector, artifact: Detector) -> None:
 
 def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetection, *, budgets: dict[str, float],
                max_images: int | None, batch_size: int, runtimes: Runtimes = None,
-               allow_not_run: bool = False, log=print) -> dict[str, Any]:
+               allow_not_run: bool = False, log=print) -> ParityRun:
     """Every artifact and the reference on the same images in the same batches of `batch_size` (so the same
     canvases; TEST.IMS_PER_BATCH, as training's evaluation uses), through the one evaluation loop. Each
     .onnx runs once per runtime in `runtimes` (ONNX Runtime, OpenVINO, OpenVINO-bf16), a row each; None runs each
-    in its own. Each row is held to the budget of `budget_name`."""
+    in its own. Each row is held to the budget of `budget_name`, and gets the images it agrees least on."""
     count = min(max_images or len(dataset), len(dataset))
     rows = [ArtifactResult(path=str(reference.path), kind="pytorch", precision="fp32", status="reference")]
     runnable: list[tuple[Path, Detector]] = []
@@ -131,6 +137,8 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
                                   desc=f"pytorch {reference.path.name}")
     rows[0].metrics = ref_eval.metrics
     post = reference.meta["postprocess"]
+    grids = []
+    image_path = lambda image_id: dataset.image_dir / dataset.coco.imgs[image_id]["file_name"]
     for path, detector in runnable:
         evaluation = evaluate_predictor(detector, dataset, max_images=max_images, batch_size=batch,
                                         desc=f"{detector.kind} {detector.precision} {path.name}")
@@ -138,20 +146,27 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
         budget = budgets.get(name, DEFAULT_BUDGETS[name])
         agreement = _agreement(ref_eval, evaluation, post["score_thresh"], reference.contract.max_detections)
         status, delta = verdict(ref_eval.metrics, evaluation.metrics, budget=budget, non_finite=agreement.non_finite)
+        grids.append(ExampleGrid(name=grid_name(artifacts.index(path) + 1, detector.kind),
+                                 title=f"{path.name} ({detector.kind} {detector.precision})",
+                                 examples=pick_examples(ref_eval.detections, evaluation.detections,
+                                                        match_iou=MATCH_IOU, image_path=image_path)))
         rows.append(ArtifactResult(path=str(path), kind=detector.kind, precision=detector.precision,
                                    status=status, metrics=evaluation.metrics, delta=delta,
-                                   budget=budget, agreement=agreement.statistics(), int8_target=int8_target(detector)))
+                                   budget=budget, agreement=agreement.statistics(), int8_target=int8_target(detector),
+                                   examples={"grid": grids[-1].name,
+                                             "images": [e.record() for e in grids[-1].examples]}))
         log(f"[parity] {path}: bbox AP {100 * evaluation.metrics['bbox']['AP']:.2f} "
             f"({delta['bbox']:+.2f} vs PyTorch, budget {budget:g}): {rows[-1].status}")
     order = {str(p): i for i, p in enumerate(artifacts)}  # report in the order given, runtimes as given
     kinds = {k: i for i, k in enumerate(runtime_order(runtimes))}
     rows[1:] = sorted(rows[1:], key=lambda r: (order[r.path], kinds.get(r.kind, 0)))
-    return {"reference": str(reference.path), "dataset": str(dataset.annotation_file), "images": count,
-            "batch": batch, "budgets": budgets, "match_iou": MATCH_IOU,
-            "classes": dict(zip(map(str, reference.category_ids), reference.class_names)),
-            "artifacts": [vars(r) for r in rows], "environment": environment(), "allow_not_run": allow_not_run,
-            "passed": all(r.status in ("pass", "reference") or (allow_not_run and r.status == "not run")
-                          for r in rows)}
+    return ParityRun(report={
+        "reference": str(reference.path), "dataset": str(dataset.annotation_file), "images": count, "batch": batch,
+        "budgets": budgets, "match_iou": MATCH_IOU,
+        "classes": dict(zip(map(str, reference.category_ids), reference.class_names)),
+        "artifacts": [vars(r) for r in rows], "environment": environment(), "allow_not_run": allow_not_run,
+        "passed": all(r.status in ("pass", "reference") or (allow_not_run and r.status == "not run") for r in rows)},
+        grids=grids)
 
 
 def _precision(path: Path) -> str:

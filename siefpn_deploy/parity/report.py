@@ -1,13 +1,18 @@
-"""parity.json (everything), parity.md (a table a person reads) and parity.png (AP per artifact and each
-class's AP delta), written into the report folder by the one report writer (`core.reporting`)."""
+"""parity.json (everything), parity.md (a table a person reads), parity.png (AP per artifact and each
+class's AP delta) and per artifact parity.examples.N.RUNTIME.png (the images it agrees least on with PyTorch,
+`parity.examples`), written into the report folder: the grids first, then the report that shows them through the
+one report writer (`core.reporting`)."""
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.reporting import machine_line, markdown_table, write_report
+from ..runtime.visualize import DEFAULT_MIN_SCORE
+from .examples import EXAMPLES, SEEN_IOU, ExampleGrid, remove_stale_grids, write_grids
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -18,7 +23,22 @@ def markdown(report: dict[str, Any]) -> str:
             + table(report)
             + f"\n\nResult: **{'PASS' if report['passed'] else 'FAIL'}**{not_run_note(report)}. Machine: "
             f"{machine_line(env)}; device "
-            f"{env['device']}; onnxruntime {env['onnxruntime']}, TensorRT {env['tensorrt']}.\n")
+            f"{env['device']}; onnxruntime {env['onnxruntime']}, TensorRT {env['tensorrt']}.\n"
+            + examples(report))
+
+
+def examples(report: dict[str, Any]) -> str:
+    """The example-image section: each artifact's grid (`parity.examples`), the worst-agreeing image first."""
+    ran = [a for a in report["artifacts"] if a.get("examples")]
+    if not ran:
+        return ""
+    return (f"\n## Example images\n\nPer artifact, the {EXAMPLES} images on which its detections agree least with "
+            f"PyTorch's, worst first: PyTorch left, the artifact right, detections scoring at least "
+            f"{DEFAULT_MIN_SCORE:g} drawn. Agreement: the detections drawn on both sides that pair up (same label, "
+            f"IoU ≥ {SEEN_IOU:g}), as a share of all drawn; ties go to the same share over every detection at "
+            f"IoU ≥ {report['match_iou']:g}.\n"
+            + "".join(f"\n`{a['path']}` ({a['kind']}):\n\n![{a['kind']} beside PyTorch]({a['examples']['grid']})\n"
+                      for a in ran))
 
 
 def not_run_note(report: dict[str, Any]) -> str:
@@ -85,6 +105,11 @@ def plot(report: dict[str, Any], fig: Any) -> None:
         right.legend(fontsize=8)
 
 
-def write_parity_report(report: dict[str, Any], folder: Path) -> list[Path]:
+def write_parity_report(report: dict[str, Any], folder: Path, grids: Sequence[ExampleGrid] = ()) -> list[Path]:
+    """The grids, then parity.json, parity.md and parity.png, which show them. Returns the report's paths, then
+    the grids'."""
     report = {**report, "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    return write_report(folder, "parity", data=report, markdown=markdown(report), plot=lambda fig: plot(report, fig))
+    drawn = write_grids(grids, Path(folder))
+    written = write_report(folder, "parity", data=report, markdown=markdown(report), plot=lambda fig: plot(report, fig))
+    remove_stale_grids(Path(folder), drawn)
+    return written + drawn

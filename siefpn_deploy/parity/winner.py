@@ -35,17 +35,22 @@ def variant_runtime(variant: str) -> str:
 
 def choose(candidates: list[Candidate], bench: dict[str, Any], parity: dict[str, Any], *, budget: float,
            batch: int, size: int) -> dict[str, Any]:
-    """{"rows": one per candidate (label, artifact, runtime, status, latency, ΔAP, ratios, why it lost),
-    "winner": the winning row or None, "eager": eager PyTorch's row, "budget", "batch", "size"}."""
+    """{"rows": one per candidate (label, artifact, runtime, status, latency, ΔAP, ratios, why it lost, and its
+    parity example grid's file name), "winner": the winning row or None, "eager": eager PyTorch's row, "budget",
+    "batch", "size"}."""
     ranked = rank(bench, parity)["rows"]
     here = [r for r in ranked if (r["batch"], r["size"]) == (batch, size)]
     not_run = {(Path(a["path"]).name, _named(a["kind"])): a["reason"] for a in parity["artifacts"]
                if a["status"] == "not run"}
     skipped = {Path(s["artifact"]).name: s["reason"] for s in bench.get("skipped", [])}
+    grids = {(Path(a["path"]).name, _named(a["kind"])): a["examples"]["grid"] for a in parity["artifacts"]
+             if a.get("examples")}
     rows = []
     for c in candidates:
         timed = next((r for r in here if r["artifact"] == c.path.name and _runtime_of(r) == c.runtime), None)
-        row: dict[str, Any] = {"label": c.label, "artifact": str(c.path), "runtime": c.runtime, "timing": timed}
+        row: dict[str, Any] = {"label": c.label, "artifact": str(c.path), "runtime": c.runtime, "timing": timed,
+                               # the C++ runtime runs the .pt2 that parity ran in Python
+                               "examples": grids.get((c.path.name, OWN if c.runtime == "c++" else c.runtime))}
         reason = not_run.get((c.path.name, c.runtime)) or skipped.get(c.path.name)
         if timed is None or timed["ap_cost"] is None:
             row["status"] = "not run"

@@ -4,7 +4,8 @@
         -> parity: each candidate's AP beside PyTorch's, on the same images
         -> bench: each candidate's latency on the same scenes, at one batch and size, with eager PyTorch beside them
         -> the fastest within the budget (`parity.winner.choose`) -> DIR/best.<ext> + its meta.json, and
-           DIR/optimize.{md,json,png}: every candidate with its ΔAP, latency, ratio to eager, and why it lost
+           DIR/optimize.{md,json,png}: every candidate with its ΔAP, latency, ratio to eager, and why it lost,
+           and DIR/optimize.examples.png: the winner beside PyTorch on the images they agree least on (parity's grid)
 
 The candidates per target:
 - cpu: the FP32 graph in ONNX Runtime, OpenVINO (f32) and OpenVINO-bf16 (where the CPU computes bf16: the
@@ -34,6 +35,7 @@ from typing import Any
 from ..core.config import load_config
 from ..core.contract import ShapeRange
 from ..core.errors import CannotRunHere, UserError
+from ..core.fileio import atomic_write
 from ..core.openvino import RUNTIMES
 from ..core.sidecar import ARTIFACT_SUFFIXES, BEST_NAME, ENGINE_SUFFIX, data_path, land, meta_path, read_meta
 from ..core.staging import staging_dir
@@ -49,6 +51,7 @@ from .quantize import QuantizeJob, quantize_detector
 TARGETS = ("cpu", "cpp", "cuda", "tensorrt")
 OUTPUT_DIR = EXPORT_DIR / "optimized"  # in the export stage's work folder
 MASK_ROWS = 20  # Mask R-CNN's --max-det-masks candidate: masks for the best 20 detections
+EXAMPLES_NAME = "optimize.examples.png"  # the winner's parity example grid, beside optimize.md
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,19 @@ class Maker:
         side = ShapeRange(min(64, size), size)
         self.shapes = {"batch": ShapeRange(1, max(job.batch, 1)), "height": side, "width": side}
 
-    def export(self, suffix: str, **options: Any) -> Path:
+    def export(self, suffix: str, *, shapes: dict[str, ShapeRange] | None = None, **options: Any) -> Path:
         out = self.folder / f"{self.name}{suffix}"
         return export_detector(ExportJob(self.config, weights=self.job.weights, overrides=self.job.overrides,
-                                         options=ExportOptions(output=out, **self.shapes, **options)),
+                                         options=ExportOptions(output=out, **(shapes or self.shapes), **options)),
                                log=self.log).path
+
+    def package(self, suffix: str, **options: Any) -> Path:
+        """The .pt2 compiled for the one batch and size optimize measures. Static shapes compile about five times
+        faster (the demo RetinaNet: 85 s against 430 s on 2 cores): with a symbolic H and W, Inductor's CPU
+        codegen spends minutes simplifying index expressions (benchmarks/results/aoti_cpu_notes.md)."""
+        batch, side = ShapeRange(self.job.batch, self.job.batch), ShapeRange(self.shapes["height"].max,
+                                                                             self.shapes["height"].max)
+        return self.export(suffix, shapes={"batch": batch, "height": side, "width": side}, format="aoti", **options)
 
     @functools.cached_property
     def fp32(self) -> Path:
@@ -191,11 +202,11 @@ def recipes(job: OptimizeJob) -> list[tuple[str, Any]]:
     cfg = load_config(config_of(job), list(job.overrides) + ["MODEL.WEIGHTS", str(job.weights)])
     openvino = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
     if job.target == "cpp":
-        return [("AOTInductor package", lambda m: [(m.export("_aoti.pt2", format="aoti"), "c++")])]
+        return [("AOTInductor package", lambda m: [(m.package("_aoti.pt2"), "c++")])]
     if job.target == "cuda":
         return [("FP32 graph", lambda m: [(m.fp32, "onnxruntime")]),
                 ("FP16 graph", lambda m: [(m.fp16(m.fp32), "onnxruntime")]),
-                ("AOTInductor CUDA package", lambda m: [(m.export("_aoti_cuda.pt2", format="aoti", device="cuda"), OWN)])]
+                ("AOTInductor CUDA package", lambda m: [(m.package("_aoti_cuda.pt2", device="cuda"), OWN)])]
     if job.target == "tensorrt":
         return [("TensorRT FP32 engine", lambda m: [(m.engine(m.tensor_graph()), OWN)]),
                 ("TensorRT FP16 engine", lambda m: [(m.engine(m.fp16(m.tensor_graph())), OWN)]),
@@ -212,7 +223,7 @@ def recipes(job: OptimizeJob) -> list[tuple[str, Any]]:
             return found + ([(m.int8(graph, "openvino"), "openvino")] if openvino else [])
         steps.append((f"--max-det-masks {job.mask_rows}", cut))
     if job.pt2:
-        steps.append(("AOTInductor package", lambda m: [(m.export("_aoti.pt2", format="aoti"), OWN)]))
+        steps.append(("AOTInductor package", lambda m: [(m.package("_aoti.pt2"), OWN)]))
     return steps
 
 
@@ -250,14 +261,32 @@ def optimize_detector(job: OptimizeJob, *, log=print) -> OptimizeResult:
              "OpenVINO FP32 (its default precision)": peer(choice, default_openvino(), "fp32")}
     summary = speedup_line(choice, peers)
     best, runtime = land_best(job, choice["winner"]) if choice["winner"] else (None, None)
+    examples = winner_examples(job, choice["winner"])
     text = (f"# optimize --target {job.target}: {Path(job.weights)}\n\n{summary}.\n\n{markdown(choice)}"
             + "".join(f"\n- {u['label']}: not made: {u['why']}" for u in unmade)
-            + (f"\n\nThe winner is {best} (meta.json's runtime: {runtime}).\n" if best else "\n"))
+            + (f"\n\nThe winner is {best} (meta.json's runtime: {runtime}).\n" if best else "\n")
+            + (f"\nThe winner (right) beside PyTorch on the images where they agree least, worst first (parity's "
+               f"example images):\n\n![the winner beside PyTorch]({EXAMPLES_NAME})\n" if examples else ""))
     written = write_report(job.output, "optimize", markdown=text, plot=lambda fig: plot(choice, fig),
                            data={**choice, "summary": summary, "best": str(best) if best else None,
-                                 "runtime": runtime, "target": job.target})
+                                 "runtime": runtime, "target": job.target}) + ([examples] if examples else [])
     log(f"[optimize] {summary}")
     return OptimizeResult(best=best, runtime=runtime, choice=choice, written=written, summary=summary)
+
+
+def parity_reports(job: OptimizeJob) -> Path:
+    """Where `measure` writes its parity report (and its example grids)."""
+    return job.output / "reports" / "parity"
+
+
+def winner_examples(job: OptimizeJob, winner: dict[str, Any] | None) -> Path | None:
+    """The winner's parity example grid copied to DIR/optimize.examples.png, written before the report that shows
+    it; None (and an earlier run's copy removed) when there is no winner or parity drew none for it."""
+    target = job.output / EXAMPLES_NAME
+    if winner is None or not winner.get("examples"):
+        target.unlink(missing_ok=True)
+        return None
+    return atomic_write(target, lambda tmp: shutil.copyfile(parity_reports(job) / winner["examples"], tmp))
 
 
 def read_size(config: Path, job: OptimizeJob) -> int:
@@ -283,7 +312,7 @@ def measure(job: OptimizeJob, config: Path, size: int, candidates: list[Candidat
     parity = check_parity(ParityJob(config, weights=job.weights, artifacts=files, overrides=job.overrides,
                                     dataset=job.dataset, max_images=job.max_images, batch=job.batch,
                                     runtimes=per_file, allow_not_run=True,
-                                    report_dir=reports / "parity"), log=log).report
+                                    report_dir=parity_reports(job)), log=log).report
     bench = bench_artifacts(BenchJob(artifacts=(job.weights, *files), batches=(job.batch,), sizes=(size,),
                                      iters=job.iters, device="cuda" if job.target in ("cuda", "tensorrt") else "cpu",
                                      config_file=config, cpp=job.target == "cpp", runtimes=per_file,

@@ -33,7 +33,7 @@ class ParityJob:
 @dataclass(frozen=True)
 class ParityResult:
     report: dict[str, Any]  # parity.json's content
-    written: list[Path]  # parity.json, parity.md, parity.png
+    written: list[Path]  # parity.json, parity.md, parity.png, parity.examples.*.png
     passed: bool
 
 
@@ -55,9 +55,9 @@ def check_parity(job: ParityJob, *, log=print) -> ParityResult:
     if len(dataset) == 0:
         raise UserError(f"{annotations} lists no images")
     reference = Detector.from_checkpoint(Path(cfg.MODEL.WEIGHTS), config=job.config_file, overrides=overrides)
-    report = run_parity(reference, [Path(a) for a in job.artifacts], dataset,
-                        budgets={**DEFAULT_BUDGETS, **job.budgets}, max_images=job.max_images,
-                        batch_size=job.batch or cfg.TEST.IMS_PER_BATCH, runtimes=job.runtimes,
-                        allow_not_run=job.allow_not_run, log=log)
-    written = write_parity_report(report, Path(job.report_dir))
-    return ParityResult(report=report, written=written, passed=bool(report["passed"]))
+    run = run_parity(reference, [Path(a) for a in job.artifacts], dataset,
+                     budgets={**DEFAULT_BUDGETS, **job.budgets}, max_images=job.max_images,
+                     batch_size=job.batch or cfg.TEST.IMS_PER_BATCH, runtimes=job.runtimes,
+                     allow_not_run=job.allow_not_run, log=log)
+    written = write_parity_report(run.report, Path(job.report_dir), run.grids)
+    return ParityResult(report=run.report, written=written, passed=bool(run.report["passed"]))

@@ -16,7 +16,7 @@ from ..data.coco import load_coco
 from ..data.image import find_images, load_image
 from ..evaluation.coco import coco_results
 from .detector import Detector
-from .visualize import draw
+from .visualize import DEFAULT_MIN_SCORE, draw, drawn_note, shown
 
 
 def image_files(source: Path) -> list[Path]:
@@ -46,12 +46,15 @@ def image_ids_by_name(annotations: Path, files: list[Path], source: Path) -> dic
 
 
 def run_infer(detector: Detector, source: Path, *, save_vis: Path | None, save_json: Path | None,
-              annotations: Path | None = None, batch_size: int | None = None, log=print) -> list[dict]:
+              annotations: Path | None = None, batch_size: int | None = None, min_score: float = DEFAULT_MIN_SCORE,
+              top: int | None = None, log=print) -> list[dict]:
+    """Every detection above the model's threshold goes to the JSON; the pictures show those scoring at least
+    `min_score`, at most `top` per image (`visualize.draw`)."""
     files = image_files(source)
     image_ids = image_ids_by_name(annotations, files, source) if annotations is not None else None
     step = min(batch_size or 1, detector.max_batch)
     records: list[dict] = []
-    count = 0
+    count = drawn = 0
     # closed (ending its line) before any error propagates, so the error starts a line of its own
     with progress_bar(total=len(files), desc=f"infer {detector.path.name}", unit="img") as bar:
         for start in range(0, len(files), step):
@@ -68,10 +71,11 @@ def run_infer(detector: Detector, source: Path, *, save_vis: Path | None, save_j
                 if save_vis is not None:
                     name = path.relative_to(source).with_suffix(".png") if source.is_dir() else path.stem + ".png"
                     with atomic_path(save_vis / name) as tmp:
-                        draw(image, dets).save(tmp, format="PNG")
+                        draw(image, dets, min_score=min_score, top=top).save(tmp, format="PNG")
+                    drawn += len(shown(dets.scores, min_score=min_score, top=top))
             bar.update(len(chunk))
     if save_json is not None:
         write_json(save_json, records, indent=None)
-    log(f"[infer] {count} detections in {len(files)} images"
-        + (f"; drawn into {save_vis}" if save_vis else "") + (f"; JSON: {save_json}" if save_json else ""))
+    note = drawn_note(drawn, count, min_score=min_score, top=top, into=save_vis, per="image") if save_vis else ""
+    log(f"[infer] {count} detections in {len(files)} images" + note + (f"; JSON: {save_json}" if save_json else ""))
     return records

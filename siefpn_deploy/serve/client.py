@@ -5,11 +5,13 @@
         dets = client.detect([Path("a.jpg").read_bytes()])            # list[Detections], original pixels
 
 Images travel encoded (the file's bytes); detections come back as `Detections`, the type `Detector.predict`
-returns in-process, so code written against one runs against the other.
+returns in-process, so code written against one runs against the other. A video source's frames travel as PNG
+(`run_client_video`).
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Sequence
@@ -24,9 +26,11 @@ from ..core.errors import UserError, one_line
 from ..core.fileio import write_json
 from ..core.progress import progress_bar
 from ..core.timing import Latency
+from ..data.video import READ_TIMEOUT_S, Frame, Video, VideoInput, check_frame_options
 from ..evaluation.coco import coco_results
 from ..model.predictor import Detections
 from ..runtime.infer import image_files, image_ids_by_name
+from ..runtime.video import Progress, frame_records, kept_on_failure, run_frames
 from . import protocol
 from .options import API_KEY_HEADER, GRPC_API_KEY_HEADER
 from .protocol import RequestError
@@ -247,3 +251,73 @@ def run_client(url: str, source: Path, *, grpc: bool = False, model: str | None 
         f"{latency.percentile(50) * 1e3:.1f} ms, p99 {latency.percentile(99) * 1e3:.1f} ms"
         + (f"; JSON: {save_json}" if save_json else ""))
     return records
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A decoded frame as the server takes it: PNG, lossless, so that the server runs the very pixels `infer` runs
+    (JPEG would add its loss on top of the video codec's, and the server's reduced JPEG decoding); zlib's fastest
+    level, as the bytes only cross to the server."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _send_frames(video: Video, clients: ThreadClients, pool: ThreadPoolExecutor, done: Progress,
+                 seconds: list[float], *, stride: int, max_frames: int | None, concurrency: int) -> None:
+    """One source's frames to the server, `concurrency` at once (a request each), their records in frame order."""
+    source = video.source
+
+    def one(frame: Frame) -> tuple[Detections, float]:
+        data = png_bytes(frame.image)
+        start = time.perf_counter()
+        dets = clients.get().detect([data], sources=[f"{source.name} frame {frame.index}"])[0]
+        return dets, time.perf_counter() - start
+
+    def handle(frames: list[Frame]) -> None:
+        for frame, (dets, took) in zip(frames, pool.map(one, frames)):
+            done.records += frame_records(source, frame, dets)
+            done.frames += 1
+            seconds.append(took)
+
+    try:
+        run_frames(video, stride=stride, max_frames=max_frames, step=concurrency, desc=f"client {source.stem}",
+                   handle=handle)
+    finally:
+        done.warnings += video.warnings
+
+
+def run_client_video(url: str, inputs: list[VideoInput], *, grpc: bool = False, model: str | None = None,
+                     save_json: Path | None = None, concurrency: int = 1, api_key: str | None = None, stride: int = 1,
+                     max_frames: int | None = None, read_timeout_s: float = READ_TIMEOUT_S,
+                     options: dict[str, str] | None = None, log=print) -> list[dict]:
+    """`siefpn-deploy client` on video sources (`data.video.video_inputs`): each frame run (--stride,
+    --max-frames) goes to the server as a PNG, `concurrency` frames in flight at a time -> the JSON records
+    `siefpn-deploy infer` writes for the same video (`runtime.video.frame_records`), and latency percentiles. A
+    source that fails part way, or Ctrl-C, keeps the records so far (`runtime.video.kept_on_failure`)."""
+    if concurrency < 1:
+        raise UserError(f"--concurrency must be >= 1, got {concurrency}")
+    check_frame_options(stride, max_frames, read_timeout_s)
+    with DetectorClient(url, grpc=grpc, model=model, api_key=api_key) as first:  # a one-line error now if the
+        model = first.model  # server is not there
+    clients = ThreadClients(url, grpc=grpc, model=model, api_key=api_key)
+
+    done = Progress()
+    seconds: list[float] = []
+    start = time.perf_counter()
+    try:
+        with kept_on_failure(done, save_json, "client", log), ThreadPoolExecutor(max_workers=concurrency) as pool:
+            for source in inputs:
+                with Video(source, read_timeout_s=read_timeout_s, options=options) as video:
+                    _send_frames(video, clients, pool, done, seconds, stride=stride, max_frames=max_frames,
+                                 concurrency=concurrency)
+    finally:
+        clients.close()
+    wall = time.perf_counter() - start
+    latency = Latency(tuple(seconds))
+    log(f"[client] {len(done.records)} detections in {done.frames} frames of {len(inputs)} video(s) from {url} "
+        f"({model}, {'gRPC' if grpc else 'HTTP'}, concurrency {concurrency}): {done.frames / wall:.1f} frames/s, "
+        f"latency p50 {latency.percentile(50) * 1e3:.1f} ms, p99 {latency.percentile(99) * 1e3:.1f} ms"
+        + (f"; JSON: {save_json}" if save_json else ""))
+    return done.records
