@@ -40,6 +40,21 @@ def measure(fn: Callable[[], object], *, warmup: int, iters: int, sync: Callable
     return Latency(tuple(runs))
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int) -> dict[str, Latency]:
+    """`measure` for several callables taking turns, one run each per round: on a shared machine, load that
+    comes and goes then falls on every callable alike, so their ratios hold where back-to-back timing's drift."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - t)
+    return {name: Latency(tuple(r)) for name, r in runs.items()}
+
+
 def reset_peak_rss() -> None:
     """Linux: restart the process's peak-RSS counter (VmHWM), so each setting reports its own peak."""
     try:
