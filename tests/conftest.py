@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import os
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
@@ -379,6 +380,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("shared models built ahead")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+GUARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_kept():
+    """Library code and the CLI's commands run in the caller's process: each test leaves the signal handlers as it
+    found them (a handler left behind swallows a later Ctrl-C, or runs Python code when any child ends)."""
+    before = {s: signal.getsignal(s) for s in GUARDED_SIGNALS}
+    yield
+    changed = [signal.Signals(s).name for s, h in before.items() if signal.getsignal(s) is not h]
+    for s, h in before.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
+    assert not changed, f"the test left handlers for {changed} changed"
 
 
 WORK_FOLDERS = ("export", "calib", "engines", "reports", "output", "datasets")

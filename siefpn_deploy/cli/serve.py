@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.signals import disposition_kept
 from .options import add_checkpoint_config, add_device, add_threads
 
 HELP = "serve any artifact with a local Triton Inference Server (dynamic batching, HTTP, gRPC)"
@@ -114,10 +115,14 @@ def run(args: argparse.Namespace) -> int:
         return Detector.from_path(args.artifact, device=args.device, config=args.config_file, threads=args.threads)
 
     stop = threading.Event()
-    # this process is the server: SIGINT and SIGTERM end the wait, then the server drains and stops
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    with DetectorServer(load, options) as server:
+
+    def request_stop(signum, frame) -> None:
+        stop.set()
+
+    # SIGINT and SIGTERM end the wait, then the server drains and stops; the handlers before are back afterwards
+    # (`main` may run inside a caller's process, where a leftover handler would swallow its Ctrl-C)
+    with (disposition_kept(signal.SIGINT, request_stop), disposition_kept(signal.SIGTERM, request_stop),
+          DetectorServer(load, options) as server):
         server.wait(stop)
     print("[serve] stopped")
     return 0

@@ -8,11 +8,9 @@ import json
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,6 +20,7 @@ from ..core.config import Config, SolverConfig
 from ..core.errors import UserError
 from ..core.fileio import atomic_write
 from ..core.progress import progress_bar
+from ..core.signals import disposition_kept
 from ..data import CocoDetection, build_train_transforms, collate
 from ..data.image import in_channel_order
 from ..evaluation.loop import evaluate_predictor
@@ -126,23 +125,6 @@ def build_test_dataset(cfg: Config) -> CocoDetection:
 
 class Terminated(Exception):
     """SIGTERM arrived during training (raised by `terminate_as_interrupt`'s handler)."""
-
-
-@contextlib.contextmanager
-def disposition_kept(signum: int, handler: Any = None) -> Iterator[None]:
-    """Within the block, `handler` for `signum` (when given); after it, the disposition `signum` had before,
-    whatever the block set meanwhile. Off the main thread it does nothing (Python cannot set handlers there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signum)
-    if handler is not None:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signum) is not previous:
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
