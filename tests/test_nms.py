@@ -136,3 +136,20 @@ def test_degenerate_boxes_and_nothing_valid(session):
     valid[1] = False  # an image with no candidates at all
     assert_same(session, (boxes, scores, groups, valid))
     assert run(session, (boxes, scores, groups, valid))[1] == []
+
+
+def test_a_static_batch_package_calls_the_kernel_once_per_image(tmp_path):
+    """With a static batch (the packages optimize compiles) KernelNMS calls the kernel once per image on its valid
+    rows, not once over the whole batch (the kernel's loop is quadratic in its rows); compiled so, it keeps what
+    batched_nms keeps, an image with nothing valid included."""
+    module = NMSOnly(KernelNMS(iou_threshold=IOU, max_keep=K, num_groups=80)).eval()
+    n = Dim("n", min=1, max=4096)
+    dims = {name: {1: n} for name in ("boxes", "scores", "groups", "valid")}
+    program = torch.export.export(module, random_case(torch.Generator().manual_seed(5), 3, 64, 5), dynamic_shapes=dims)
+    calls = [node for node in program.graph.nodes if node.target is torch.ops.torchvision.nms.default]
+    assert len(calls) == 3
+    package = CompiledPackage(torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "b3.pt2")))
+    for seed, count in ((6, 300), (7, 2000)):
+        boxes, scores, groups, valid = random_case(torch.Generator().manual_seed(seed), 3, count, 80)
+        valid[1] = False
+        assert_same(package, (boxes, scores, groups, valid))

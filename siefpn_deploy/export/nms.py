@@ -98,7 +98,8 @@ class LoopNMS(BatchedNMS):
 
 
 class KernelNMS(BatchedNMS):
-    """torchvision's NMS kernel, one call for the whole batch, for torch.export and AOTInductor."""
+    """torchvision's NMS kernel for torch.export and AOTInductor: one call per image (one per batch where the
+    batch is symbolic)."""
 
     lowering = "kernel"
 
@@ -146,8 +147,9 @@ def greedy_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
 
 def kernel_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
                        max_keep: int) -> tuple[Tensor, Tensor]:
-    """`batched_nms`'s contract with one call of torchvision's NMS kernel (`torchvision::nms`, which torch.export
-    captures with a data-dependent output length and AOTInductor calls as an external kernel).
+    """`batched_nms`'s contract with torchvision's NMS kernel (`torchvision::nms`, which torch.export captures
+    with a data-dependent output length and AOTInductor calls as an external kernel): one call per image where
+    the batch size is a number, one for the whole batch where it is symbolic, each on the valid rows only.
 
     Every (image, group) pair is moved to a region of the plane of its own, `span` apart, so no box overlaps a
     box of another pair and one greedy pass keeps, per pair, exactly what a pass over that pair alone keeps (the
@@ -158,13 +160,33 @@ def kernel_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
     nothing."""
     b, n = scores.shape
     keys = torch.where(valid, scores.float(), LOWEST)
-    coords = torch.where(valid[..., None], boxes.double(), 0.0)  # [B,N,4]; invalid boxes sit at 0, scored LOWEST
+    coords = torch.where(valid[..., None], boxes.double(), 0.0)  # [B,N,4]
     span = coords.amax() - coords.amin() + 1  # wider than any box and any gap between boxes
-    region = torch.arange(b, device=scores.device)[:, None] * (groups.amax() + 1) + groups  # [B,N]
-    shifted = coords + (region.double() * span)[..., None]
-    keep = torch.ops.torchvision.nms(shifted.reshape(-1, 4), keys.double().reshape(-1), iou_threshold)
-    kept = torch.zeros(b * n, dtype=torch.bool, device=scores.device).index_fill(0, keep, True).view(b, n) & valid
+    if isinstance(b, int):  # a static batch (eager, and the packages optimize compiles): one call per image
+        shifted = coords + (groups.double() * span)[..., None]
+        kept = torch.stack([_kernel_kept(shifted[i], keys[i], valid[i], iou_threshold) for i in range(b)])
+    else:  # a symbolic batch cannot be looped over: one call, each image's pairs in regions of their own
+        region = torch.arange(b, device=scores.device)[:, None] * (groups.amax() + 1) + groups  # [B,N]
+        shifted = coords + (region.double() * span)[..., None]
+        kept = _kernel_kept(shifted.reshape(-1, 4), keys.reshape(-1), valid.reshape(-1), iou_threshold).view(b, n)
     return _ranked(kept, keys, max_keep)
+
+
+def _kernel_kept(boxes: Tensor, keys: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """boxes [M,4] float64 (shifted), keys [M], valid [M] -> kept [M] bool: the kernel on the valid rows only.
+    Its loop is quadratic in the rows it is given, and an invalid row (a zero-area box, whose IoU is NaN) would
+    be kept and compared with every row after it; so would every row of the other images in one call.
+
+    Two zero-area rows keyed LOWEST go with them: every pass keeps both (an IoU with them is 0 or NaN) and puts
+    them last, so the kernel returns at least 2 indices, as torchvision's shape function for it promises (a
+    package asserts that at run time)."""
+    m = valid.shape[0]
+    boxes = torch.cat([boxes, boxes.new_zeros(2, 4)])
+    keys = torch.cat([keys, keys.new_full((2,), LOWEST)])
+    # the valid rows in index order (so the kernel's stable sort breaks ties as before), then the two extra ones
+    rows = torch.cat([valid.nonzero().squeeze(1), torch.arange(m, m + 2, device=valid.device)])
+    keep = torch.ops.torchvision.nms(boxes[rows], keys[rows].double(), iou_threshold)
+    return torch.zeros(m + 2, dtype=torch.bool, device=valid.device).index_fill(0, rows[keep], True)[:m]
 
 
 def _ranked(kept: Tensor, keys: Tensor, max_keep: int) -> tuple[Tensor, Tensor]:
