@@ -19,8 +19,9 @@ Both lowerings sort with ONNX TopK, which orders equal scores by index as batche
 does, and suppress on `IoU > threshold` within a group with torchvision's arithmetic.
 
 For `export --format aoti`: a compiled package cannot call the op's Python body, so
-- `KernelNMS` (the default) calls torchvision's NMS kernel once for the whole batch, each (image, group)
-  pair moved to a region of the plane of its own (`kernel_batched_nms` says why that is exact);
+- `KernelNMS` (the default) calls torchvision's NMS kernel on the valid rows, once per image (once per batch
+  where the batch is symbolic), each (image, group) pair moved to a region of the plane of its own
+  (`kernel_batched_nms` says why that is exact);
 - `LoopNMS` runs the same greedy steps as `TensorNMS` as a `torch.while_loop` in aten ops, which torch.export
   captures and AOTInductor compiles; it stops after K kept boxes or when nothing is alive. Each step costs
   about 0.1 ms on a CPU, so an RPN's 1000 steps cost about 100 ms: it is kept as the package form that needs
