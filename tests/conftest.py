@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -21,6 +22,7 @@ from prebuild import PLAN, Ahead, Worker
 
 from siefpn_deploy.core.contract import ShapeRange
 from siefpn_deploy.core.sidecar import read_meta, write_meta
+from siefpn_deploy.core.signals import disposition_kept
 from siefpn_deploy.data import generate_synthetic
 from siefpn_deploy.data.synth import EASY, split_paths
 from siefpn_deploy.pipeline import (
@@ -390,10 +392,11 @@ def signal_handlers_kept():
     """Library code and the CLI's commands run in the caller's process: each test leaves the signal handlers as it
     found them (a handler left behind swallows a later Ctrl-C, or runs Python code when any child ends)."""
     before = {s: signal.getsignal(s) for s in GUARDED_SIGNALS}
-    yield
-    changed = [signal.Signals(s).name for s, h in before.items() if signal.getsignal(s) is not h]
-    for s, h in before.items():
-        signal.signal(s, h if h is not None else signal.SIG_DFL)
+    with contextlib.ExitStack() as restore:  # puts each one back after the check, as library code does
+        for s in GUARDED_SIGNALS:
+            restore.enter_context(disposition_kept(s))
+        yield
+        changed = [signal.Signals(s).name for s, h in before.items() if signal.getsignal(s) is not h]
     assert not changed, f"the test left handlers for {changed} changed"
 
 
