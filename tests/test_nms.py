@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 from torch.export import Dim
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torchvision.ops import batched_nms
 
 from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, KernelNMS, LoopNMS, OnnxNMS, TensorNMS
@@ -148,6 +149,8 @@ def test_a_static_batch_package_calls_the_kernel_once_per_image(tmp_path):
     program = torch.export.export(module, random_case(torch.Generator().manual_seed(5), 3, 64, 5), dynamic_shapes=dims)
     calls = [node for node in program.graph.nodes if node.target is torch.ops.torchvision.nms.default]
     assert len(calls) == 3
+    # each on as many rows as the image has valid ones (a size known only at run time), not on all N
+    assert all(free_unbacked_symbols(call.args[0].meta["val"].shape[0]) for call in calls)
     package = CompiledPackage(torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "b3.pt2")))
     for seed, count in ((6, 300), (7, 2000)):
         boxes, scores, groups, valid = random_case(torch.Generator().manual_seed(seed), 3, count, 80)
