@@ -1,0 +1,83 @@
+"""The gap between end-to-end and model-only latency in the Python runtime, per artifact, with OpenMP's default
+wait policy and with OMP_WAIT_POLICY=PASSIVE (each setting in a process of its own: OpenMP reads it at start).
+
+    python benchmarks/e2e_gap.py --artifacts export/optimized/demo/candidates/demo.int8-cpu.onnx \
+        output/demo/model_final.pth
+
+Per artifact, at batch 1 on one synthetic size x size scene: `Detector.prepare` alone, `run_canvas` alone (the
+model) and `predict` (decode to detections: prepare, model, postprocess), the median of --iters runs after 5
+warm-up runs each. Where predict exceeds prepare + model by much, the runtime and PyTorch's preprocessing are
+contending for the cores between calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SETTINGS = {"OpenMP default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+WARMUP = 5
+
+
+def median_ms(fn, iters: int) -> float:
+    for _ in range(WARMUP):
+        fn()
+    runs = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs) * 1000
+
+
+def child(artifact: str, size: int, iters: int) -> dict[str, float]:
+    import torch
+
+    from siefpn_deploy.data.image import to_tensor
+    from siefpn_deploy.runtime import Detector
+    from siefpn_deploy.runtime.bench import synthetic_batch
+
+    detector, images, canvas = synthetic_batch(Detector.from_path(artifact), 1, size)
+    with torch.inference_mode():
+        return {"prepare": median_ms(lambda: detector.prepare([to_tensor(im) for im in images]), iters),
+                "model": median_ms(lambda: detector.run_canvas(canvas), iters),
+                "predict": median_ms(lambda: detector.predict(images), iters)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", nargs="+", required=True)
+    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--iters", type=int, default=40)
+    p.add_argument("--report", default="benchmarks/results/e2e_gap_cpu.md")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.size, args.iters)))
+        return
+    from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
+
+    rows = []
+    for artifact in args.artifacts:
+        for setting, env in SETTINGS.items():
+            out = subprocess.run([sys.executable, __file__, "--child", artifact, "--size", str(args.size), "--iters",
+                                  str(args.iters)], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+            ms = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append([artifact, setting, *(f"{ms[k]:.1f}" for k in ("prepare", "model", "predict")),
+                         f"{ms['predict'] - ms['prepare'] - ms['model']:.1f}"])
+            print(" | ".join(rows[-1]), flush=True)
+    header = ["artifact", "setting", "prepare ms", "model ms", "predict ms", "predict - prepare - model ms"]
+    body = markdown_table(header, rows) + (f"\n\nBatch 1, one {args.size}x{args.size} synthetic scene; median of "
+                                           f"{args.iters} runs after {WARMUP} warm-up runs each.")
+    command = f"python benchmarks/e2e_gap.py {' '.join(sys.argv[1:])}".strip()
+    write_benchmark_report(args.report, title="End-to-end against model-only latency in the Python runtime (CPU)",
+                           body=body, command=command, data={"header": header, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
