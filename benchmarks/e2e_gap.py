@@ -51,7 +51,7 @@ def child(artifact: str, size: int, iters: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", nargs="+", required=True)
+    p.add_argument("--artifacts", nargs="+", help="checkpoints (.pth) or exported models to time")
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--report", default="benchmarks/results/e2e_gap_cpu.md")
@@ -60,6 +60,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.size, args.iters)))
         return
+    if not args.artifacts:
+        p.error("--artifacts: give at least one checkpoint or exported model")
     from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 
     rows = []
