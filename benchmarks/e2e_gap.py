@@ -15,38 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 SETTINGS = {"OpenMP default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
 WARMUP = 5
 
 
-def median_ms(fn, iters: int) -> float:
-    for _ in range(WARMUP):
-        fn()
-    runs = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs) * 1000
-
-
 def child(artifact: str, size: int, iters: int) -> dict[str, float]:
     import torch
 
+    from siefpn_deploy.core.timing import measure
     from siefpn_deploy.data.image import to_tensor
     from siefpn_deploy.runtime import Detector
     from siefpn_deploy.runtime.bench import synthetic_batch
 
     detector, images, canvas = synthetic_batch(Detector.from_path(artifact), 1, size)
+    calls = {"prepare": lambda: detector.prepare([to_tensor(im) for im in images]),
+             "model": lambda: detector.run_canvas(canvas), "predict": lambda: detector.predict(images)}
     with torch.inference_mode():
-        return {"prepare": median_ms(lambda: detector.prepare([to_tensor(im) for im in images]), iters),
-                "model": median_ms(lambda: detector.run_canvas(canvas), iters),
-                "predict": median_ms(lambda: detector.predict(images), iters)}
+        return {name: measure(fn, warmup=WARMUP, iters=iters).median_ms for name, fn in calls.items()}
 
 
 def main() -> None:
