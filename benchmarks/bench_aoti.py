@@ -18,11 +18,10 @@ Prints a markdown table and writes it, with date, machine and commit, to --repor
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 
 import torch
-from common import shapes, synthetic_benchmark_arguments, synthetic_model
+from common import invocation, shapes, synthetic_benchmark_arguments, synthetic_model
 
 from siefpn_deploy.core.contract import ShapeRange
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
@@ -71,7 +70,7 @@ def main() -> None:
              f"postprocessing), the Python runtimes taking turns run by run, every runtime on the same synthetic "
              f"canvas per setting; {torch.get_num_threads()} "
              "threads; C++: siefpn-infer --bench (model time) on the same package and scenes, same threads.")
-    command = f"python benchmarks/bench_aoti.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
     title = "AOTInductor package vs PyTorch eager and ONNX Runtime (CPU)"
     write_benchmark_report(args.report, title=title, data={"header": header, "rows": rows}, command=command,
                            body=markdown_table(header, rows) + "\n\n" + notes)

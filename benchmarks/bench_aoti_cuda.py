@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import shapes, synthetic_benchmark_arguments, synthetic_data, synthetic_model
+from common import invocation, shapes, synthetic_benchmark_arguments, synthetic_data, synthetic_model
 
 from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
@@ -85,7 +85,7 @@ def main() -> None:
     header = ["detector", "input", "batch", "eager FP32 ms", "eager FP16 autocast ms", ".pt2 FP16 (Python) ms",
               ".pt2 FP16 (C++) ms", "speed-up Python", "speed-up C++", "compile s"]
     rows, agreements = [], {}
-    command = f"python benchmarks/bench_aoti_cuda.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
     for arch in args.archs:
         try:
             run, exported = synthetic_model(arch, args, fp16_package)

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import invocation
+
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 from siefpn_deploy.data.image import decode_image, find_images
 from siefpn_deploy.runtime import Detector
@@ -90,7 +92,7 @@ def main() -> None:
              f"server: --max-batch {args.max_batch}, --max-queue-delay-us {args.max_queue_delay_us}, 1 instance. "
              f"In-process: decode + Detector.predict in batches of the row's concurrency. Target: served >= {TARGET}x "
              f"in-process at concurrency 8: {ratio:.2f}x, {verdict}. Client and server share this machine's cores.")
-    command = f"python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
 
     def plot(figure) -> None:
         ax = figure.add_subplot()

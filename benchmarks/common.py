@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from siefpn_deploy.core.contract import ShapeRange
@@ -28,6 +29,11 @@ from siefpn_deploy.pipeline import (
 )
 
 ARCHS = ["retinanet", "faster_rcnn", "mask_rcnn"]
+
+
+def invocation() -> str:
+    """The command line that ran this script, as its report records it: `python benchmarks/NAME.py ARGS`."""
+    return f"python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}".strip()
 
 
 def synthetic_benchmark_arguments(description: str, report: str) -> argparse.ArgumentParser:

@@ -50,6 +50,8 @@ def main() -> None:
         return
     if not args.artifacts:
         p.error("--artifacts: give at least one checkpoint or exported model")
+    from common import invocation
+
     from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 
     rows = []
@@ -64,7 +66,7 @@ def main() -> None:
     header = ["artifact", "setting", "prepare ms", "model ms", "predict ms", "predict - prepare - model ms"]
     body = markdown_table(header, rows) + (f"\n\nBatch 1, one {args.size}x{args.size} synthetic scene; median of "
                                            f"{args.iters} runs after {WARMUP} warm-up runs each.")
-    command = f"python benchmarks/e2e_gap.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
     write_benchmark_report(args.report, title="End-to-end against model-only latency in the Python runtime (CPU)",
                            body=body, command=command, data={"header": header, "rows": rows})
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import invocation
+
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
 from siefpn_deploy.data.synth import split_paths
 from siefpn_deploy.pipeline import DatasetOptions, synthetic_dataset
@@ -118,7 +120,7 @@ def main() -> None:
                f"(checkpoint period {args.checkpoint_period}; after SIGKILL, up to one period plus the iteration in "
                f"flight). Loss log: {len(iterations)} lines, iterations 1..{args.max_iter} each once: "
                f"{'yes' if intact else 'NO'}.")
-    command = f"python benchmarks/fault_train.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
     write_benchmark_report(args.report, title="Training under SIGKILL and SIGTERM, then --resume (CPU)",
                            data={"rows": rows, "lost": lost, "log_intact": intact}, command=command,
                            body=markdown_table(header, rows) + "\n\n" + summary)

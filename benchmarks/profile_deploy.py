@@ -12,11 +12,10 @@ Models: the synthetic presets, briefly trained once into --work/<arch> (shared w
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 
 import torch
-from common import synthetic_benchmark_arguments, synthetic_model
+from common import invocation, synthetic_benchmark_arguments, synthetic_model
 from torch.profiler import ProfilerActivity, profile
 
 from siefpn_deploy.core.config import load_config
@@ -74,7 +73,7 @@ def main() -> None:
             f"\n\nSynthetic presets (ResNet-18, 64-wide Dual SIE-FPN), trained {args.train_iters} iterations; FP32; "
             f"median of {args.iters} runs after 3 warm-up runs, the two taking turns run by run, on the same "
             f"synthetic canvas; {torch.get_num_threads()} threads.")
-    command = f"python benchmarks/profile_deploy.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
     write_benchmark_report(args.report, title="The deploy wrapper against the eager model, operator by operator (CPU)",
                            body=body, command=command, data={"times": times, "operators": ops})
 

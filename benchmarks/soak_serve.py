@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
-from common import shapes, synthetic_benchmark_arguments, synthetic_model
+from common import invocation, shapes, synthetic_benchmark_arguments, synthetic_model
 from PIL import Image
 
 from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
@@ -205,7 +205,7 @@ def main() -> None:
              f"--max-image-bytes {MAX_IMAGE_BYTES}) on loopback; client and server share the machine's cores.")
     if wrong:
         notes += "\n\nUnequal or refused good requests (first 10): " + "; ".join(wrong[:10])
-    command = f"python benchmarks/soak_serve.py {' '.join(sys.argv[1:])}".strip()
+    command = invocation()
     write_benchmark_report(args.report, title="Serve soak: hostile and good requests, then SIGTERM (CPU)",
                            data={"summary": summary, "outcomes": rows, "wrong": wrong[:100]}, command=command,
                            body=markdown_table(["measure", "value"], summary) + "\n\n" + markdown_table(header, rows)
