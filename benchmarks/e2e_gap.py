@@ -1,5 +1,7 @@
-"""The gap between end-to-end and model-only latency in the Python runtime, per artifact, with OpenMP's default
-wait policy and with OMP_WAIT_POLICY=PASSIVE (each setting in a process of its own: OpenMP reads it at start).
+"""The gap between end-to-end and model-only latency in the Python runtime, per artifact: with PyTorch's thread
+count as the toolkit sets it (`Predictor.torch_threads`: one thread where another runtime computes on the CPU), with
+PyTorch's default count, and with that default under OMP_WAIT_POLICY=PASSIVE (each setting in a process of its own:
+OpenMP reads it at start).
 
     python benchmarks/e2e_gap.py --artifacts export/optimized/demo/candidates/demo.int8-cpu.onnx \
         output/demo/model_final.pth
@@ -18,13 +20,16 @@ import os
 import subprocess
 import sys
 
-SETTINGS = {"OpenMP default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+# name: (environment, whether PyTorch's thread count is the toolkit's choice for the artifact)
+SETTINGS = {"toolkit's torch threads": ({}, True), "torch's default threads": ({}, False),
+            "torch's default, OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, False)}
 WARMUP = 5
 
 
-def child(artifact: str, size: int, iters: int) -> dict[str, float]:
+def child(artifact: str, size: int, iters: int, toolkit_threads: bool) -> dict[str, float]:
     import torch
 
+    from siefpn_deploy.core.cpu import torch_threads
     from siefpn_deploy.core.timing import measure
     from siefpn_deploy.data.image import to_tensor
     from siefpn_deploy.runtime import Detector
@@ -33,7 +38,7 @@ def child(artifact: str, size: int, iters: int) -> dict[str, float]:
     detector, images, canvas = synthetic_batch(Detector.from_path(artifact), 1, size)
     calls = {"prepare": lambda: detector.prepare([to_tensor(im) for im in images]),
              "model": lambda: detector.run_canvas(canvas), "predict": lambda: detector.predict(images)}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(detector.torch_threads if toolkit_threads else None):
         return {name: measure(fn, warmup=WARMUP, iters=iters).median_ms for name, fn in calls.items()}
 
 
@@ -44,9 +49,10 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--report", default="benchmarks/results/e2e_gap_cpu.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--toolkit-threads", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.size, args.iters)))
+        print(json.dumps(child(args.child, args.size, args.iters, args.toolkit_threads)))
         return
     if not args.artifacts:
         p.error("--artifacts: give at least one checkpoint or exported model")
@@ -56,9 +62,10 @@ def main() -> None:
 
     rows = []
     for artifact in args.artifacts:
-        for setting, env in SETTINGS.items():
+        for setting, (env, toolkit) in SETTINGS.items():
             out = subprocess.run([sys.executable, __file__, "--child", artifact, "--size", str(args.size), "--iters",
-                                  str(args.iters)], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+                                  str(args.iters), *(["--toolkit-threads"] if toolkit else [])],
+                                 env={**os.environ, **env}, capture_output=True, text=True, check=True)
             ms = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append([artifact, setting, *(f"{ms[k]:.1f}" for k in ("prepare", "model", "predict")),
                          f"{ms['predict'] - ms['prepare'] - ms['model']:.1f}"])

@@ -184,7 +184,7 @@ def test_the_runtime_runs_an_engine_within_its_own_profile(quantized, tmp_path):
     fed = []
 
     class ProfileCheckingBackend:  # stands in for the GPU: checks what the engine would be given
-        kind, on_gpu = "tensorrt", True
+        kind, on_gpu, computes_in_torch = "tensorrt", True, False
 
         def run(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
             check_profile(profile, images.shape, source=str(engine))

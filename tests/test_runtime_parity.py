@@ -427,6 +427,40 @@ def test_bench_writes_json_markdown_and_plot(exported, tmp_path, capsys):
     assert (tmp_path / "bench.png").is_file() and "img/s" in (tmp_path / "bench.md").read_text()
 
 
+
+def test_pytorch_gets_one_thread_while_another_runtime_computes_on_the_cpu(seeded, exported, tiny_synth,
+                                                                            monkeypatch):
+    """Where ONNX Runtime computes the model, bench times it, and infer runs it, with PyTorch (which then only pre-
+    and postprocesses) on one thread, and PyTorch's count is back afterwards; where PyTorch computes the model it
+    keeps its count. Seen from inside the backend's run and the infer loop."""
+    from siefpn_deploy.runtime.bench import bench_detector
+
+    onnx_detector = Detector.from_path(exported.onnx("retinanet", "onnx"))
+    eager = Detector.from_path(seeded.weights("retinanet"), device="cpu")
+    assert (onnx_detector.torch_threads, eager.torch_threads) == (1, None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that one thread is a change on any host
+    try:
+        for detector, expected in ((onnx_detector, 1), (eager, 2)):
+            seen = []
+            run = detector.backend.run
+            monkeypatch.setattr(detector.backend, "run", lambda *a, run=run, seen=seen: (
+                seen.append(torch.get_num_threads()), run(*a))[1])
+            bench_detector(detector, label="x", variant="y", batch=1, size=96, warmup=1, iters=2)
+            assert seen and set(seen) == {expected}
+            assert torch.get_num_threads() == 2
+
+        import siefpn_deploy.runtime.infer as infer_module
+
+        in_infer = []
+        monkeypatch.setattr(infer_module, "run_infer", lambda *a, **k: in_infer.append(torch.get_num_threads()))
+        assert main(["infer", "--artifact", str(exported.onnx("retinanet", "onnx")), "--source",
+                     str(split_paths(tiny_synth, "val")[0])]) == 0
+        assert in_infer == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ bad input: one line each
 
 

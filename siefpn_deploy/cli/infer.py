@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.cpu import torch_threads
     from ..runtime import Detector
     from ..runtime.infer import run_infer
 
@@ -65,12 +66,13 @@ def run(args: argparse.Namespace) -> int:
     video = video_source(args)  # so is the source
     detector = Detector.from_path(args.artifact, device=args.device, config=args.config_file, runtime=args.runtime,
                                   threads=args.threads)
-    if video is not None:
-        from ..runtime.video import run_video_infer
+    with torch_threads(detector.torch_threads):
+        if video is not None:
+            from ..runtime.video import run_video_infer
 
-        run_video_infer(detector, save_vis=args.save_vis, save_json=args.save_json, batch_size=args.batch, **video,
-                        **vis)
-        return 0
-    run_infer(detector, Path(args.source), save_vis=args.save_vis, save_json=args.save_json,
-              annotations=args.annotations, batch_size=args.batch, **vis)
+            run_video_infer(detector, save_vis=args.save_vis, save_json=args.save_json, batch_size=args.batch,
+                            **video, **vis)
+            return 0
+        run_infer(detector, Path(args.source), save_vis=args.save_vis, save_json=args.save_json,
+                  annotations=args.annotations, batch_size=args.batch, **vis)
     return 0

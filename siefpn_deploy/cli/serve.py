@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.cpu import torch_threads
 from ..core.errors import UserError
 from ..core.signals import disposition_kept
 from .options import add_checkpoint_config, add_device, add_threads
@@ -120,9 +121,10 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     # SIGINT and SIGTERM end the wait, then the server drains and stops; the handlers before are back afterwards
-    # (`main` may run inside a caller's process, where a leftover handler would swallow its Ctrl-C)
+    # (`main` may run inside a caller's process, where a leftover handler would swallow its Ctrl-C), and so is
+    # PyTorch's thread count, which this process sets for the artifact it serves
     with (disposition_kept(signal.SIGINT, request_stop), disposition_kept(signal.SIGTERM, request_stop),
-          DetectorServer(load, options) as server):
+          DetectorServer(load, options) as server, torch_threads(server.detectors[0].torch_threads)):
         server.wait(stop)
     print("[serve] stopped")
     return 0

@@ -5,6 +5,8 @@ bf16 where the CPU had AMX than where it had AVX512-BF16 only)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -39,3 +41,25 @@ def cpu_model() -> str | None:
     except OSError:
         return None
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to `count` for the block, then put back; None leaves it as it is.
+
+    The count is process-wide, so this belongs to an application or a benchmark that runs one model at a time
+    (`infer`, `serve`, `bench`), never inside a library call that others may run concurrently. Its use: where
+    ONNX Runtime or OpenVINO computes the model on the CPU, PyTorch only pre- and postprocesses, and its OpenMP
+    workers spin on the cores for milliseconds after each parallel op, in the runtime's time
+    (`Predictor.torch_threads`)."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -48,6 +48,7 @@ class OnnxSide:
 
     kind = "onnxruntime"
     on_gpu = False
+    computes_in_torch = False
 
     def __init__(self, path: Path, *, every_tensor: bool) -> None:
         import onnx

@@ -63,6 +63,7 @@ class EagerBackend:
     neck as CUDA graphs (`cuda_graphs=True`, one capture per input shape; see cuda_graphs.py)."""
 
     kind = "pytorch"
+    computes_in_torch = True
 
     def __init__(self, detector: nn.Module, contract: GraphContract, device: torch.device, *,
                  autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False) -> None:

@@ -47,6 +47,7 @@ from .meta import default_size_range, model_meta
 class Backend(Protocol):
     kind: str
     on_gpu: bool
+    computes_in_torch: bool  # the model runs in PyTorch's own thread pool (eager, AOTInductor)
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
@@ -110,6 +111,15 @@ class Predictor:
     @property
     def kind(self) -> str:
         return self.backend.kind
+
+    @property
+    def torch_threads(self) -> int | None:
+        """PyTorch's intra-op thread count for running this predictor (`core.cpu.torch_threads`): 1 where ONNX
+        Runtime or OpenVINO computes the model on the CPU, None (as it is) where PyTorch computes it or it runs on a
+        GPU. Then PyTorch only pre- and postprocesses, and with its default pool its OpenMP workers spin for
+        milliseconds after the preprocessing, on the cores the runtime is computing on: 6 ms of the demo's INT8's
+        24 per image (benchmarks/results/e2e_gap_cpu.md). One thread costs the preprocessing a fraction of that."""
+        return None if self.backend.computes_in_torch or self.backend.on_gpu else 1
 
     @property
     def precision(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cpu import torch_threads
 from ..core.errors import CannotRunHere, UserError
 from ..core.openvino import OPENVINO_PRECISION, Runtimes, runtime_order, runtimes_for
 from ..core.reporting import machine
@@ -140,8 +141,9 @@ def run_parity(reference: Detector, artifacts: list[Path], dataset: CocoDetectio
     grids = []
     image_path = lambda image_id: dataset.image_dir / dataset.coco.imgs[image_id]["file_name"]
     for path, detector in runnable:
-        evaluation = evaluate_predictor(detector, dataset, max_images=max_images, batch_size=batch,
-                                        desc=f"{detector.kind} {detector.precision} {path.name}")
+        with torch_threads(detector.torch_threads):
+            evaluation = evaluate_predictor(detector, dataset, max_images=max_images, batch_size=batch,
+                                            desc=f"{detector.kind} {detector.precision} {path.name}")
         name = budget_name(detector.precision, detector.kind)
         budget = budgets.get(name, DEFAULT_BUDGETS[name])
         agreement = _agreement(ref_eval, evaluation, post["score_thresh"], reference.contract.max_detections)

@@ -27,6 +27,7 @@ def check_graph_io(path: Path, inputs: list[str], outputs: list[str], contract: 
 
 class OnnxRuntimeBackend:
     kind = "onnxruntime"
+    computes_in_torch = False
 
     def __init__(self, path: Path, contract: GraphContract, device: str = "auto", threads: int | None = None) -> None:
         self.session = ort_session(path, device=device, threads=threads)
@@ -49,6 +50,7 @@ class OpenVINOBackend:
     `parity.rank`. One infer request, so a backend serves one caller at a time, as ONNX Runtime's session does."""
 
     on_gpu = False
+    computes_in_torch = False
 
     def __init__(self, path: Path, contract: GraphContract, threads: int | None = None,
                  runtime: str = "openvino") -> None:
@@ -71,6 +73,7 @@ class PackageBackend:
     no ONNX Runtime. It runs on the device it was compiled for (meta.json export.device)."""
 
     kind = "aoti"
+    computes_in_torch = True
 
     def __init__(self, path: Path, contract: GraphContract, device: str) -> None:
         if device == "cuda" and not torch.cuda.is_available():
@@ -101,6 +104,7 @@ class TensorRTBackend:
 
     kind = "tensorrt"
     on_gpu = True
+    computes_in_torch = False
 
     def __init__(self, path: Path, engine_meta: dict[str, Any]) -> None:
         if not torch.cuda.is_available():

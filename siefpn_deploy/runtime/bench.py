@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.cpu import torch_threads
 from ..core.errors import CannotRunHere
 from ..core.openvino import Runtimes, runtimes_for
 from ..core.reporting import machine, machine_line, markdown_table, write_report
@@ -95,7 +96,8 @@ def bench_detector(detector: Detector, *, label: str, variant: str, batch: int, 
     reset_peak_rss()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
+    # each artifact timed as it is deployed: PyTorch on one thread where another runtime computes on the CPU
+    with torch.inference_mode(), torch_threads(detector.torch_threads):
         model = timer(lambda: detector.run_canvas(canvas), warmup=warmup, iters=iters)
         e2e = timer(lambda: detector.predict(images), warmup=warmup, iters=iters)
     return Setting(label, variant, batch, size, model, e2e, peak_rss_mib(),

@@ -34,6 +34,7 @@ class _NoBackend:
 
     kind = "triton"
     on_gpu = False
+    computes_in_torch = False
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         raise RuntimeError("the ensemble's graph runs in Triton's model step, not here")
