@@ -50,11 +50,14 @@ def test_the_package_is_verified_and_carries_the_contract(exported):
 
 def test_the_package_detects_what_onnx_runtime_detects(exported, tiny_synth):
     """The Python runtime on the .pt2 against the same model's ONNX graph in ONNX Runtime, through the same
-    Predictor (preprocessing, image sizes, unpadding, mask pasting), on the val images at batch 2 and 1."""
+    Predictor (preprocessing, image sizes, unpadding, mask pasting), on the val images at batch 2 and 1, and on
+    a grey image the model detects nothing in (the package's mask head then runs on its smallest row bucket)."""
     package = Detector.from_path(exported.package(ARCH))
     onnx = Detector.from_path(exported.onnx(ARCH, "onnx"))
     assert package.kind == "aoti" and not package.backend.on_gpu
-    images = val_images(tiny_synth, 5)
+    grey = np.full((128, 128, 3), 128, np.uint8)
+    assert len(onnx.predict([grey])[0]) == 0
+    images = [*val_images(tiny_synth, 5), grey]
     agreement = Agreement()
     for batch in (2, 1):
         for want, got in zip(onnx.predict(images, batch_size=batch), package.predict(images, batch_size=batch)):

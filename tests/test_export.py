@@ -142,6 +142,42 @@ def test_max_det_masks_runs_the_mask_head_on_the_best_rows_only(exported, tiny_s
         np.testing.assert_array_equal(got.masks[:3], want.masks[:3])
 
 
+
+def test_the_package_mask_head_runs_on_the_smallest_row_bucket_that_holds_the_detections(seeded):
+    """The .pt2's mask decoder (on_detections): the head runs on the first 8, 16, 32, 64 or all 100 rows of each
+    image, the first bucket that holds every image's detections, and gives the detections the masks the head gives
+    them on all rows (zeros elsewhere, as the graph's padding rows have)."""
+    from siefpn_deploy.export.deploy import PostprocessSettings, build_deploy_model
+    from siefpn_deploy.export.nms import KernelNMS
+    from siefpn_deploy.model.meta import contract_for
+
+    cfg = load_config(seeded.config("mask_rcnn"), ["MODEL.WEIGHTS", str(seeded.weights("mask_rcnn"))])
+    detector, _ = load_trained_detector(cfg, config_name="test")
+    spec = contract_for(cfg).preprocess
+    bucketed, whole = (build_deploy_model(detector, settings=PostprocessSettings(nms=KernelNMS, masks_on_detections=on),
+                                          preprocess=spec).decoder.masks for on in (True, False))
+    rows = []
+    bucketed.mask_head.register_forward_hook(lambda module, inputs, output: rows.append(len(inputs[0])))
+    generator = torch.Generator().manual_seed(0)
+    channels = detector.backbone.out_channels
+    features = [torch.randn(2, channels, 64 >> i, 64 >> i, generator=generator) for i in range(4)]  # strides 4..32
+    corner = torch.rand(2, 100, 2, generator=generator) * 200
+    boxes = torch.cat([corner, corner + 8 + torch.rand(2, 100, 2, generator=generator) * 40], dim=2)
+    for counts, bucket in (((0, 0), 8), ((3, 8), 8), ((9, 2), 16), ((17, 0), 32), ((64, 33), 64), ((65, 1), 100),
+                           ((100, 100), 100)):
+        labels = torch.randint(1, 3, (2, 100), generator=generator)
+        for image, count in enumerate(counts):
+            labels[image, count:] = -1  # PAD_LABEL after each image's detections
+        rows.clear()
+        with torch.no_grad():
+            got = bucketed(features, boxes, labels)
+            assert rows == [2 * bucket], counts  # (the two decoders share the detector's head)
+            want = whole(features, boxes, labels)
+        for image, count in enumerate(counts):
+            torch.testing.assert_close(got[image, :count], want[image, :count], rtol=0, atol=0)
+        assert got.shape == want.shape and got.abs().sum() == sum(got[i, :bucket].abs().sum() for i in range(2))
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_graph_is_plugin_free_with_symbolic_shapes_and_an_honest_meta(arch, exported, seeded):
     path = exported.onnx(arch, "onnx")

@@ -1,10 +1,11 @@
 """`export --format aoti`: the deploy wrapper through torch.export and AOTInductor into one NAME.pt2.
 
 The package holds the same graph as NAME.onnx (the contract's two inputs and padded outputs, dynamic batch
-and H, W multiples of the divisibility, normalisation, decoding and NMS inside). Two lowerings differ from
-the ONNX ones because a compiled package runs kernels, not Python: NMS is `export.nms.KernelNMS` (one call of
-torchvision's NMS kernel per batch; `--nms loop`: `LoopNMS`, a torch.while_loop of the greedy steps) and
-RoIAlign calls torchvision's roi_align kernel. The C++ runtime loads torchvision's operators for both. The package's own
+and H, W multiples of the divisibility, normalisation, decoding and NMS inside). Three parts differ from
+the ONNX ones because a compiled package runs kernels, not Python: NMS is `export.nms.KernelNMS` (torchvision's
+NMS kernel per image, or per batch where the batch is symbolic; `--nms loop`: `LoopNMS`, a torch.while_loop of
+the greedy steps), RoIAlign calls torchvision's roi_align kernel, and Mask R-CNN's mask head runs on a row
+bucket that holds the batch's detections (`export.rcnn.MaskDecoder`, on_detections). The C++ runtime loads torchvision's operators for both. The package's own
 metadata holds the meta.json written beside it (key `siefpn_deploy.meta`), so a C++ program that has only
 the package still reads the contract.
 """

@@ -31,6 +31,7 @@ class PostprocessSettings:
     roi_align: str = "onnx"  # export.roi_align.ROI_ALIGN_LOWERINGS
     roi_samples: int = ROI_SAMPLES  # the gather lowering's bound on adaptive samples per bin and axis
     mask_detections: int | None = None  # Mask R-CNN: mask head on the first N detections (None: all K)
+    masks_on_detections: bool = False  # the .pt2: on the row bucket that holds the batch's detections (MaskDecoder)
 
 
 class DeployDetector(nn.Module):
@@ -126,7 +127,8 @@ def build_deploy_model(detector: nn.Module, *, settings: PostprocessSettings, pr
         masks = None
         if isinstance(detector, MaskRCNN):
             masks = MaskDecoder(detector=detector, roi_align=align(heads.mask_roi_pool),
-                                rows=settings.mask_detections or heads.detections_per_img)
+                                rows=settings.mask_detections or heads.detections_per_img,
+                                on_detections=settings.masks_on_detections)
         decoder = TwoStageDecoder(
             rpn=RPNDecoder(detector=detector, nms=rpn_nms),
             boxes=BoxDecoder(detector=detector, roi_align=box_align, nms=box_nms,

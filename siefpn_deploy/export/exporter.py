@@ -127,7 +127,9 @@ def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print)
     detector, classes = load_trained_detector(cfg, config_name=config_name)
     settings = PostprocessSettings(nms=STRATEGIES[options.nms], box_candidates=options.box_candidates,
                                    roi_align=options.roi_align_lowering, roi_samples=options.roi_samples,
-                                   mask_detections=options.max_det_masks)
+                                   mask_detections=options.max_det_masks,
+                                   # a package picks a compiled row bucket at run time; ONNX keeps one static shape
+                                   masks_on_detections=options.format == "aoti")
     contract = contract_for(cfg, input_scale=options.input_scale, mask_detections=options.max_det_masks)
     deploy = build_deploy_model(detector, settings=settings, preprocess=contract.preprocess,
                                 autocast_dtype=AUTOCAST_DTYPES[options.precision])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 
+from ..core.contract import PAD_LABEL
 from ..model.heads import nonempty
 from ..model.torchvision_api import rpn_test_top_n
 from .decode import clip_boxes, decode, gather_rows, select_detections, topk_valid
@@ -90,24 +91,62 @@ class MaskDecoder(nn.Module):
     """Mask head on the final boxes: the predicted class's probabilities [B,K,M,M] (M = contract.MASK_SIZE).
 
     The head runs on the first `rows` of the K rows only (rows are in score order), and later rows are
-    zeros: a static shape whose cost does not grow with K (export --max-det-masks)."""
+    zeros: a static shape whose cost does not grow with K (export --max-det-masks).
 
-    def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign, rows: int) -> None:
+    With `on_detections` (the .pt2) it runs on fewer rows where the batch has fewer detections, as the eager model
+    runs it on its detections only: on the first 8, 16, 32, ... or `rows` rows, the smallest that holds every
+    image's detections, chosen at run time by `torch.cond`. Each choice is a static shape; a row count known at
+    run time only (an unbacked size) would be simpler, but AOTInductor (torch 2.14, CPU) miscompiles the
+    channels-last convolutions of the head with one: it reads the first convolution's output as contiguous.
+    """
+
+    def __init__(self, *, detector: FasterRCNN, roi_align: MultiScaleRoIAlign, rows: int,
+                 on_detections: bool = False) -> None:
         super().__init__()
         heads = detector.roi_heads
         self.roi_align = roi_align
         self.mask_head = heads.mask_head
         self.mask_predictor = heads.mask_predictor
         self.rows = rows
+        self.on_detections = on_detections
 
     def forward(self, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
+        n = min(self.rows, boxes.shape[1])
+        if not self.on_detections:
+            return self.masks(features, boxes, labels, n)
+        # detections come first in each image's rows, padding (PAD_LABEL) after them
+        count = torch.count_nonzero(labels[:, :n] != PAD_LABEL, dim=1).max()
+        buckets = row_buckets(n)
+        if torch.compiler.is_compiling():  # torch.export: every bucket compiled, one chosen at run time
+            return self.bucketed(features, boxes, labels, count, buckets)
+        return self.masks(features, boxes, labels, next(b for b in buckets if count <= b))  # eager
+
+    def bucketed(self, features: list[Tensor], boxes: Tensor, labels: Tensor, count: Tensor,
+                 buckets: list[int]) -> Tensor:
+        """The head on the first buckets[i] rows, i the first bucket that holds `count` rows (the last holds all)."""
+        if len(buckets) == 1:
+            return self.masks(features, boxes, labels, buckets[0])
+        return torch.cond(count <= buckets[0], lambda f, b, l, c: self.masks(f, b, l, buckets[0]),
+                          lambda f, b, l, c: self.bucketed(f, b, l, c, buckets[1:]),
+                          (features, boxes, labels, count))
+
+    def masks(self, features: list[Tensor], boxes: Tensor, labels: Tensor, n: int) -> Tensor:
+        """The head on the first n rows; zeros in the rest."""
         b, k = boxes.shape[:2]
-        n = min(self.rows, k)
         boxes, labels = boxes[:, :n], labels[:, :n]
         logits = self.mask_predictor(self.mask_head(self.roi_align(features, boxes).flatten(0, 1)))
-        logits = logits.reshape(b, n, -1, *logits.shape[-2:])  # [B,n,classes,M,M]
+        logits = logits.reshape(b, n, *logits.shape[1:])  # [B,n,classes,M,M]
         index = labels.clamp(min=0).to(torch.int64).reshape(b, n, 1, 1, 1).expand(-1, -1, 1, *logits.shape[-2:])
         masks = torch.gather(logits, 2, index)[:, :, 0].sigmoid()
         if n == k:
             return masks
         return torch.cat([masks, masks.new_zeros(b, k - n, *masks.shape[-2:])], dim=1)  # [B,K,M,M]
+
+
+def row_buckets(rows: int, smallest: int = 8) -> list[int]:
+    """8, 16, 32, ... below `rows`, then `rows`: at most twice the rows needed, and a few compiled shapes."""
+    buckets = []
+    while smallest < rows:
+        buckets.append(smallest)
+        smallest *= 2
+    return [*buckets, rows]
