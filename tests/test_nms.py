@@ -156,3 +156,26 @@ def test_a_static_batch_package_calls_the_kernel_once_per_image(tmp_path):
         boxes, scores, groups, valid = random_case(torch.Generator().manual_seed(seed), 3, count, 80)
         valid[1] = False
         assert_same(package, (boxes, scores, groups, valid))
+
+
+def test_many_rows_in_few_groups_get_one_kernel_call_per_image_and_group(tmp_path):
+    """Past 1000 rows per image in at most 8 groups (an RPN's levels), with batch and rows static, KernelNMS calls
+    the kernel per image and group, as torchvision's batched_nms does past that size (the kernel's cost grows
+    with the rows it is given); compiled so, it keeps what batched_nms keeps. With 80 groups it stays one call
+    per image."""
+    case = random_case(torch.Generator().manual_seed(8), 2, 1500, 5)
+    programs = {}
+    for groups, calls in ((5, 2 * 5), (80, 2)):
+        module = NMSOnly(KernelNMS(iou_threshold=IOU, max_keep=K, num_groups=groups)).eval()
+        programs[groups] = torch.export.export(module, case)
+        assert sum(node.target is torch.ops.torchvision.nms.default for node in programs[groups].graph.nodes) == calls
+    package = CompiledPackage(torch._inductor.aoti_compile_and_package(programs[5], package_path=str(tmp_path / "g.pt2")))
+    eager = NMSOnly(KernelNMS(iou_threshold=IOU, max_keep=K, num_groups=5))
+    for seed in (9, 10):
+        case = random_case(torch.Generator().manual_seed(seed), 2, 1500, 5)
+        _, _, groups, valid = case
+        valid[1, groups[1] == 2] = False  # a group with nothing valid in one image
+        want = expected(*case)
+        assert run(package, case) == want
+        keep, ok = eager(*case)
+        assert [row[m].tolist() for row, m in zip(keep, ok)] == want

@@ -99,13 +99,13 @@ class LoopNMS(BatchedNMS):
 
 
 class KernelNMS(BatchedNMS):
-    """torchvision's NMS kernel for torch.export and AOTInductor: one call per image (one per batch where the
-    batch is symbolic)."""
+    """torchvision's NMS kernel for torch.export and AOTInductor: one call per image, or per image and group where
+    an image has many rows (one per batch where the batch is symbolic)."""
 
     lowering = "kernel"
 
     def forward(self, boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        return kernel_batched_nms(boxes, scores, groups, valid, self.iou_threshold, self.max_keep)
+        return kernel_batched_nms(boxes, scores, groups, valid, self.iou_threshold, self.max_keep, self.num_groups)
 
 
 STRATEGIES: dict[str, type[BatchedNMS]] = {  # options.NMS_LOWERINGS
@@ -147,10 +147,14 @@ def greedy_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
 
 
 def kernel_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
-                       max_keep: int) -> tuple[Tensor, Tensor]:
+                       max_keep: int, num_groups: int) -> tuple[Tensor, Tensor]:
     """`batched_nms`'s contract with torchvision's NMS kernel (`torchvision::nms`, which torch.export captures
     with a data-dependent output length and AOTInductor calls as an external kernel): one call per image where
     the batch size is a number, one for the whole batch where it is symbolic, each on the valid rows only.
+    Where batch and rows are numbers, an image has more than GROUP_CALL_ROWS rows and there are at most
+    GROUP_CALL_GROUPS groups (an RPN's levels), one call per image and group, as `torchvision.ops.batched_nms`
+    calls it past the same size: the kernel's cost is about the boxes it keeps times the rows it is given, so an
+    RPN's levels called one at a time cost a fraction of one call over all of them.
 
     Every (image, group) pair is moved to a region of the plane of its own, `span` apart, so no box overlaps a
     box of another pair and one greedy pass keeps, per pair, exactly what a pass over that pair alone keeps (the
@@ -163,7 +167,11 @@ def kernel_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
     keys = torch.where(valid, scores.float(), LOWEST)
     coords = torch.where(valid[..., None], boxes.double(), 0.0)  # [B,N,4]
     span = coords.amax() - coords.amin() + 1  # wider than any box and any gap between boxes
-    if isinstance(b, int):  # a static batch (eager, and the packages optimize compiles): one call per image
+    if isinstance(b, int) and isinstance(n, int) and n > GROUP_CALL_ROWS and num_groups <= GROUP_CALL_GROUPS:
+        kept = torch.stack([
+            torch.stack([_kernel_kept(coords[i], keys[i], valid[i] & (groups[i] == g), iou_threshold)
+                         for g in range(num_groups)]).any(dim=0) for i in range(b)])
+    elif isinstance(b, int):  # a static batch (eager, and the packages optimize compiles): one call per image
         shifted = coords + (groups.double() * span)[..., None]
         kept = torch.stack([_kernel_kept(shifted[i], keys[i], valid[i], iou_threshold) for i in range(b)])
     else:  # a symbolic batch cannot be looped over: one call, each image's pairs in regions of their own
@@ -200,6 +208,10 @@ def _ranked(kept: Tensor, keys: Tensor, max_keep: int) -> tuple[Tensor, Tensor]:
     return torch.where(ok, keep, torch.zeros_like(keep)), ok
 
 
+# above this many rows per image, one kernel call per group (torchvision's batched_nms: boxes.numel() > 4000),
+# where the groups are few: an RPN's levels, not a dataset's 80 classes (80 calls per image on mostly empty groups)
+GROUP_CALL_ROWS = 1000
+GROUP_CALL_GROUPS = 8
 LOWEST = float(np.finfo(np.float32).min)  # the invalid key: finite, so no inf arithmetic in any runtime
 
 # --- ONNX lowerings (opset 18) ------------------------------------------------------------------
