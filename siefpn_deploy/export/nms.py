@@ -213,6 +213,10 @@ def _ranked(kept: Tensor, keys: Tensor, max_keep: int) -> tuple[Tensor, Tensor]:
 GROUP_CALL_ROWS = 1000
 GROUP_CALL_GROUPS = 8
 LOWEST = float(np.finfo(np.float32).min)  # the invalid key: finite, so no inf arithmetic in any runtime
+# what the ONNX lowerings test keys against: a real score is above it, and LOWEST below it however a runtime that
+# computes in bf16 rounds it (OpenVINO's bf16 makes it -inf in one op and keeps it in the next: compared with
+# LOWEST itself, a pad slot passed as valid and indexed past the rows)
+VALID_FLOOR = LOWEST / 2
 
 # --- ONNX lowerings (opset 18) ------------------------------------------------------------------
 # Both end the same way: a kept mask [B,N], then TopK(K) over the kept scores, which orders equal
@@ -229,7 +233,7 @@ def _kept_to_keep(op, kept, keys, max_keep: int):
     pad = op.Expand(lowest, op.Concat(op.Shape(keys, start=0, end=1), op.Constant(value_ints=[max_keep]), axis=0))
     top, keep = op.TopK(op.Concat(op.Where(kept, keys, lowest), pad, axis=1), op.Constant(value_ints=[max_keep]),
                         axis=1)
-    ok = op.Greater(top, lowest)
+    ok = op.Greater(top, op.CastLike(op.Constant(value_float=VALID_FLOOR), keys))
     return op.Where(ok, keep, op.CastLike(op.Constant(value_int=0), keep)), ok
 
 
@@ -242,8 +246,8 @@ def _lower_onnx(op, boxes, scores, groups, valid, iou_threshold, max_keep, num_g
     group_scores = op.Where(in_group, op.Unsqueeze(keys, op.Constant(value_ints=[1])), lowest)
     selected = op.NonMaxSuppression(
         boxes, group_scores, op.Constant(value_ints=[max_keep]), op.Constant(value_floats=[iou_threshold]),
-        op.Constant(value_floats=[LOWEST]),
-    )  # [M,3] (batch, group, box); LOWEST (invalid, or another group's) is not > LOWEST
+        op.Constant(value_floats=[VALID_FLOOR]),
+    )  # [M,3] (batch, group, box); LOWEST (invalid, or another group's) is not > VALID_FLOOR
     index = op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)  # [M,2]
     ones = op.Expand(op.Constant(value=onnx.helper.make_tensor("t", onnx.TensorProto.BOOL, [1], [True])),
                      op.Shape(index, start=0, end=1))
