@@ -5,7 +5,8 @@ and H, W multiples of the divisibility, normalisation, decoding and NMS inside).
 the ONNX ones because a compiled package runs kernels, not Python: NMS is `export.nms.KernelNMS` (torchvision's
 NMS kernel per image, or per batch where the batch is symbolic; `--nms loop`: `LoopNMS`, a torch.while_loop of
 the greedy steps), RoIAlign calls torchvision's roi_align kernel, and Mask R-CNN's mask head runs on a row
-bucket that holds the batch's detections (`export.rcnn.MaskDecoder`, on_detections). The C++ runtime loads torchvision's operators for both. The package's own
+bucket that holds the batch's detections (`export.rcnn.MaskDecoder`, on_detections). The C++ runtime loads
+torchvision's operators for the first two. The package's own
 metadata holds the meta.json written beside it (key `siefpn_deploy.meta`), so a C++ program that has only
 the package still reads the contract.
 """

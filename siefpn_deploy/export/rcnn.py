@@ -126,8 +126,9 @@ class MaskDecoder(nn.Module):
         """The head on the first buckets[i] rows, i the first bucket that holds `count` rows (the last holds all)."""
         if len(buckets) == 1:
             return self.masks(features, boxes, labels, buckets[0])
-        return torch.cond(count <= buckets[0], lambda f, b, l, c: self.masks(f, b, l, buckets[0]),
-                          lambda f, b, l, c: self.bucketed(f, b, l, c, buckets[1:]),
+        return torch.cond(count <= buckets[0],
+                          lambda feats, rows, names, n: self.masks(feats, rows, names, buckets[0]),
+                          lambda feats, rows, names, n: self.bucketed(feats, rows, names, n, buckets[1:]),
                           (features, boxes, labels, count))
 
     def masks(self, features: list[Tensor], boxes: Tensor, labels: Tensor, n: int) -> Tensor:
