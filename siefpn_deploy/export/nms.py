@@ -166,12 +166,13 @@ def kernel_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
     b, n = scores.shape
     keys = torch.where(valid, scores.float(), LOWEST)
     coords = torch.where(valid[..., None], boxes.double(), 0.0)  # [B,N,4]
-    span = coords.amax() - coords.amin() + 1  # wider than any box and any gap between boxes
     if isinstance(b, int) and isinstance(n, int) and n > GROUP_CALL_ROWS and num_groups <= GROUP_CALL_GROUPS:
         kept = torch.stack([
             torch.stack([_kernel_kept(coords[i], keys[i], valid[i] & (groups[i] == g), iou_threshold)
                          for g in range(num_groups)]).any(dim=0) for i in range(b)])
-    elif isinstance(b, int):  # a static batch (eager, and the packages optimize compiles): one call per image
+        return _ranked(kept, keys, max_keep)  # one group per call: no shift
+    span = coords.amax() - coords.amin() + 1  # wider than any box and any gap between boxes
+    if isinstance(b, int):  # a static batch (eager, and the packages optimize compiles): one call per image
         shifted = coords + (groups.double() * span)[..., None]
         kept = torch.stack([_kernel_kept(shifted[i], keys[i], valid[i], iou_threshold) for i in range(b)])
     else:  # a symbolic batch cannot be looped over: one call, each image's pairs in regions of their own
