@@ -20,6 +20,7 @@ from siefpn_deploy.data import (
     collate,
     generate_synthetic,
 )
+from siefpn_deploy.data.image import as_float
 from siefpn_deploy.data.synth import BENCHMARK, EASY, generated_at, level_of, mask_to_polygons, render
 from siefpn_deploy.data.transforms import RandomHorizontalFlip, ResizeShortestEdge
 from siefpn_deploy.pipeline import DatasetOptions, synthetic_dataset
@@ -382,6 +383,30 @@ def test_uint8_images_stay_uint8_until_resized_and_give_the_same_canvas_as_float
     a = Preprocess(spec)(pixels)
     b = Preprocess(spec)([f if isinstance(f, torch.Tensor) else torch.from_numpy(f).float() for f in floats])
     assert torch.equal(a.images, b.images) and a.resized_hw == b.resized_hw and a.original_hw == b.original_hw
+
+
+@pytest.mark.parametrize("size", [(160, 128), (128, 130), (128, 128)])
+def test_an_image_already_at_its_resized_size_is_not_interpolated_and_gets_the_same_pixels(size, monkeypatch):
+    """An image whose resize keeps its size (a camera at the model's size, bench's scenes) skips interpolate,
+    and the canvas equals, bit for bit, the one interpolate gives; an image that does change size still goes
+    through it."""
+    from siefpn_deploy.core.contract import PreprocessSpec
+    from siefpn_deploy.data import preprocess
+
+    spec = PreprocessSpec(min_size=128, max_size=160, divisibility=32, pixel_mean=(1.0, 2.0, 3.0),
+                          pixel_std=(1.0, 1.0, 1.0), input_scale=255.0)
+    w, h = size
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, h, w), dtype=np.uint8))
+    skipped = preprocess.Preprocess(spec)([image])
+    calls = []
+    interpolate = preprocess.F.interpolate
+    monkeypatch.setattr(preprocess.F, "interpolate", lambda *a, **k: calls.append(k) or interpolate(*a, **k))
+    assert preprocess.Preprocess(spec)([image]).resized_hw == skipped.resized_hw and calls == []
+    forced = interpolate(as_float(image)[None], scale_factor=1.0, mode="bilinear", recompute_scale_factor=True,
+                         align_corners=False)[0]
+    assert skipped.resized_hw == [(h, w)] and torch.equal(skipped.images[0, :, :h, :w], forced * 255.0)
+    preprocess.Preprocess(spec)([torch.zeros(3, 64, 80, dtype=torch.uint8)])  # resized to 128x160
+    assert len(calls) == 1
 
 
 def test_size_mismatch_with_json(tmp_path):
