@@ -166,3 +166,44 @@ def test_bench_variants_of_openvino_bf16_join_their_parity_rows():
                     ("m.int8-ov.onnx", "openvino int8"): pytest.approx(0.6)}
     best = {f["budget"]: f["best"]["variant"] for f in ranking["fastest"]}
     assert best == {0.1: "openvino fp32", 0.2: "openvino fp32", 0.5: "openvino-bf16 fp32", 1.0: "openvino-bf16 int8"}
+
+
+def test_the_onnx_nms_lowering_keeps_pad_slots_out_when_openvino_computes_in_bf16(tmp_path):
+    """OpenVINO's bf16 rounds float32's lowest (the lowering's invalid key) to -inf in some ops and keeps it in
+    others. The lowering pads TopK with K invalid slots whose indices lie past the rows: were a pad slot taken
+    as valid, the GatherElements after it would read past the rows (OpenVINO stopped: "indices values of
+    GatherElement exceed data size"). With 48 of 50 boxes kept and K = 100, 52 pad slots come out: each is
+    invalid, its index is 0, and the valid ones are torchvision's NMS, in bf16 as in f32."""
+    pytest.importorskip("openvino", reason=OPENVINO)
+    import torch
+    from torchvision.ops import nms
+
+    from siefpn_deploy.core.openvino import compile_onnx
+    from siefpn_deploy.export.nms import ONNX_TRANSLATIONS, OnnxNMS
+
+    class KeepAndGather(torch.nn.Module):
+        def forward(self, boxes, scores):  # boxes [1,N,4], scores [1,N]
+            groups, valid = torch.zeros_like(scores, dtype=torch.int64), scores > 0.05
+            keep, ok = torch.ops.siefpn.batched_nms(boxes, scores, groups, valid, 0.5, 100, 1, OnnxNMS.lowering)
+            return boxes.gather(1, keep[..., None].expand(-1, -1, 4)), ok, keep
+
+    g = torch.Generator().manual_seed(0)
+    corner, extent = torch.rand(1, 50, 2, generator=g) * 200, torch.rand(1, 50, 2, generator=g) * 50 + 5
+    boxes, scores = torch.cat([corner, corner + extent], -1), torch.rand(1, 50, generator=g)
+    n = torch.export.Dim("n", min=2, max=5000)
+    path = tmp_path / "nms.onnx"
+    torch.onnx.export(KeepAndGather(), (boxes, scores), dynamo=True, custom_translation_table=ONNX_TRANSLATIONS,
+                      dynamic_shapes=({1: n}, {1: n}), verbose=False).save(str(path))
+    valid = scores[0] > 0.05
+    want = torch.nonzero(valid).flatten()[nms(boxes[0, valid], scores[0, valid], 0.5)].tolist()
+    assert len(want) < 50
+    for precision in ("f32", "bf16"):
+        try:
+            compiled = compile_onnx(path, precision=precision, cache_dir=tmp_path / "cache")
+        except CannotRunHere as e:
+            if bf16_units() and native_bf16():
+                raise
+            pytest.skip(f"bf16 is not native here: {e}")
+        picked, ok, keep = compiled({0: boxes.numpy(), 1: scores.numpy()}).values()
+        assert keep[ok].tolist() == want and not keep[~ok].any() and ok.sum() == len(want)
+        assert np.array_equal(picked[ok], boxes[0, want].numpy()), precision

@@ -8,12 +8,14 @@ import json
 import re
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from conftest import FP32_AP_FLOOR, SMALL_SET_BUDGETS, broken_int8
 
 from siefpn_deploy.cli import main
 from siefpn_deploy.core.contract import image_rows
+from siefpn_deploy.core.errors import UserError
 from siefpn_deploy.core.sidecar import read_meta
 from siefpn_deploy.data import CocoDetection
 from siefpn_deploy.data.synth import split_paths
@@ -44,6 +46,48 @@ def test_openvino_detections_equal_onnx_runtime_s(arch, exported, tiny_synth):
     assert agreement.reference > 10 and agreement.matched == agreement.reference and agreement.unmatched == 0
     assert agreement.max_box_rel <= t.box_rel and agreement.max_score_abs <= t.score_abs
     assert agreement.max_mask_abs <= t.mask_abs and (arch != "mask_rcnn" or agreement.max_mask_abs > 0)
+
+
+def test_a_canvas_shape_seen_again_gets_a_compile_of_its_own_with_the_same_detections(exported, tiny_synth,
+                                                                                      monkeypatch):
+    """OpenVINO runs the exported (dynamic) graph until a canvas shape comes a second time, then that shape's own
+    compile with the shape fixed, for at most `static_shapes` shapes; its detections equal ONNX Runtime's within
+    the export tolerances, and a shape OpenVINO cannot fix stays on the dynamic compile."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (the [openvino] extra)")
+    from siefpn_deploy.runtime import backends
+
+    path = exported.onnx("retinanet", "onnx")
+    ov, ort = Detector.from_path(path, runtime="openvino"), Detector.from_path(path)
+    backend = ov.backend
+    backend.static_shapes = 2
+    images_dir, annotations = split_paths(tiny_synth, "val")
+    dataset = CocoDetection(image_dir=images_dir, annotation_file=annotations)
+    images = [dataset.image(i) for i in range(2)]
+    agreement = Agreement()
+    for size in (160, 192, 256):
+        canvas = ort.at_size(size).prepare(images)
+        want = ort.run_canvas(canvas)
+        for sighting in range(2):
+            got = ov.run_canvas(canvas)
+            for b in range(2):
+                agreement.add(image_rows(want, b), image_rows(got, b), min_iou=0.5, score_thresh=0.05, max_det=100)
+    fixed = [dict(shapes)["images"] for shapes in backend.fixed]
+    assert fixed == [(2, 3, 160, 160), (2, 3, 192, 192)]  # the third shape stays dynamic: no room
+    for request in backend.fixed.values():
+        assert all(i.get_partial_shape().is_static for i in request.get_compiled_model().inputs)
+    assert all(not i.get_partial_shape().is_static for i in backend.compiled.inputs)
+    t = FP32_TOLERANCES
+    assert agreement.reference > 10 and agreement.matched == agreement.reference and agreement.unmatched == 0
+    assert agreement.max_box_rel <= t.box_rel and agreement.max_score_abs <= t.score_abs
+
+    def refuse(*args, static=None, **kwargs):
+        raise UserError("OpenVINO cannot load it: a shape it cannot fix")
+
+    monkeypatch.setattr(backends, "compile_onnx", refuse)
+    backend.static_shapes = 3  # room for 256, which OpenVINO now refuses to fix
+    outputs = [backend.run(canvas.images.numpy(), canvas.image_sizes) for _ in range(3)]  # the 256 canvas
+    assert [dict(shapes)["images"] for shapes, r in backend.fixed.items() if r is None] == [(2, 3, 256, 256)]
+    assert all(np.array_equal(o["boxes"], outputs[0]["boxes"]) for o in outputs)
 
 
 def test_parity_and_bench_put_openvino_beside_onnx_runtime(seeded, exported, tmp_path, capsys):

@@ -207,6 +207,31 @@ def test_a_large_jpeg_is_decoded_reduced_and_answered_in_its_own_pixels(exported
     assert (matched > 0.8).all(), matched
 
 
+@pytest.mark.parametrize("step", ["preprocess", "postprocess"])
+def test_the_ensemble_s_steps_run_pytorch_on_one_thread(step, exported, tmp_path, monkeypatch):
+    """Each ensemble step is a Triton Python-backend process of its own that only pre- or postprocesses while
+    the model step computes: its initialize puts PyTorch on one thread (`Predictor.torch_threads`)."""
+    import sys
+    import types
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("triton_step_model", Path(__file__).parents[1]
+                                                  / "siefpn_deploy" / "serve" / "triton_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shutil.copyfile(meta_path(exported.onnx(ARCH, "onnx")), tmp_path / "meta.json")
+    config = {"parameters": {"step": {"string_value": step}}}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        module.TritonPythonModel().initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path)})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_instance_runs_its_own_backend(exported):
     """--instances N: N loads, N backends (OpenVINO's infer request and TensorRT's context are not shareable)."""
     from siefpn_deploy.runtime import Detector

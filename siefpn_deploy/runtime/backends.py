@@ -14,8 +14,10 @@ import torch
 from ..core.aoti import load_package
 from ..core.contract import INPUT_NAMES, GraphContract, graph_inputs
 from ..core.errors import CannotRunHere, UserError
-from ..core.openvino import OPENVINO_PRECISION, compile_onnx
+from ..core.openvino import OPENVINO_PRECISION, STATIC_SHAPES, compile_onnx
 from ..core.ort import ort_session
+
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]  # a call's input shapes: ((name, shape), ...)
 
 
 def check_graph_io(path: Path, inputs: list[str], outputs: list[str], contract: GraphContract) -> None:
@@ -44,28 +46,55 @@ class OnnxRuntimeBackend:
 
 
 class OpenVINOBackend:
-    """The same .onnx compiled by OpenVINO for the CPU (`core.openvino.compile_onnx`), once per backend: runtime
-    "openvino" computes in FP32, "openvino-bf16" in bf16 where the CPU computes it natively (else CannotRunHere).
-    Its `kind` is the runtime's name, so bench's variant ("openvino-bf16 fp32") and parity's row join in
-    `parity.rank`. One infer request, so a backend serves one caller at a time, as ONNX Runtime's session does."""
+    """The same .onnx compiled by OpenVINO for the CPU (`core.openvino.compile_onnx`): runtime "openvino" computes
+    in FP32, "openvino-bf16" in bf16 where the CPU computes it natively (else CannotRunHere). Its `kind` is the
+    runtime's name, so bench's variant ("openvino-bf16 fp32") and parity's row join in `parity.rank`. One infer
+    request per compiled model, so a backend serves one caller at a time, as ONNX Runtime's session does.
+
+    The graph runs as exported (dynamic shapes) until an input shape comes a second time; that shape then gets a
+    compile of its own with the shape fixed, which OpenVINO runs faster (no shape inference per call), for up to
+    `static_shapes` shapes: each holds a full compiled copy of the model, and a compile costs about a second once
+    (less from OpenVINO's cache on disk). A shape OpenVINO cannot fix stays on the dynamic compile."""
 
     on_gpu = False
     computes_in_torch = False
 
     def __init__(self, path: Path, contract: GraphContract, threads: int | None = None,
-                 runtime: str = "openvino") -> None:
+                 runtime: str = "openvino", static_shapes: int = STATIC_SHAPES) -> None:
         if runtime not in OPENVINO_PRECISION:
             raise UserError(f"OpenVINO runtime must be one of {', '.join(OPENVINO_PRECISION)}, got {runtime!r}")
-        self.kind = runtime
+        self.kind, self.path, self.threads, self.static_shapes = runtime, path, threads, static_shapes
         self.compiled = compile_onnx(path, precision=OPENVINO_PRECISION[runtime], threads=threads)
         self.names = [o.get_any_name() for o in self.compiled.outputs]
         check_graph_io(path, [i.get_any_name() for i in self.compiled.inputs], self.names, contract)
         self.request = self.compiled.create_infer_request()
+        self.seen: set[Shapes] = set()  # shapes run once on the dynamic compile
+        self.fixed: dict[Shapes, Any] = {}  # shape -> its own infer request, or None where fixing it failed
+
+    def request_for(self, inputs: dict[str, np.ndarray]) -> Any:
+        """The infer request for these inputs' shapes: their own compile, made on their second sighting while
+        there is room, else the dynamic one."""
+        shapes = tuple((name, tuple(v.shape)) for name, v in inputs.items())
+        if shapes in self.fixed:
+            return self.fixed[shapes] or self.request
+        if shapes in self.seen and len(self.fixed) < self.static_shapes:
+            try:
+                compiled = compile_onnx(self.path, precision=OPENVINO_PRECISION[self.kind], threads=self.threads,
+                                        static=dict(shapes))
+                self.fixed[shapes] = compiled.create_infer_request()
+            except UserError:
+                self.fixed[shapes] = None
+            return self.fixed[shapes] or self.request
+        if len(self.fixed) < self.static_shapes:
+            self.seen.add(shapes)
+        return self.request
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        self.request.infer(graph_inputs(images, image_sizes))
+        inputs = graph_inputs(images, image_sizes)
+        request = self.request_for(inputs)
+        request.infer(inputs)
         # the request's output buffers are reused by the next call: copy them out
-        return {name: self.request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
+        return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
 
 
 class PackageBackend:

@@ -10,6 +10,7 @@ Each request gets its own response: a request whose image does not decode gets a
 import json
 from pathlib import Path
 
+import torch
 import triton_python_backend_utils as pb_utils
 
 from siefpn_deploy.serve.ensemble import PostprocessStep, PreprocessStep
@@ -30,6 +31,10 @@ class TritonPythonModel:
         else:
             self.step = PostprocessStep(meta, source=str(folder / "meta.json"))
             self.inputs = [*self.step.graph_outputs, "image_sizes", ORIGINAL_SIZE]
+        # this stub process is a step of its own: the model step computes elsewhere, so PyTorch runs on one thread
+        # here and its OpenMP workers do not spin on the cores that step uses (`Predictor.torch_threads`)
+        if self.step.predictor.torch_threads:
+            torch.set_num_threads(self.step.predictor.torch_threads)
 
     def execute(self, requests):
         responses = []
