@@ -78,6 +78,10 @@ def assert_optimized(folder, text):
     assert winner["timing"]["e2e_p50_ms"] == min(r["timing"]["e2e_p50_ms"] for r in within)
     assert all(r["timing"]["ap_cost"] > report["budget"] for r in report["rows"] if r["status"] == "over budget")
     assert "| optimize --target cpu |" in text and "winner: " in text and "x eager PyTorch" in text
+    # the summary's speed-ups come from the head-to-head timing of the winner, eager PyTorch and the peers
+    duel = report["head_to_head"]
+    assert {"winner", "eager PyTorch", "ONNX Runtime FP32"} <= set(duel) and min(duel.values()) > 0
+    assert f"{duel['eager PyTorch'] / duel['winner']:.2f}x eager PyTorch" in report["summary"]
     best = folder / "best.onnx"
     meta = read_meta(best)  # the hash check: best.onnx and its meta.json landed together
     assert meta["runtime"] == winner["runtime"] and meta["optimize"]["source"] == winner["artifact"]

@@ -60,6 +60,11 @@ def test_the_winner_is_the_fastest_within_the_budget_and_every_loser_says_why():
     assert rows["NNCF INT8"]["timing"]["e2e_vs_eager"] == pytest.approx(0.2)
     line = speedup_line(choice, {"ONNX Runtime FP32": rows["FP32 in ONNX Runtime"]["timing"]})
     assert "5.00x eager PyTorch" in line and "2.50x ONNX Runtime FP32" in line and "ΔAP -0.70" in line
+    # timed again head to head (taking turns), the speed-ups are those figures': 50 / 10 and 30 / 10
+    duel = {"winner": 10.0, "eager PyTorch": 50.0, "ONNX Runtime FP32": 30.0}
+    line = speedup_line(choice, {"ONNX Runtime FP32": rows["FP32 in ONNX Runtime"]["timing"]}, duel)
+    assert line == ("winner: NNCF INT8 (m.int8-ov.onnx), end-to-end p50 24.0 ms, ΔAP -0.70; head to head (taking "
+                    "turns): 10.0 ms; 5.00x eager PyTorch; 3.00x ONNX Runtime FP32")
 
     assert choose(CANDIDATES, BENCH, PARITY, budget=0.5, batch=1, size=384)["winner"]["label"] == "FP32 in OpenVINO bf16"
     assert choose(CANDIDATES, BENCH, PARITY, budget=0.0, batch=1, size=384)["winner"]["label"] == "FP32 in ONNX Runtime"

@@ -40,9 +40,12 @@ def measure(fn: Callable[[], object], *, warmup: int, iters: int, sync: Callable
     return Latency(tuple(runs))
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int) -> dict[str, Latency]:
+def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int,
+                        pause_s: float = 0.0) -> dict[str, Latency]:
     """`measure` for several callables taking turns, one run each per round: on a shared machine, load that
-    comes and goes then falls on every callable alike, so their ratios hold where back-to-back timing's drift."""
+    comes and goes then falls on every callable alike, so their ratios hold where back-to-back timing's drift.
+    `pause_s`, untimed, after each run: where the callables are different runtimes, one runtime's worker threads
+    spin for a while after its call returns, and would otherwise take the cores from the next one's run."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -52,6 +55,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, it
             t = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t)
+            time.sleep(pause_s)
     return {name: Latency(tuple(r)) for name, r in runs.items()}
 
 

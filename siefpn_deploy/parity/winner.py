@@ -89,8 +89,11 @@ def _ms(row: dict[str, Any] | None, key: str) -> str:
     return "-" if row is None else f"{row[key]:.1f}"
 
 
-def speedup_line(choice: dict[str, Any], peers: dict[str, dict[str, Any] | None]) -> str:
-    """One line: the winner, its latency and its speed-up over eager PyTorch and over each peer row given."""
+def speedup_line(choice: dict[str, Any], peers: dict[str, dict[str, Any] | None],
+                 duel: dict[str, float] | None = None) -> str:
+    """One line: the winner, its latency and its speed-up over eager PyTorch and over each peer row given. With
+    `duel` (end-to-end p50 ms of "winner", "eager PyTorch" and peers by name, timed taking turns run by run), the
+    speed-ups are its."""
     w = choice["winner"]
     if w is None:
         return (f"no candidate is within the {choice['budget']:g} AP budget at batch {choice['batch']}, "
@@ -98,10 +101,20 @@ def speedup_line(choice: dict[str, Any], peers: dict[str, dict[str, Any] | None]
     t = w["timing"]["e2e_p50_ms"]
     head = f"winner: {w['label']} ({Path(w['artifact']).name}), end-to-end p50 {t:.1f} ms"
     parts = [f"{head}, ΔAP {-w['timing']['ap_cost']:+.2f}"]
-    if choice["eager"] is not None:
-        parts.append(f"{choice['eager']['e2e_p50_ms'] / t:.2f}x eager PyTorch")
+    if duel is not None:
+        t = duel["winner"]
+        parts.append(f"head to head (taking turns): {t:.1f} ms")
+        peers = {name: {"e2e_p50_ms": duel[name]} for name in peers if name in duel}
+        eager = {"e2e_p50_ms": duel[EAGER_NAME]} if EAGER_NAME in duel else None
+    else:
+        eager = choice["eager"]
+    if eager is not None:
+        parts.append(f"{eager['e2e_p50_ms'] / t:.2f}x {EAGER_NAME}")
     parts += [f"{p['e2e_p50_ms'] / t:.2f}x {name}" for name, p in peers.items() if p is not None]
     return "; ".join(parts)
+
+
+EAGER_NAME = "eager PyTorch"
 
 
 def markdown(choice: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from ..core.contract import ShapeRange
 from ..core.errors import CannotRunHere, UserError
 from ..core.fileio import atomic_write
 from ..core.openvino import RUNTIMES
+from ..core.reporting import markdown_table
 from ..core.sidecar import ARTIFACT_SUFFIXES, BEST_NAME, ENGINE_SUFFIX, data_path, land, meta_path, read_meta
 from ..core.staging import staging_dir
 from ..export.options import EXPORT_DIR, ExportOptions
@@ -264,12 +265,16 @@ def optimize_detector(job: OptimizeJob, *, log=print) -> OptimizeResult:
         except UserError as e:  # the loop could not hold the budget either: said in the report
             unmade.append({"label": "INT8 with sensitive layers kept out", "why": str(e)})
     choice["unmade"] = unmade
-    peers = {"ONNX Runtime FP32": peer(choice, "onnxruntime", "fp32"),
-             "OpenVINO FP32 (its default precision)": peer(choice, default_openvino(), "fp32")}
-    summary = speedup_line(choice, peers)
+    rows = {"ONNX Runtime FP32": peer_row(choice, "onnxruntime", "fp32"),
+            "OpenVINO FP32 (its default precision)": peer_row(choice, default_openvino(), "fp32")}
+    peers = {name: row and row["timing"] for name, row in rows.items()}
+    duel = head_to_head(job, config, size, choice["winner"], rows, log) if job.target == "cpu" else None
+    choice["head_to_head"] = duel
+    summary = speedup_line(choice, peers, duel)
     best, runtime = land_best(job, choice["winner"]) if choice["winner"] else (None, None)
     examples = winner_examples(job, choice["winner"])
     text = (f"# optimize --target {job.target}: {Path(job.weights)}\n\n{summary}.\n\n{markdown(choice)}"
+            + duel_markdown(duel, job.iters)
             + "".join(f"\n- {u['label']}: not made: {u['why']}" for u in unmade)
             + (f"\n\nThe winner is {best} (meta.json's runtime: {runtime}).\n" if best else "\n")
             + (f"\nThe winner (right) beside PyTorch on the images where they agree least, worst first (parity's "
@@ -343,10 +348,67 @@ def default_openvino() -> str:
 
 def peer(choice: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
     """The timing of the FP32 graph (all masks) in `runtime`, a peer's default to compare the winner with."""
+    row = peer_row(choice, runtime, precision)
+    return row and row["timing"]
+
+
+def peer_row(choice: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
+    """The candidate row of the FP32 graph (all masks) in `runtime`, when it was timed."""
     for r in choice["rows"]:
-        if r["runtime"] == runtime and r["label"].startswith(precision.upper()) and "masks for" not in r["label"]:
-            return r["timing"]
+        if (r["runtime"] == runtime and r["label"].startswith(precision.upper()) and "masks for" not in r["label"]
+                and r["timing"] is not None):
+            return r
     return None
+
+
+DUEL_WARMUP = 3
+DUEL_PAUSE_S = 0.01  # after each timed call: the last runtime's spinning workers go idle before the next one runs
+
+
+def head_to_head(job: OptimizeJob, config: Path, size: int, winner: dict[str, Any] | None,
+                 peers: dict[str, dict[str, Any] | None], log) -> dict[str, float] | None:
+    """The winner, eager PyTorch and each peer row timed again end to end on the same scenes, taking turns call
+    by call (`core.timing.measure_interleaved`), each with PyTorch's threads as it is deployed: name -> p50 ms.
+    bench times the candidates one after another, and a change in the machine's speed between them moved the
+    ratios by about a tenth; taking turns, it falls on all of them alike. None without a winner."""
+    import torch
+
+    from ..core.timing import measure_interleaved
+    from ..parity.winner import EAGER_NAME
+    from ..runtime import Detector
+    from ..runtime.bench import synthetic_batch
+
+    if winner is None:
+        return None
+    entries = {"winner": (winner["artifact"], winner["runtime"]), EAGER_NAME: (job.weights, None),
+               **{name: (row["artifact"], row["runtime"]) for name, row in peers.items() if row is not None}}
+    calls = {}
+    for name, (path, runtime) in entries.items():
+        detector = Detector.from_path(Path(path), device="cpu", config=str(config),
+                                      runtime=runtime if runtime in RUNTIMES else "onnxruntime")
+        detector, images, _ = synthetic_batch(detector, job.batch, size)
+        calls[name] = functools.partial(predict_as_deployed, detector, images)
+    log(f"[optimize] head to head, taking turns: {', '.join(calls)}")
+    with torch.inference_mode():
+        found = measure_interleaved(calls, warmup=DUEL_WARMUP, iters=job.iters, pause_s=DUEL_PAUSE_S)
+    return {name: 1e3 * latency.percentile(50) for name, latency in found.items()}
+
+
+def predict_as_deployed(detector: Any, images: list[Any]) -> None:
+    from ..core.cpu import torch_threads
+
+    with torch_threads(detector.torch_threads):
+        detector.predict(images)
+
+
+def duel_markdown(duel: dict[str, float] | None, iters: int) -> str:
+    if not duel:
+        return ""
+    rows = [[name, f"{ms:.1f}", f"{ms / duel['winner']:.2f}x"] for name, ms in duel.items()]
+    return ("\n\nHead to head: the winner, eager PyTorch and the peers' defaults timed again end to end, taking "
+            f"turns call by call ({iters} calls each, {DUEL_PAUSE_S * 1e3:g} ms apart), so that a change in the "
+            "machine's speed falls on all of them alike; the speed-ups above are these.\n\n"
+            + markdown_table(["", "end-to-end p50 ms", "vs the winner"], rows))
 
 
 def land_best(job: OptimizeJob, winner: dict[str, Any]) -> tuple[Path, str]:
