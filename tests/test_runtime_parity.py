@@ -428,6 +428,33 @@ def test_bench_writes_json_markdown_and_plot(exported, tmp_path, capsys):
 
 
 
+def test_onnx_runtime_s_workers_stop_after_a_run_when_asked(exported):
+    """spin_after_run=False (optimize's head-to-head): ONNX Runtime's session stops its workers when a run ends,
+    so the process uses no CPU while it waits; by default they spin for a while (ONNX Runtime's own default)."""
+    import time
+
+    path = exported.onnx("retinanet", "onnx")
+    image = np.random.default_rng(0).integers(0, 255, (128, 160, 3), dtype=np.uint8)
+    used = {}
+    for spin in (True, False):
+        detector = Detector.from_path(path, device="cpu", threads=2, spin_after_run=spin)
+        options = detector.backend.session.get_session_options()
+        if spin:
+            with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default
+                options.get_session_config_entry("session.force_spinning_stop")
+        else:
+            assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        detector.predict(image)
+        cpu = []
+        for _ in range(3):
+            detector.predict(image)
+            start = time.process_time()
+            time.sleep(0.2)
+            cpu.append(time.process_time() - start)
+        used[spin] = min(cpu)
+    assert used[False] < 0.005, used  # seconds of CPU in 0.2 s of waiting
+
+
 def test_pytorch_gets_one_thread_while_another_runtime_computes_on_the_cpu(seeded, exported, tiny_synth,
                                                                             monkeypatch):
     """Where ONNX Runtime computes the model, bench times it, and infer runs it, with PyTorch (which then only pre-

@@ -27,15 +27,20 @@ def providers_for(device: str) -> list[str]:
 
 
 def ort_session(model: str | Path | bytes, *, device: str = "cpu", threads: int | None = None,
-                optimize: bool = True, source: str | None = None) -> Any:
+                optimize: bool = True, source: str | None = None, spin_after_run: bool = True) -> Any:
     """An InferenceSession on a path or serialized model; `optimize=False` keeps every node (no fusion),
-    so each intermediate tensor can be read. A model ONNX Runtime refuses is a one-line UserError."""
+    so each intermediate tensor can be read. A model ONNX Runtime refuses is a one-line UserError.
+    `spin_after_run=False` stops the intra-op workers when a run ends: by default (ONNX Runtime's) they spin on
+    their cores for a while after it, waiting for the next, which a process that runs other work between runs on
+    those cores (another runtime, decoding) pays for."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
     if threads:
         options.intra_op_num_threads = threads
+    if not spin_after_run:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = providers_for(device)

@@ -346,14 +346,9 @@ def default_openvino() -> str:
     return "openvino-bf16" if bf16_units() else "openvino"
 
 
-def peer(choice: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
-    """The timing of the FP32 graph (all masks) in `runtime`, a peer's default to compare the winner with."""
-    row = peer_row(choice, runtime, precision)
-    return row and row["timing"]
-
-
 def peer_row(choice: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
-    """The candidate row of the FP32 graph (all masks) in `runtime`, when it was timed."""
+    """The candidate row of the FP32 graph (all masks) in `runtime`, when it was timed: a peer's default to compare
+    the winner with."""
     for r in choice["rows"]:
         if (r["runtime"] == runtime and r["label"].startswith(precision.upper()) and "masks for" not in r["label"]
                 and r["timing"] is not None):
@@ -362,7 +357,7 @@ def peer_row(choice: dict[str, Any], runtime: str, precision: str) -> dict[str, 
 
 
 DUEL_WARMUP = 3
-DUEL_PAUSE_S = 0.01  # after each timed call: the last runtime's spinning workers go idle before the next one runs
+DUEL_PAUSE_S = 0.01  # after each timed call: PyTorch's and OpenVINO's workers go idle before the next entry runs
 
 
 def head_to_head(job: OptimizeJob, config: Path, size: int, winner: dict[str, Any] | None,
@@ -384,7 +379,9 @@ def head_to_head(job: OptimizeJob, config: Path, size: int, winner: dict[str, An
                **{name: (row["artifact"], row["runtime"]) for name, row in peers.items() if row is not None}}
     calls = {}
     for name, (path, runtime) in entries.items():
-        detector = Detector.from_path(Path(path), device="cpu", config=str(config),
+        # ONNX Runtime's workers otherwise keep spinning after each run, on the cores the next entry then runs on:
+        # the demo's FP32 graph in OpenVINO bf16 measured 7 ms slower right after it (docs/runtime.md)
+        detector = Detector.from_path(Path(path), device="cpu", config=str(config), spin_after_run=False,
                                       runtime=runtime if runtime in RUNTIMES else "onnxruntime")
         detector, images, _ = synthetic_batch(detector, job.batch, size)
         calls[name] = functools.partial(predict_as_deployed, detector, images)

@@ -31,8 +31,9 @@ class OnnxRuntimeBackend:
     kind = "onnxruntime"
     computes_in_torch = False
 
-    def __init__(self, path: Path, contract: GraphContract, device: str = "auto", threads: int | None = None) -> None:
-        self.session = ort_session(path, device=device, threads=threads)
+    def __init__(self, path: Path, contract: GraphContract, device: str = "auto", threads: int | None = None,
+                 spin_after_run: bool = True) -> None:
+        self.session = ort_session(path, device=device, threads=threads, spin_after_run=spin_after_run)
         self.names = [o.name for o in self.session.get_outputs()]
         check_graph_io(path, [i.name for i in self.session.get_inputs()], self.names, contract)
         self.providers = self.session.get_providers()

@@ -44,12 +44,12 @@ def engine_model_meta(engine_meta: dict[str, Any]) -> dict[str, Any]:
 class Detector(Predictor):
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "auto", config: str | Path | None = None,
-                  threads: int | None = None, runtime: str | None = None) -> Detector:
+                  threads: int | None = None, runtime: str | None = None, spin_after_run: bool = True) -> Detector:
         """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino" in FP32 or "openvino-bf16" in bf16
         where the CPU computes it natively, else CannotRunHere; by default the file's own,
         `core.openvino.own_runtime`), `.pt2` (AOTInductor package), `.plan` (TensorRT), or `.pth` (PyTorch;
         `config` or the config.yaml beside it), or a folder `optimize` wrote (its best.*). device: auto, cpu or
-        cuda."""
+        cuda. `spin_after_run=False`: ONNX Runtime's workers stop when a run ends (`core.ort.ort_session`)."""
         path = resolve_artifact(path)
         if runtime not in (None, *RUNTIMES):
             raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -63,7 +63,8 @@ class Detector(Predictor):
                 if device == "cuda":
                     raise UserError(f"--runtime {runtime} runs on the CPU here; use --device cpu or auto")
                 return cls(OpenVINOBackend(path, contract, threads=threads, runtime=runtime), meta, path)
-            return cls(OnnxRuntimeBackend(path, contract, device=device, threads=threads), meta, path)
+            return cls(OnnxRuntimeBackend(path, contract, device=device, threads=threads,
+                                          spin_after_run=spin_after_run), meta, path)
         if path.suffix == PACKAGE_SUFFIX:
             meta = read_meta(path)
             compiled_for = meta["export"]["device"]
