@@ -9,7 +9,7 @@ val split, bench at batch 1 and the model's largest input) and adds the verdicts
 - the winner is at least 1.5x faster (end-to-end p50) than the fastest peer default measured in the same run:
   ONNX Runtime FP32, and OpenVINO FP32 with its default precision (bf16 where the CPU computes it natively);
 - the winner's ratio to eager PyTorch FP32 (goal <= 0.3x);
-both from optimize's head-to-head timing (the winner, eager PyTorch and the peers taking turns call by call);
+both from optimize's head-to-head timing (the winner, eager PyTorch and the peers in blocks taking turns);
 - the .pt2's compile time (from its meta.json) when it was made.
 Writes --report (.md and .json) with the date, machine, CPU model and commit.
 """
@@ -45,7 +45,7 @@ def main() -> None:
                                            iters=args.iters, max_images=args.max_images, pt2=args.pt2, size=args.size,
                                            output=args.output))
     choice = result.choice
-    # the head-to-head figures (the winner, eager PyTorch and the peers taking turns), which the summary uses too
+    # the head-to-head figures (the winner, eager PyTorch and the peers in blocks taking turns), as the summary
     duel = choice.get("head_to_head") or {}
     peers = {name: ms for name, ms in duel.items() if name not in ("winner", EAGER_NAME)}
     verdicts = []

@@ -60,11 +60,11 @@ def test_the_winner_is_the_fastest_within_the_budget_and_every_loser_says_why():
     assert rows["NNCF INT8"]["timing"]["e2e_vs_eager"] == pytest.approx(0.2)
     line = speedup_line(choice, {"ONNX Runtime FP32": rows["FP32 in ONNX Runtime"]["timing"]})
     assert "5.00x eager PyTorch" in line and "2.50x ONNX Runtime FP32" in line and "ΔAP -0.70" in line
-    # timed again head to head (taking turns), the speed-ups are those figures': 50 / 10 and 30 / 10
+    # timed again head to head (in blocks taking turns), the speed-ups are those figures': 50 / 10 and 30 / 10
     duel = {"winner": 10.0, "eager PyTorch": 50.0, "ONNX Runtime FP32": 30.0}
     line = speedup_line(choice, {"ONNX Runtime FP32": rows["FP32 in ONNX Runtime"]["timing"]}, duel)
-    assert line == ("winner: NNCF INT8 (m.int8-ov.onnx), end-to-end p50 24.0 ms, ΔAP -0.70; head to head (taking "
-                    "turns): 10.0 ms; 5.00x eager PyTorch; 3.00x ONNX Runtime FP32")
+    assert line == ("winner: NNCF INT8 (m.int8-ov.onnx), end-to-end p50 24.0 ms, ΔAP -0.70; head to head: 10.0 ms; "
+                    "5.00x eager PyTorch; 3.00x ONNX Runtime FP32")
 
     assert choose(CANDIDATES, BENCH, PARITY, budget=0.5, batch=1, size=384)["winner"]["label"] == "FP32 in OpenVINO bf16"
     assert choose(CANDIDATES, BENCH, PARITY, budget=0.0, batch=1, size=384)["winner"]["label"] == "FP32 in ONNX Runtime"
@@ -72,6 +72,18 @@ def test_the_winner_is_the_fastest_within_the_budget_and_every_loser_says_why():
     nothing = choose(CANDIDATES[3:5], BENCH, PARITY, budget=0.1, batch=1, size=384)
     assert nothing["winner"] is None
     assert speedup_line(nothing, {}) == "no candidate is within the 0.1 AP budget at batch 1, 384px"
+
+
+def test_the_head_to_head_times_each_entry_back_to_back_in_blocks_that_take_turns():
+    """measure_rotating: per round, each callable's untimed warm-up calls then its share of the timed calls, back
+    to back, the callables taking turns; 5 timed calls over 2 rounds are 3 then 2."""
+    from siefpn_deploy.core.timing import measure_rotating
+
+    calls = []
+    found = measure_rotating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, iters=5,
+                             rounds=2)
+    assert "".join(calls) == "aaaa" + "bbbb" + "aaa" + "bbb"
+    assert {name: len(latency.runs) for name, latency in found.items()} == {"a": 5, "b": 5}
 
 
 def test_the_winners_example_grid_lands_beside_the_report(tmp_path):

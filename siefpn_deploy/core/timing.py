@@ -40,12 +40,10 @@ def measure(fn: Callable[[], object], *, warmup: int, iters: int, sync: Callable
     return Latency(tuple(runs))
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int,
-                        pause_s: float = 0.0) -> dict[str, Latency]:
+def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int) -> dict[str, Latency]:
     """`measure` for several callables taking turns, one run each per round: on a shared machine, load that
     comes and goes then falls on every callable alike, so their ratios hold where back-to-back timing's drift.
-    `pause_s`, untimed, after each run: where the callables are different runtimes, one runtime's worker threads
-    spin for a while after its call returns, and would otherwise take the cores from the next one's run."""
+    For callables of one runtime (one thread pool); for different runtimes, `measure_rotating`."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -55,7 +53,21 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, it
             t = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t)
-            time.sleep(pause_s)
+    return {name: Latency(tuple(r)) for name, r in runs.items()}
+
+
+def measure_rotating(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int,
+                     rounds: int) -> dict[str, Latency]:
+    """Several callables, each timed back to back in blocks (`warmup` untimed runs, then its share of `iters`),
+    the blocks taking turns over `rounds` rounds. Taking turns call by call distorts callables of different
+    runtimes: one runtime's workers keep spinning after its call and slow the next one's, and a call after a pause
+    pays for waking threads. In blocks each callable runs as deployed, back to back, and a change in the machine's
+    speed still falls on every callable alike."""
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        share = iters // rounds + (1 if r < iters % rounds else 0)
+        for name, fn in fns.items():
+            runs[name] += measure(fn, warmup=warmup, iters=share).runs
     return {name: Latency(tuple(r)) for name, r in runs.items()}
 
 

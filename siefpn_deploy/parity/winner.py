@@ -92,7 +92,7 @@ def _ms(row: dict[str, Any] | None, key: str) -> str:
 def speedup_line(choice: dict[str, Any], peers: dict[str, dict[str, Any] | None],
                  duel: dict[str, float] | None = None) -> str:
     """One line: the winner, its latency and its speed-up over eager PyTorch and over each peer row given. With
-    `duel` (end-to-end p50 ms of "winner", "eager PyTorch" and peers by name, timed taking turns run by run), the
+    `duel` (end-to-end p50 ms of "winner", "eager PyTorch" and peers by name, timed in blocks taking turns), the
     speed-ups are its."""
     w = choice["winner"]
     if w is None:
@@ -103,7 +103,7 @@ def speedup_line(choice: dict[str, Any], peers: dict[str, dict[str, Any] | None]
     parts = [f"{head}, ΔAP {-w['timing']['ap_cost']:+.2f}"]
     if duel is not None:
         t = duel["winner"]
-        parts.append(f"head to head (taking turns): {t:.1f} ms")
+        parts.append(f"head to head: {t:.1f} ms")
         peers = {name: {"e2e_p50_ms": duel[name]} for name in peers if name in duel}
         eager = {"e2e_p50_ms": duel[EAGER_NAME]} if EAGER_NAME in duel else None
     else:

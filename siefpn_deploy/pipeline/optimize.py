@@ -356,19 +356,20 @@ def peer_row(choice: dict[str, Any], runtime: str, precision: str) -> dict[str, 
     return None
 
 
-DUEL_WARMUP = 3
-DUEL_PAUSE_S = 0.01  # after each timed call: PyTorch's and OpenVINO's workers go idle before the next entry runs
+DUEL_WARMUP = 3  # untimed calls before each block: the previous entry's runtime settles
+DUEL_ROUNDS = 3  # blocks per entry, taking turns
 
 
 def head_to_head(job: OptimizeJob, config: Path, size: int, winner: dict[str, Any] | None,
                  peers: dict[str, dict[str, Any] | None], log) -> dict[str, float] | None:
-    """The winner, eager PyTorch and each peer row timed again end to end on the same scenes, taking turns call
-    by call (`core.timing.measure_interleaved`), each with PyTorch's threads as it is deployed: name -> p50 ms.
-    bench times the candidates one after another, and a change in the machine's speed between them moved the
-    ratios by about a tenth; taking turns, it falls on all of them alike. None without a winner."""
+    """The winner, eager PyTorch and each peer row timed again end to end on the same scenes, in blocks that take
+    turns (`core.timing.measure_rotating`: `iters` calls each, in DUEL_ROUNDS blocks), each with PyTorch's
+    threads as it is deployed: name -> p50 ms. bench times the candidates one after another, and a change in the
+    machine's speed between them moved the ratios by about a tenth; in blocks taking turns, it falls on all of
+    them alike. None without a winner."""
     import torch
 
-    from ..core.timing import measure_interleaved
+    from ..core.timing import measure_rotating
     from ..parity.winner import EAGER_NAME
     from ..runtime import Detector
     from ..runtime.bench import synthetic_batch
@@ -385,9 +386,9 @@ def head_to_head(job: OptimizeJob, config: Path, size: int, winner: dict[str, An
                                       runtime=runtime if runtime in RUNTIMES else "onnxruntime")
         detector, images, _ = synthetic_batch(detector, job.batch, size)
         calls[name] = functools.partial(predict_as_deployed, detector, images)
-    log(f"[optimize] head to head, taking turns: {', '.join(calls)}")
+    log(f"[optimize] head to head, in blocks taking turns: {', '.join(calls)}")
     with torch.inference_mode():
-        found = measure_interleaved(calls, warmup=DUEL_WARMUP, iters=job.iters, pause_s=DUEL_PAUSE_S)
+        found = measure_rotating(calls, warmup=DUEL_WARMUP, iters=job.iters, rounds=DUEL_ROUNDS)
     return {name: 1e3 * latency.percentile(50) for name, latency in found.items()}
 
 
@@ -402,9 +403,10 @@ def duel_markdown(duel: dict[str, float] | None, iters: int) -> str:
     if not duel:
         return ""
     rows = [[name, f"{ms:.1f}", f"{ms / duel['winner']:.2f}x"] for name, ms in duel.items()]
-    return ("\n\nHead to head: the winner, eager PyTorch and the peers' defaults timed again end to end, taking "
-            f"turns call by call ({iters} calls each, {DUEL_PAUSE_S * 1e3:g} ms apart), so that a change in the "
-            "machine's speed falls on all of them alike; the speed-ups above are these.\n\n"
+    return ("\n\nHead to head: the winner, eager PyTorch and the peers' defaults timed again end to end, back to "
+            f"back in {DUEL_ROUNDS} blocks each that take turns ({iters} calls each in all, {DUEL_WARMUP} untimed "
+            "before each block), so that a change in the machine's speed falls on all of them alike; the speed-ups "
+            "above are these.\n\n"
             + markdown_table(["", "end-to-end p50 ms", "vs the winner"], rows))
 
 
