@@ -20,7 +20,8 @@ the plugin's default:
   3. The compiled model's own INFERENCE_PRECISION_HINT must read bf16, for the same reason.
 A backend compiles the graph as exported (dynamic batch and size) first, and a canvas shape it sees again gets a
 compile of its own with that shape fixed (`static`): OpenVINO's CPU plugin then skips its per-call shape
-inference and picks kernels for the shape (the demo's NNCF INT8 RetinaNet at 320: 11.5 -> 9.5 ms a call).
+inference and picks kernels for the shape (the demo's NNCF INT8 RetinaNet at 320: 11.6 -> 9.8 ms a call,
+benchmarks/results/openvino_shapes_cpu.md).
 The compiled model is cached on disk (`CACHE_DIR`, in the user cache folder; bf16 in a folder of its own, so
 that an FP32 compile can never load a bf16 blob or the other way round), so a second process that opens the
 same file skips compilation.
