@@ -48,11 +48,12 @@ def test_openvino_detections_equal_onnx_runtime_s(arch, exported, tiny_synth):
     assert agreement.max_mask_abs <= t.mask_abs and (arch != "mask_rcnn" or agreement.max_mask_abs > 0)
 
 
-def test_a_canvas_shape_seen_again_gets_a_compile_of_its_own_with_the_same_detections(exported, tiny_synth,
-                                                                                      monkeypatch):
-    """OpenVINO runs the exported (dynamic) graph until a canvas shape comes a second time, then that shape's own
-    compile with the shape fixed, for at most `static_shapes` shapes; its detections equal ONNX Runtime's within
-    the export tolerances, and a shape OpenVINO cannot fix stays on the dynamic compile."""
+def test_a_canvas_shape_three_calls_in_a_row_gets_a_compile_of_its_own_with_the_same_detections(
+        exported, tiny_synth, monkeypatch):
+    """OpenVINO runs the exported (dynamic) graph until a canvas shape comes FIX_AFTER (3) calls in a row, then
+    that shape's own compile with the shape fixed, for at most `static_shapes` shapes; its detections equal ONNX
+    Runtime's within the export tolerances, a shape OpenVINO cannot fix stays on the dynamic compile, shapes that
+    alternate are never fixed, and parity's detectors (images of mixed sizes) fix none."""
     pytest.importorskip("openvino", reason="OpenVINO is not installed (the [openvino] extra)")
     from siefpn_deploy.runtime import backends
 
@@ -67,7 +68,7 @@ def test_a_canvas_shape_seen_again_gets_a_compile_of_its_own_with_the_same_detec
     for size in (160, 192, 256):
         canvas = ort.at_size(size).prepare(images)
         want = ort.run_canvas(canvas)
-        for sighting in range(2):
+        for sighting in range(3):
             got = ov.run_canvas(canvas)
             for b in range(2):
                 agreement.add(image_rows(want, b), image_rows(got, b), min_iou=0.5, score_thresh=0.05, max_det=100)
@@ -88,6 +89,14 @@ def test_a_canvas_shape_seen_again_gets_a_compile_of_its_own_with_the_same_detec
     outputs = [backend.run(canvas.images.numpy(), canvas.image_sizes) for _ in range(3)]  # the 256 canvas
     assert [dict(shapes)["images"] for shapes, r in backend.fixed.items() if r is None] == [(2, 3, 256, 256)]
     assert all(np.array_equal(o["boxes"], outputs[0]["boxes"]) for o in outputs)
+    monkeypatch.undo()
+    # two shapes taking turns never come 3 in a row; a detector made with fix_shapes=False never fixes one
+    for detector in (Detector.from_path(path, runtime="openvino"), Detector.from_path(path, runtime="openvino",
+                                                                                     fix_shapes=False)):
+        small, large = ort.at_size(160).prepare(images), ort.at_size(192).prepare(images)
+        for canvas in [small, large] * 3 + ([small] * 3 if not detector.backend.static_shapes else []):
+            detector.run_canvas(canvas)
+        assert detector.backend.fixed == {}
 
 
 def test_parity_and_bench_put_openvino_beside_onnx_runtime(seeded, exported, tmp_path, capsys):

@@ -18,8 +18,8 @@ the plugin's default:
      (seen with OpenVINO 2026.4 on an AMD EPYC without AVX-512), and a row named bf16 that computed FP32 would
      be a false figure. The override can take bf16 away; it cannot add it.
   3. The compiled model's own INFERENCE_PRECISION_HINT must read bf16, for the same reason.
-A backend compiles the graph as exported (dynamic batch and size) first, and a canvas shape it sees again gets a
-compile of its own with that shape fixed (`static`): OpenVINO's CPU plugin then skips its per-call shape
+A backend compiles the graph as exported (dynamic batch and size) first, and a canvas shape that comes FIX_AFTER
+calls in a row gets a compile of its own with that shape fixed (`static`): OpenVINO's CPU plugin then skips its per-call shape
 inference and picks kernels for the shape (the demo's NNCF INT8 RetinaNet at 320: 11.6 -> 9.8 ms a call,
 benchmarks/results/openvino_shapes_cpu.md).
 The compiled model is cached on disk (`CACHE_DIR`, in the user cache folder; bf16 in a folder of its own, so
@@ -41,6 +41,7 @@ from .sidecar import read_meta
 RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")  # what runs a .onnx (`--runtime`)
 OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}  # an OpenVINO runtime's INFERENCE_PRECISION_HINT
 STATIC_SHAPES = 4  # shapes an OpenVINO backend compiles fixed, each a full compiled copy of the model
+FIX_AFTER = 3  # calls in a row with one shape before a backend compiles it fixed
 MISSING = "OpenVINO is not installed: pip install 'siefpn-deploy[openvino]'"
 
 

@@ -23,7 +23,7 @@ import torch
 from ..core.config import config_from_dict, load_config
 from ..core.contract import GraphContract
 from ..core.errors import UserError
-from ..core.openvino import OPENVINO_PRECISION, RUNTIMES, own_runtime
+from ..core.openvino import OPENVINO_PRECISION, RUNTIMES, STATIC_SHAPES, own_runtime
 from ..core.sidecar import ENGINE_SUFFIX, PACKAGE_SUFFIX, read_meta, resolve_artifact
 from ..model.checkpoint import load_checkpoint, load_trained_detector
 from ..model.predictor import Detections, Predictor
@@ -44,12 +44,15 @@ def engine_model_meta(engine_meta: dict[str, Any]) -> dict[str, Any]:
 class Detector(Predictor):
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "auto", config: str | Path | None = None,
-                  threads: int | None = None, runtime: str | None = None, spin_after_run: bool = True) -> Detector:
+                  threads: int | None = None, runtime: str | None = None, spin_after_run: bool = True,
+                  fix_shapes: bool = True) -> Detector:
         """`.onnx` (ONNX Runtime, or OpenVINO on the CPU with runtime="openvino" in FP32 or "openvino-bf16" in bf16
         where the CPU computes it natively, else CannotRunHere; by default the file's own,
         `core.openvino.own_runtime`), `.pt2` (AOTInductor package), `.plan` (TensorRT), or `.pth` (PyTorch;
         `config` or the config.yaml beside it), or a folder `optimize` wrote (its best.*). device: auto, cpu or
-        cuda. `spin_after_run=False`: ONNX Runtime's workers stop when a run ends (`core.ort.ort_session`)."""
+        cuda. `spin_after_run=False`: ONNX Runtime's workers stop when a run ends (`core.ort.ort_session`).
+        `fix_shapes=False`: OpenVINO never compiles a repeated canvas shape of its own (`OpenVINOBackend`), for
+        images of mixed sizes."""
         path = resolve_artifact(path)
         if runtime not in (None, *RUNTIMES):
             raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -62,7 +65,8 @@ class Detector(Predictor):
             if runtime in OPENVINO_PRECISION:
                 if device == "cuda":
                     raise UserError(f"--runtime {runtime} runs on the CPU here; use --device cpu or auto")
-                return cls(OpenVINOBackend(path, contract, threads=threads, runtime=runtime), meta, path)
+                return cls(OpenVINOBackend(path, contract, threads=threads, runtime=runtime,
+                                           static_shapes=STATIC_SHAPES if fix_shapes else 0), meta, path)
             return cls(OnnxRuntimeBackend(path, contract, device=device, threads=threads,
                                           spin_after_run=spin_after_run), meta, path)
         if path.suffix == PACKAGE_SUFFIX:
