@@ -33,7 +33,6 @@ def main() -> None:
     from siefpn_deploy.core.reporting import markdown_table, write_benchmark_report
     from siefpn_deploy.core.timing import measure_interleaved
     from siefpn_deploy.runtime import Detector
-    from siefpn_deploy.runtime.backends import OpenVINOBackend
     from siefpn_deploy.runtime.bench import synthetic_batch
 
     rows = []
@@ -44,8 +43,7 @@ def main() -> None:
             except CannotRunHere as e:
                 print(f"{artifact} {runtime}: not run: {e}")
                 continue
-            dynamic = Detector(OpenVINOBackend(Path(artifact), fixed.contract, runtime=runtime, static_shapes=0),
-                               fixed.meta, fixed.path)
+            dynamic = Detector.from_path(artifact, runtime=runtime, fix_shapes=False)
             detectors = {"dynamic": synthetic_batch(dynamic, 1, args.size), "fixed": synthetic_batch(fixed, 1, args.size)}
             calls = {name: (lambda d=d, c=c: d.run_canvas(c)) for name, (d, _, c) in detectors.items()}
             with torch.inference_mode(), torch_threads(fixed.torch_threads):

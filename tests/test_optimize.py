@@ -84,6 +84,9 @@ def test_the_head_to_head_times_each_entry_back_to_back_in_blocks_that_take_turn
                              rounds=2)
     assert "".join(calls) == "aaaa" + "bbbb" + "aaa" + "bbb"
     assert {name: len(latency.runs) for name, latency in found.items()} == {"a": 5, "b": 5}
+    calls.clear()  # one timed run: one round, not rounds of warm-up alone
+    measure_rotating({"a": lambda: calls.append("a")}, warmup=2, iters=1, rounds=3)
+    assert calls == ["a"] * 3
 
 
 def test_the_winners_example_grid_lands_beside_the_report(tmp_path):

@@ -62,8 +62,10 @@ def measure_rotating(fns: dict[str, Callable[[], object]], *, warmup: int, iters
     the blocks taking turns over `rounds` rounds. Taking turns call by call distorts callables of different
     runtimes: one runtime's workers keep spinning after its call and slow the next one's, and a call after a pause
     pays for waking threads. In blocks each callable runs as deployed, back to back, and a change in the machine's
-    speed still falls on every callable alike."""
+    speed still falls on every callable alike. Never more rounds than timed runs: a round with no timed run
+    would be warm-up alone."""
     runs: dict[str, list[float]] = {name: [] for name in fns}
+    rounds = max(1, min(rounds, iters))
     for r in range(rounds):
         share = iters // rounds + (1 if r < iters % rounds else 0)
         for name, fn in fns.items():

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..core.config import load_config
 from ..core.contract import ShapeRange
+from ..core.cpu import torch_threads
 from ..core.errors import CannotRunHere, UserError
 from ..core.fileio import atomic_write
 from ..core.openvino import RUNTIMES
@@ -393,8 +394,6 @@ def head_to_head(job: OptimizeJob, config: Path, size: int, winner: dict[str, An
 
 
 def predict_as_deployed(detector: Any, images: list[Any]) -> None:
-    from ..core.cpu import torch_threads
-
     with torch_threads(detector.torch_threads):
         detector.predict(images)
 
