@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -46,6 +47,20 @@ def test_the_package_is_verified_and_carries_the_contract(exported):
     for key in ("schema_version", "architecture", "inputs", "outputs", "max_detections", "preprocess", "classes"):
         assert inner[key] == meta[key], key
     assert inner["inputs_order"] == ["images", "image_sizes"]
+
+
+def test_a_cpu_package_runs_onednn_fused_convolutions_on_frozen_weights(exported):
+    """Inductor's freezing: the package's convolutions are oneDNN's fused ops on prepacked weights. Plain aten
+    convolutions (all a package compiled with grad on, or without freezing, calls) are left only inside the mask
+    head's row buckets: Inductor does not freeze the weights a torch.cond branch takes as arguments (its buffers are
+    named after the branch graph)."""
+    path = exported.package(ARCH)
+    assert read_meta(path)["export"]["inductor"] == {"freezing": True}
+    with zipfile.ZipFile(path) as package:
+        code = "".join(package.read(n).decode() for n in package.namelist() if n.endswith(".wrapper.cpp"))
+    assert code.count("aoti_torch_cpu_mkldnn__convolution_pointwise") > 20
+    plain = [line for line in code.splitlines() if "aoti_torch_cpu_convolution(" in line]
+    assert all("_graph_" in line for line in plain), plain[:1]
 
 
 def test_the_package_detects_what_onnx_runtime_detects(exported, tiny_synth):

@@ -89,7 +89,10 @@ class Prepared:
 def export_request(cfg: Config, options: ExportOptions) -> str:
     """What an export answers, as its meta.json records it (export.request): the options but the output path,
     and the config (thresholds, sizes, classes). The weights are meta's source.weights_sha256."""
-    return request_key({**dataclasses.asdict(options), "output": None}, cfg.dump())
+    from .aoti import compile_settings
+
+    package = {"compile": compile_settings(torch.device(options.device).type)} if options.format == "aoti" else {}
+    return request_key({**dataclasses.asdict(options), "output": None, **package}, cfg.dump())
 
 
 def published(staged: Path, output: Path, meta: dict[str, Any], verification: Verification | None, *,
