@@ -1,4 +1,4 @@
-"""The exported RoIAlign (both lowerings) equals torchvision's roi_align per RoI at detectron2's level, in
+"""The exported RoIAlign (every lowering) equals torchvision's roi_align per RoI at detectron2's level, in
 PyTorch and in ONNX Runtime; the eager ROIPooler's level assignment is detectron2's formula."""
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from torch import nn
 from torch.export import Dim
 from torchvision.ops import roi_align
 
+from siefpn_deploy.core.config import load_config
+from siefpn_deploy.core.errors import UserError
+from siefpn_deploy.export.options import ExportOptions
 from siefpn_deploy.export.roi_align import MultiScaleRoIAlign
 from siefpn_deploy.model.poolers import ROIPooler, assign_levels
 
@@ -70,7 +73,7 @@ def test_level_assignment_is_detectron2s_formula():
     assert assign_levels(squares, min_level=2, max_level=5).tolist() == [2, 1, 1, 0]
 
 
-@pytest.mark.parametrize("lowering", ["gather", "onnx"])
+@pytest.mark.parametrize("lowering", ["gather", "bag", "onnx"])
 @pytest.mark.parametrize(("size", "sampling_ratio", "aligned"), [(7, 2, False), (7, 2, True), (14, 2, True)])
 def test_fixed_sampling_equals_torchvision_for_every_roi(lowering, size, sampling_ratio, aligned):
     g = torch.Generator().manual_seed(size + sampling_ratio)
@@ -104,6 +107,29 @@ def test_roialignv2_adaptive_is_exact_within_the_bound_and_only_there():
     assert error[~inside].max() > 1e-3  # beyond the bound it is a fixed-ratio RoIAlign: close, not equal
     exact = MultiScaleRoIAlign(strides=STRIDES, output_size=7, sampling_ratio=0, aligned=True, lowering="onnx")
     assert (exact(features, boxes) - want).abs().max() <= 1e-4
+    # the bag lowering sums the same taps: the same bound
+    bag = MultiScaleRoIAlign(strides=STRIDES, output_size=7, sampling_ratio=0, aligned=True, lowering="bag",
+                             max_samples=bound)
+    assert (bag(features, boxes) - got).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(("export", "ratio", "lowering"), [
+    ({"format": "aoti"}, 2, "bag"),  # a CPU package at a fixed ratio: exact, and on every thread
+    ({"format": "aoti"}, 0, "onnx"),  # adaptive: torchvision's kernel, exact for every RoI
+    ({"format": "aoti", "device": "cuda"}, 2, "onnx"),  # CUDA's kernel is parallel already
+    ({"format": "aoti", "roi_align": "gather"}, 2, "gather"),  # a choice is kept
+    ({"format": "onnx"}, 2, "onnx"),
+    ({"format": "onnx", "nms": "tensor"}, 2, "gather"),
+])
+def test_the_bag_lowering_is_a_cpu_package_s_default_at_a_fixed_ratio(export, ratio, lowering):
+    cfg = load_config("synth_faster_rcnn_R18", ["MODEL.ROI_POOLER_SAMPLING_RATIO", str(ratio)])
+    assert ExportOptions(**export).resolved(cfg, "synth_faster_rcnn_R18").roi_align_lowering == lowering
+
+
+def test_the_bag_lowering_is_refused_for_onnx_in_one_line():
+    cfg = load_config("synth_faster_rcnn_R18", [])
+    with pytest.raises(UserError, match="--roi-align bag is for --format aoti packages"):
+        ExportOptions(roi_align="bag").resolved(cfg, "synth_faster_rcnn_R18").validate()
 
 
 def test_eager_pooler_equals_torchvision_roi_by_roi():

@@ -76,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-align", choices=eo.ROI_ALIGN_LOWERINGS,
                         help="R-CNN RoIAlign: onnx, the RoiAlign op (exact for every RoI; ONNX Runtime, OpenVINO, "
                         "TensorRT 10/11); gather, plugin-free Gather/MatMul (also TensorRT-RTX; exact for adaptive "
-                        "sampling up to --roi-samples per bin). Default: "
+                        "sampling up to --roi-samples per bin); bag, gather's samples summed by EmbeddingBag on "
+                        "every thread (--format aoti only; same exactness). Default: bag for a CPU package at a fixed "
+                        "MODEL.ROI_POOLER_SAMPLING_RATIO, else "
                         + ", ".join(f"{r} with --nms {n}" for n, r in eo.ROI_ALIGN_FOR_NMS.items()))
     parser.add_argument("--roi-samples", type=int, default=o.roi_samples, metavar="S",
                         help="the gather RoIAlign's bound on adaptive samples per bin and axis: RoIs whose bins are at "

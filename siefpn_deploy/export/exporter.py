@@ -145,7 +145,7 @@ def prepare(cfg: Config, options: ExportOptions, *, config_name: str, log=print)
             "lowering": settings.roi_align, "type": cfg.MODEL.ROI_POOLER_TYPE,
             "sampling_ratio": cfg.MODEL.ROI_POOLER_SAMPLING_RATIO,
             # the gather lowering is exact for RoIs whose bins are at most this many feature pixels a side
-            "adaptive_bound": settings.roi_samples if settings.roi_align == "gather" else None}
+            "adaptive_bound": settings.roi_samples if settings.roi_align in ("gather", "bag") else None}
     b, h, w = options.batch, options.height, options.width
     log(f"[export] tracing {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.NECK}, {cfg.MODEL.BACKBONE}): batch {b.min}..{b.max}, "
         f"H {h.min}..{h.max}, W {w.min}..{w.max}, nms={options.nms}; this takes a minute or two")

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 FORMATS = ("onnx", "aoti")  # NAME.onnx, or an AOTInductor package NAME.pt2
 NMS_LOWERINGS = {"onnx": ("onnx", "tensor"), "aoti": ("kernel", "loop")}  # per format: export.nms.STRATEGIES, by name
-ROI_ALIGN_LOWERINGS = ("onnx", "gather")  # export.roi_align; by default the one that goes with --nms
-# "onnx" is torchvision's roi_align op: the ONNX RoiAlign op in a graph, torchvision's kernel in a package
+ROI_ALIGN_LOWERINGS = ("onnx", "gather", "bag")  # export.roi_align; by default the one that goes with --nms
+# "onnx" is torchvision's roi_align op: the ONNX RoiAlign op in a graph, torchvision's kernel in a package;
+# "bag" is for packages only, and a CPU package's default at a fixed sampling ratio (`resolved`)
 ROI_ALIGN_FOR_NMS = {"onnx": "onnx", "tensor": "gather", "loop": "onnx", "kernel": "onnx"}
 PACKAGE_DEVICES = ("cpu", "cuda")
 PACKAGE_PRECISIONS = ("fp32", "fp16")  # fp16: the network under CUDA autocast, inside the package
@@ -68,7 +69,10 @@ class ExportOptions:
         nms = self.nms or DEFAULT_NMS.get(self.format, "onnx")
         size = default_size_range(cfg)
         output = self.output or EXPORT_DIR / default_output_name(config_file, nms, self.format, self.precision)
-        return dataclasses.replace(self, output=Path(output), nms=nms, height=self.height or size,
+        roi_align = self.roi_align
+        if roi_align is None and self.format == "aoti" and self.device == "cpu" and cfg.MODEL.ROI_POOLER_SAMPLING_RATIO:
+            roi_align = "bag"  # exact at a fixed ratio, and on every thread where torchvision's CPU kernel uses one
+        return dataclasses.replace(self, output=Path(output), nms=nms, roi_align=roi_align, height=self.height or size,
                                    width=self.width or size,
                                    divisibility=self.divisibility or cfg.INPUT.SIZE_DIVISIBILITY)
 
@@ -98,6 +102,8 @@ class ExportOptions:
             raise UserError("--simplify and --opset are ONNX options; a --format aoti package has neither")
         if self.roi_align is not None and self.roi_align not in ROI_ALIGN_LOWERINGS:
             raise UserError(f"--roi-align must be one of {', '.join(ROI_ALIGN_LOWERINGS)}, got {self.roi_align!r}")
+        if self.roi_align == "bag" and self.format != "aoti":
+            raise UserError("--roi-align bag is for --format aoti packages: ONNX has no EmbeddingBag op (use gather)")
         if not 1 <= self.roi_samples <= 16:
             raise UserError(f"--roi-samples must be in 1..16, got {self.roi_samples}")
         if self.batch.min < 1 or self.batch.max < self.batch.min:

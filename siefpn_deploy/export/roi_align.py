@@ -1,5 +1,5 @@
 """Multi-scale RoIAlign in the deploy graph: detectron2's ROIPooler (`model/poolers.py`) with static shapes,
-in one of two lowerings (`--roi-align`):
+in one of three lowerings (`--roi-align`):
 
 - "onnx": the standard RoiAlign op (opset 16: `half_pixel` for ROIAlignV2, adaptive sampling), exact for
   every RoI. ONNX Runtime, OpenVINO and full TensorRT (its RoiAlign plugin) run it.
@@ -18,6 +18,11 @@ in one of two lowerings (`--roi-align`):
   (g = ceil(bin size)) needs a static bound: at most `max_samples` per bin and axis. Within it, i.e. for
   RoIs whose bins are at most `max_samples` feature pixels on each side, it is exact; a larger RoI is
   sampled `max_samples` times per bin and axis (a fixed-ratio RoIAlign), which is close but not equal.
+- "bag": the gather lowering's taps and weights, each output bin's taps summed by ATen's EmbeddingBag kernel
+  (`F.embedding_bag`, mode "sum" with per-sample weights), which spreads its bags over every thread where
+  torchvision's CPU roi_align kernel runs on one. For AOTInductor packages only (ONNX has no EmbeddingBag op):
+  the default of a CPU package at a fixed sampling ratio, where it is exact, as the gather lowering is
+  (benchmarks/results/aoti_cpu_static_quiet.md: the R-CNN packages' time with it).
 
 Every level's pixels are rows of one channels-last table [B, sum H*W, C], so one Gather per bilinear
 neighbour serves every RoI whatever its level, and each gathered row is C contiguous values.
@@ -31,8 +36,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from ..model.poolers import assign_levels, level_range
-
-ROI_ALIGN_LOWERINGS = ("onnx", "gather")
+from .options import ROI_ALIGN_LOWERINGS
 
 
 def _per_level(values: list, lvl: Tensor, dtype: torch.dtype) -> Tensor:
@@ -74,7 +78,14 @@ class MultiScaleRoIAlign(nn.Module):
         lvl = assign_levels(boxes, min_level=self.min_level, max_level=self.max_level)  # [B,R]
         if self.lowering == "onnx":
             return self._onnx(features, boxes, lvl)
-        return self._gather(features, boxes, lvl)
+        table, index, weight = self._taps(features, boxes, lvl)  # [B*rows,C], [B,R,P,P,k], [B,R,P,P,k]
+        b, r, p, c, k = *boxes.shape[:2], self.output_size, table.shape[1], index.shape[-1]
+        if self.lowering == "bag":
+            pooled = F.embedding_bag(index.reshape(-1, k), table, per_sample_weights=weight.reshape(-1, k), mode="sum")
+        else:  # one Gather of every tap, then one batched MatMul folds each bin's taps with their weights
+            values = torch.index_select(table, 0, index.flatten())
+            pooled = torch.matmul(weight.reshape(-1, 1, k), values.reshape(-1, k, c))
+        return pooled.reshape(b, r, p, p, c).permute(0, 1, 4, 2, 3)
 
     def _onnx(self, features: list[Tensor], boxes: Tensor, lvl: Tensor) -> Tensor:
         b, r = boxes.shape[:2]
@@ -100,7 +111,10 @@ class MultiScaleRoIAlign(nn.Module):
             out = torch.where(keep, pooled, torch.zeros_like(pooled)) if out is None else torch.where(keep, pooled, out)
         return out
 
-    def _gather(self, features: list[Tensor], boxes: Tensor, lvl: Tensor) -> Tensor:
+    def _taps(self, features: list[Tensor], boxes: Tensor, lvl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The gather and bag lowerings' bilinear taps: every level's pixels as rows of one table [B*rows,C], and
+        for each output bin [B,R,P,P] its k = (2s)^2 taps' row indices (int64) and weights (the bin's mean folded
+        in)."""
         b, r = boxes.shape[:2]
         p, s = self.output_size, self.samples
         # every level's pixels as rows of one channels-last table: a sample gathers C contiguous values
@@ -165,7 +179,5 @@ class MultiScaleRoIAlign(nn.Module):
                  + ix[:, :, None, :, None, :])  # [B,R,P,P,2s,2s]
         count = torch.clamp(g_y * g_x, min=1.0)[..., None, None, None, None]
         weight = wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :] / count
-        # one Gather of every tap, then one batched MatMul folds each bin's taps with their weights
-        values = torch.index_select(table.reshape(b * rows, c), 0, index.to(torch.int64).flatten())
-        pooled = torch.matmul(weight.reshape(-1, 1, k), values.reshape(-1, k, c)).reshape(b, r, p, p, c)
-        return pooled.permute(0, 1, 4, 2, 3)
+        return (table.reshape(b * rows, c), index.to(torch.int64).reshape(b, r, p, p, k),
+                weight.reshape(b, r, p, p, k))
