@@ -124,6 +124,9 @@ def test_roialignv2_adaptive_is_exact_within_the_bound_and_only_there():
 def test_the_bag_lowering_is_a_cpu_package_s_default_at_a_fixed_ratio(export, ratio, lowering):
     cfg = load_config("synth_faster_rcnn_R18", ["MODEL.ROI_POOLER_SAMPLING_RATIO", str(ratio)])
     assert ExportOptions(**export).resolved(cfg, "synth_faster_rcnn_R18").roi_align_lowering == lowering
+    # RetinaNet has no RoIAlign: its options (and so its export's request) stay as they were
+    retinanet = load_config("synth_retinanet_R18", ["MODEL.ROI_POOLER_SAMPLING_RATIO", str(ratio)])
+    assert ExportOptions(**export).resolved(retinanet, "synth_retinanet_R18").roi_align == export.get("roi_align")
 
 
 def test_the_bag_lowering_is_refused_for_onnx_in_one_line():

@@ -70,7 +70,8 @@ class ExportOptions:
         size = default_size_range(cfg)
         output = self.output or EXPORT_DIR / default_output_name(config_file, nms, self.format, self.precision)
         roi_align = self.roi_align
-        if roi_align is None and self.format == "aoti" and self.device == "cpu" and cfg.MODEL.ROI_POOLER_SAMPLING_RATIO:
+        if (roi_align is None and self.format == "aoti" and self.device == "cpu" and cfg.MODEL.ROI_POOLER_SAMPLING_RATIO
+                and cfg.MODEL.META_ARCHITECTURE != "retinanet"):  # RetinaNet has no RoIAlign
             roi_align = "bag"  # exact at a fixed ratio, and on every thread where torchvision's CPU kernel uses one
         return dataclasses.replace(self, output=Path(output), nms=nms, roi_align=roi_align, height=self.height or size,
                                    width=self.width or size,
