@@ -4,7 +4,8 @@ The package holds the same graph as NAME.onnx (the contract's two inputs and pad
 and H, W multiples of the divisibility, normalisation, decoding and NMS inside). Three parts differ from
 the ONNX ones because a compiled package runs kernels, not Python: NMS is `export.nms.KernelNMS` (torchvision's
 NMS kernel per image, or per batch where the batch is symbolic; `--nms loop`: `LoopNMS`, a torch.while_loop of
-the greedy steps), RoIAlign calls torchvision's roi_align kernel, and Mask R-CNN's mask head runs on a row
+the greedy steps), RoIAlign calls torchvision's roi_align kernel (on the CPU at a fixed sampling ratio: the
+"bag" lowering, `export.roi_align`), and Mask R-CNN's mask head runs on a row
 bucket that holds the batch's detections (`export.rcnn.MaskDecoder`, on_detections). The C++ runtime loads
 torchvision's operators for the first two. The package's own
 metadata holds the meta.json written beside it (key `siefpn_deploy.meta`), so a C++ program that has only
@@ -60,7 +61,8 @@ def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta:
     # device it runs on is part of it; the compile times and the verification are written to meta.json after
     package_meta = {PACKAGE_META_KEY: json.dumps({**meta, "export": {"device": device.type},
                                                   "inputs_order": [INPUT, IMAGE_SIZES]})}
-    configs = {"aot_inductor.metadata": package_meta, **compile_settings(device.type)}
+    settings = compile_settings(device.type)
+    configs = {"aot_inductor.metadata": package_meta, **settings}
     try:
         # Inductor freezes only with grad off
         with torch.no_grad():
@@ -71,4 +73,4 @@ def compile_package(deploy: nn.Module, options: ExportOptions, path: Path, meta:
     log(f"[export] compiled in {compiled:.1f} s")
     return {"seconds": round(traced + compiled, 2), "trace_seconds": round(traced, 2),
             "compile_seconds": round(compiled, 2), "example_shape": list(shape), "device": device.type,
-            "inductor": compile_settings(device.type)}
+            "inductor": settings}

@@ -24,6 +24,7 @@ from ..core.sidecar import check_meta_free, data_path, land, meta_path, request_
 from ..core.staging import staging_dir
 from ..model.checkpoint import load_trained_detector
 from ..model.meta import contract_for, model_meta
+from .aoti import compile_package, compile_settings
 from .deploy import PostprocessSettings, build_deploy_model
 from .nms import ONNX_TRANSLATIONS, STRATEGIES
 from .onnx_passes import name_nodes_by_module, type_loop_bodies
@@ -89,8 +90,6 @@ class Prepared:
 def export_request(cfg: Config, options: ExportOptions) -> str:
     """What an export answers, as its meta.json records it (export.request): the options but the output path,
     and the config (thresholds, sizes, classes). The weights are meta's source.weights_sha256."""
-    from .aoti import compile_settings
-
     package = {"compile": compile_settings(torch.device(options.device).type)} if options.format == "aoti" else {}
     return request_key({**dataclasses.asdict(options), "output": None, **package}, cfg.dump())
 
@@ -196,8 +195,6 @@ def export_package(cfg: Config, options: ExportOptions, *, config_name: str, ver
                    log=print) -> ExportResult:
     """torch.export of the same deploy wrapper, compiled by AOTInductor into NAME.pt2 (staged, verified, then
     moved into place with NAME.meta.json, as for ONNX). The package's own metadata carries the contract."""
-    from .aoti import compile_package
-
     options = options.resolved(cfg, config_name)
     job = prepare(cfg, options, config_name=config_name, log=log)
     output, meta = Path(options.output), job.meta
